@@ -1,0 +1,1 @@
+"""resblock.generator"""

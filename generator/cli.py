@@ -1,0 +1,129 @@
+"""``resblock generate``: run the reference over a grid and write an HDF5 golden."""
+
+from __future__ import annotations
+
+import re
+
+import click
+
+
+class IntList(click.ParamType):
+    """Comma-separated non-negative integers and inclusive ranges: ``0-4,7``."""
+
+    name = "ints"
+
+    def __init__(self, minimum: int = 0):
+        self.minimum = minimum
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        out: list[int] = []
+        for part in str(value).split(","):
+            m = re.fullmatch(r"\s*(-?\d+)\s*(?:-\s*(\d+)\s*)?", part)
+            if not m:
+                self.fail(f"{part!r} is not an integer or a range like 0-4", param, ctx)
+            lo = int(m.group(1))
+            hi = int(m.group(2)) if m.group(2) is not None else lo
+            if lo < self.minimum or hi < lo:
+                self.fail(f"{part!r}: values must be >= {self.minimum} and ranges "
+                          "ascending", param, ctx)
+            out.extend(range(lo, hi + 1))
+        return tuple(dict.fromkeys(out))
+
+
+class Shapes(click.ParamType):
+    """Comma-separated ``HxW`` or ``HxWxC`` shapes: ``4x4,7x13``."""
+
+    name = "shapes"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        out = []
+        for part in str(value).split(","):
+            m = re.fullmatch(r"\s*(-?\d+)x(-?\d+)(?:x(-?\d+))?\s*", part)
+            if not m:
+                self.fail(f"{part!r} is not a shape like 4x4 or 7x13 (HxW) or 4x4x8 (HxWxC)",
+                          param, ctx)
+            dims = tuple(int(g) for g in m.groups() if g is not None)
+            if any(d < 1 for d in dims):
+                self.fail(f"{part!r}: sizes must be positive", param, ctx)
+            out.append(dims)
+        return tuple(out)
+
+
+def _choices(allowed):
+    class _Choices(click.ParamType):
+        name = "list"
+
+        def convert(self, value, param, ctx):
+            if isinstance(value, tuple):
+                return value
+            items = tuple(v.strip() for v in str(value).split(",") if v.strip())
+            bad = [v for v in items if v not in allowed]
+            if bad or not items:
+                self.fail(f"{value!r}: expected a comma list of {', '.join(allowed)}",
+                          param, ctx)
+            return items
+
+    return _Choices()
+
+
+def _preset_names():
+    from resblock.generator.grid import PRESETS
+
+    return list(PRESETS)
+
+
+@click.command("generate")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
+              help="Golden HDF5 file to write (never overwritten without --force).")
+@click.option("--preset", type=click.Choice(_preset_names()), default=None,
+              help="A named grid (default, smoke, bench, large). Excludes the axis options.")
+@click.option("--family", "families", type=_choices(["seeded", "functional", "stress"]),
+              default="seeded", show_default=True)
+@click.option("--inputs", type=_choices(["normal", "lowamp", "large", "offset"]),
+              default="normal", show_default=True)
+@click.option("--seeds", type=IntList(0), default="0", show_default=True)
+@click.option("--shapes", type=Shapes(), default="4x4", show_default=True)
+@click.option("--features", type=IntList(1), default="4", show_default=True)
+@click.option("--batch", type=IntList(1), default="1", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
+              show_default=True, help="Where the reference forward runs (inputs: always CPU).")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.pass_context
+def generate(ctx, output, preset, families, inputs, seeds, shapes, features, batch, device,
+             force):
+    """Run the reference block over a grid of cases and write an HDF5 golden file."""
+    import os
+
+    from resblock.generator import grid
+
+    from resblock.errors import GridError
+
+    axis_opts = ("families", "inputs", "seeds", "shapes", "features", "batch")
+    src = click.core.ParameterSource
+    explicit = [a for a in axis_opts if ctx.get_parameter_source(a) == src.COMMANDLINE]
+    if preset and explicit:
+        raise click.UsageError(f"--preset cannot be combined with axis options ({explicit})")
+    if os.path.exists(output) and not force:
+        raise click.UsageError(f"{output} exists; pass --force to replace it")
+    try:
+        cases = grid.preset_cases(preset) if preset else grid.axes_cases(
+            families=families, inputs=inputs, batches=batch, shapes=shapes,
+            features=features, seeds=seeds)
+    except GridError as e:
+        raise click.UsageError(str(e)) from None
+
+    from resblock.generator.run import generate as run
+
+    ngroups = len(grid.group_cases(cases))
+    click.echo(f"generating {len(cases)} cases in {ngroups} shape groups -> {output}", err=True)
+    with click.progressbar(length=len(cases), label="cases", file=click.get_text_stream("stderr"),
+                           show_pos=True) as bar:
+        meta = run(cases, output, preset=preset, force=force, device=device, progress=bar.update)
+    worst = max(meta["cases"], key=lambda e: e["ref_score"])
+    click.echo(f"wrote {output}: {len(meta['cases'])} cases, content sha256 "
+               f"{meta['content_sha256'][:16]}..., worst reference score {worst['ref_score']:.3g} "
+               f"({worst['id']}), device {meta['environment']['device']}")

@@ -1,0 +1,85 @@
+"""``resblock verify``, ``list`` and ``show``: what is in a golden file, and is it sound."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+def default_goldens() -> list[str]:
+    """The committed golden files shipped with the kit (listed in golden/MANIFEST.json)."""
+    from resblock.golden.manifest import committed_paths
+
+    return [str(p) for p in committed_paths()]
+
+
+@click.command("verify")
+@click.argument("paths", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--profile", default="fp32", show_default=True,
+              type=click.Choice(["fp32", "tf32", "bf16"]))
+@click.option("-v", "--verbose", is_flag=True, help="One line per case.")
+def verify(paths, profile, verbose):
+    """Check schema, structure, hashes, and the reference against its float64 oracle.
+
+    Without PATHS, verifies the committed default golden set and its manifest.
+    """
+    from resblock.golden.manifest import manifest_problems
+    from resblock.golden.verify import verify_file
+
+    problems = []
+    if not paths:
+        paths = default_goldens()
+        problems.extend(manifest_problems())
+    ok = not problems
+    for p in problems:
+        click.echo(f"FAIL {p}")
+    for path in paths:
+        v = verify_file(path, profile)
+        ok &= v.ok
+        if v.cases:
+            worst = max(v.cases, key=lambda c: c.score)
+            status = "ok  " if v.ok else "FAIL"
+            click.echo(f"{status} {path}: {len(v.cases)} cases; worst reference score "
+                       f"{worst.score:.3g} ({worst.id}, kappa {worst.kappa:.3g}, max |y32-y64| "
+                       f"{worst.max_abs_dev:.3g}) under profile {profile}")
+        if verbose:
+            for c in v.cases:
+                click.echo(f"     {c.id:40s} kappa {c.kappa:10.4g}  max|dev| "
+                           f"{c.max_abs_dev:9.3g}  score {c.score:8.3g}")
+        for p in v.problems:
+            click.echo(f"FAIL {p}")
+    sys.exit(0 if ok else 1)
+
+
+@click.command("list")
+@click.argument("path", type=click.Path(dir_okay=False), required=False)
+def list_cases(path):
+    """List the cases of a golden file (default: the committed set)."""
+    from resblock.golden.reader import GoldenFile
+
+    for p in [path] if path else default_goldens():
+        with GoldenFile(p) as gf:
+            m = gf.metadata
+            click.echo(f"# {p}: format {m['format_version']}, spec {m['spec_version']}, "
+                       f"{len(gf.entries)} cases, preset {m['grid']['preset']}")
+            for e in gf.entries:
+                click.echo(f"{e['id']:40s} {e['family']:10s} {e['inputs']:7s} "
+                           f"kappa {e['kappa']:.3g}")
+
+
+@click.command("show")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("case_id")
+def show(path, case_id):
+    """Show one case: fields, arrays with shapes, and summary values."""
+    import numpy as np
+    from resblock.golden.reader import GoldenFile
+
+    with GoldenFile(path) as gf:
+        gc = gf.case(case_id)
+        for k, v in gc.entry.items():
+            click.echo(f"{k:10s} {v}")
+        for name, a in gc.arrays.items():
+            click.echo(f"  {name:38s} {str(a.dtype):8s} {str(a.shape):18s} "
+                       f"min {np.min(a): .4g}  max {np.max(a): .4g}")

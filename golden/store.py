@@ -1,0 +1,204 @@
+"""The golden HDF5 format (spec section 6): write atomically, read with validation.
+
+Layout (plain datasets and one string dataset only; no pickles, no object timestamps)::
+
+    /                      attrs: format_version, spec_version (strings)
+    /metadata              scalar UTF-8 string: JSON, schema ``golden-metadata``
+    /groups/<group>/       one group per shape (n, h, w, features); cases stacked on axis 0
+        case_ids           (k,) strings
+        x                  (k, N, H, W, C)  float32
+        params/<Layer>/<p> (k, ...)         float32   Conv_0/kernel is (k, 3, 3, C, F)
+        batch_stats_in/<BatchNorm_i>/{mean,var}      float32
+        y                  (k, N, H, W, F)  float32   the Flax reference output
+        batch_stats_out/<BatchNorm_i>/{mean,var}     float32
+        oracle/y, oracle/batch_stats_out/..., oracle/stages/<stage>   float64
+
+Stacking one shape per group is ~5x faster to write and ~13x faster to read than one
+group per case (measured, issue 2). Per-case SHA-256 covers every array row of the case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from resblock.spec.cases import Case
+from resblock.spec.constants import PARAM_NAMES, STAGES, STAT_NAMES
+
+from resblock.errors import GoldenFormatError
+
+INPUT_ARRAYS = (
+    ("x",)
+    + tuple(f"params/{p}" for p in PARAM_NAMES)
+    + tuple(f"batch_stats_in/{s}" for s in STAT_NAMES)
+)
+REFERENCE_ARRAYS = ("y",) + tuple(f"batch_stats_out/{s}" for s in STAT_NAMES)
+ORACLE_ARRAYS = (
+    ("oracle/y",)
+    + tuple(f"oracle/batch_stats_out/{s}" for s in STAT_NAMES)
+    + tuple(f"oracle/stages/{s}" for s in STAGES if s != "output")
+)
+CASE_ARRAYS = INPUT_ARRAYS + REFERENCE_ARRAYS + ORACLE_ARRAYS
+
+
+def expected_shape(name: str, n: int, h: int, w: int, f: int) -> tuple[int, ...]:
+    """Per-case shape of array ``name`` for a group of shape (n, h, w, f)."""
+    leaf = name.rsplit("/", 1)[-1]
+    if name == "x" or name.endswith("y") or name.startswith("oracle/stages/"):
+        return (n, h, w, f)
+    if leaf == "kernel":
+        return (3, 3, f, f)
+    return (f,)
+
+
+def expected_dtype(name: str) -> np.dtype:
+    return np.dtype("<f8") if name.startswith("oracle/") else np.dtype("<f4")
+
+
+def case_sha256(case_id: str, arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the case id and every array (name, dtype, shape, LE C-order bytes)."""
+    h = hashlib.sha256(case_id.encode("utf-8") + b"\0")
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+        h.update(f"{name}\0{a.dtype.str}\0{a.shape}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def content_sha256(case_entries) -> str:
+    """File content hash: SHA-256 over ``id:sha256`` lines, in index order."""
+    h = hashlib.sha256()
+    for e in case_entries:
+        h.update(f"{e['id']}:{e['sha256']}\n".encode())
+    return h.hexdigest()
+
+
+class GoldenWriter:
+    """Write a golden file group by group to a temporary file, then rename atomically.
+
+    An interrupted run leaves no partial golden at ``path`` (the temporary file is
+    removed on error; a killed process leaves only a dot-prefixed ``.tmp`` file).
+    """
+
+    def __init__(self, path, *, force: bool = False):
+        self.path = Path(path)
+        if self.path.exists() and not force:
+            raise GoldenFormatError(
+                f"{self.path} already exists; refusing to overwrite a golden file. "
+                "Pass --force to replace it, or choose another output path."
+            )
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.entries: list[dict] = []
+        self.groups: list[dict] = []
+        self._f = None
+
+    def __enter__(self):
+        import h5py
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = h5py.File(self.tmp, "w", track_order=False)
+        return self
+
+    def write_group(self, cases: list[Case], arrays: dict[str, np.ndarray], extras: list[dict]):
+        """Write one shape group: ``arrays`` maps CASE_ARRAYS names to stacked arrays."""
+        first = cases[0]
+        n, h, w, f = first.n, first.h, first.w, first.features
+        missing = set(CASE_ARRAYS) - set(arrays)
+        if missing:
+            raise GoldenFormatError(f"group {first.group}: missing arrays {sorted(missing)}")
+        g = self._f.create_group(f"groups/{first.group}")
+        g.create_dataset(
+            "case_ids", data=np.array([c.id for c in cases], dtype=object),
+            dtype=_str_dtype(), track_times=False,
+        )
+        for name in CASE_ARRAYS:
+            a = np.ascontiguousarray(arrays[name], dtype=expected_dtype(name))
+            want = (len(cases),) + expected_shape(name, n, h, w, f)
+            if a.shape != want:
+                raise GoldenFormatError(f"{first.group}/{name}: shape {a.shape}, expected {want}")
+            g.create_dataset(name, data=a, track_times=False)
+        for row, (case, extra) in enumerate(zip(cases, extras)):
+            digest = case_sha256(case.id, {k: arrays[k][row] for k in CASE_ARRAYS})
+            self.entries.append(
+                {"id": case.id, **case.to_dict(), "group": case.group, "row": row,
+                 **extra, "sha256": digest}
+            )
+        self.groups.append(
+            {"name": first.group, "n": n, "h": h, "w": w, "features": f, "size": len(cases)}
+        )
+
+    def finish(self, metadata: dict) -> dict:
+        """Complete the metadata (groups, cases, content hash), validate, write, rename."""
+        from resblock.schemas import validate
+
+        meta = dict(metadata, groups=self.groups, cases=self.entries,
+                    content_sha256=content_sha256(self.entries))
+        validate(meta, "golden-metadata", where=f"metadata for {self.path}")
+        self._f.attrs["format_version"] = meta["format_version"]
+        self._f.attrs["spec_version"] = meta["spec_version"]
+        self._f.create_dataset("metadata", data=json.dumps(meta, indent=1, sort_keys=True),
+                               dtype=_str_dtype(), track_times=False)
+        self._f.close()
+        self._f = None
+        os.replace(self.tmp, self.path)
+        return meta
+
+    def __exit__(self, exc_type, exc, tb):
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+        if self.tmp.exists():
+            self.tmp.unlink()
+        return False
+
+
+def _str_dtype():
+    import h5py
+
+    return h5py.string_dtype("utf-8")
+
+
+@dataclass(frozen=True)
+class GoldenCase:
+    """One case read from a golden file: its record, index entry and arrays."""
+
+    case: Case
+    entry: dict
+    arrays: dict
+
+    @property
+    def id(self) -> str:
+        return self.case.id
+
+    @property
+    def kappa(self) -> float:
+        return float(self.entry["kappa"])
+
+    def tree(self, prefix: str) -> dict:
+        """Nested ``{layer: {leaf: array}}`` of arrays under ``prefix``."""
+        out: dict = {}
+        for name, a in self.arrays.items():
+            if name.startswith(prefix + "/"):
+                layer, leaf = name[len(prefix) + 1 :].split("/")
+                out.setdefault(layer, {})[leaf] = a
+        return out
+
+    @property
+    def x(self):
+        return self.arrays["x"]
+
+    @property
+    def params(self):
+        return self.tree("params")
+
+    @property
+    def batch_stats_in(self):
+        return self.tree("batch_stats_in")
+
+
+from resblock.golden.reader import GoldenFile, open_golden  # noqa: E402,F401

@@ -1,0 +1,68 @@
+"""``resblock verify``: a golden file is intact and its reference passes its own gate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from resblock.errors import GoldenFormatError
+
+
+@dataclass
+class CaseVerdict:
+    id: str
+    kappa: float
+    max_abs_dev: float
+    score: float
+    ok: bool
+
+
+@dataclass
+class FileVerdict:
+    path: str
+    problems: list[str] = field(default_factory=list)
+    cases: list[CaseVerdict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(c.ok for c in self.cases)
+
+
+def verify_file(path, profile: str = "fp32") -> FileVerdict:
+    """Schema, structure, hashes, then the float32 reference against the float64 oracle.
+
+    A golden whose float32 outputs deviate from its own oracle by more than the profile
+    allows (e.g. regenerated with TF32 convolutions) fails, with a message saying so.
+    """
+    from resblock.generator.engine import reference_score
+    from resblock.golden.reader import GoldenFile
+    from resblock.spec import tolerance
+
+    prof = tolerance.profile(profile)
+    verdict = FileVerdict(str(path))
+    try:
+        gf = GoldenFile(path)
+    except GoldenFormatError as e:
+        verdict.problems.append(str(e))
+        return verdict
+    with gf:
+        verdict.problems.extend(f"{path}: {p}" for p in gf.hash_problems())
+        for gc in gf.iter_cases():
+            score = reference_score(gc.arrays, gc.kappa, prof)
+            dev = float(np.max(np.abs(gc.arrays["y"] - gc.arrays["oracle/y"])))
+            ok = score <= 1.0
+            verdict.cases.append(CaseVerdict(gc.id, gc.kappa, dev, score, ok))
+            if not ok:
+                verdict.problems.append(
+                    f"{path}: case {gc.id}: stored float32 reference deviates from the float64 "
+                    f"oracle by {dev:.3g} (score {score:.3g} > 1 under profile {profile}); "
+                    "was it computed with reduced-precision (TF32/bf16) convolutions? "
+                    "Regenerate with full float32 precision."
+                )
+            elif abs(score - gc.entry["ref_score"]) > 1e-6 * max(1.0, score):
+                verdict.problems.append(
+                    f"{path}: case {gc.id}: recorded ref_score {gc.entry['ref_score']:.6g} "
+                    f"differs from the recomputed {score:.6g}"
+                )
+    return verdict

@@ -1,0 +1,49 @@
+"""The ``resblock`` command: a thin click group; each folder owns its commands.
+
+Exit codes: 0 success / conforms, 1 does not conform or verification failed,
+2 the harness could not run (bad arguments, unreadable files, bad target).
+Importing this module imports click only, so ``resblock --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from resblock import __version__
+
+
+class _Group(click.Group):
+    """Maps the kit's own HarnessError to a one-line message and exit code 2."""
+
+    def invoke(self, ctx):
+        from resblock.errors import HarnessError, SpecError
+
+        try:
+            return super().invoke(ctx)
+        except (HarnessError, SpecError) as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="resblock")
+def cli():
+    """Golden data and conformance checks for the ResNet basic block."""
+
+
+def _register():
+    from resblock.generator.cli import generate
+    from resblock.golden.cli import list_cases, show, verify
+    from resblock.spec.cli import spec
+
+    for cmd in (generate, verify, list_cases, show, spec):
+        cli.add_command(cmd)
+
+
+_register()
+
+
+def main():
+    cli(prog_name="resblock")

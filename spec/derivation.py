@@ -1,0 +1,103 @@
+"""How every golden input, parameter and incoming running stat is derived (spec 5.2).
+
+Each array is drawn from its own JAX key, seeded by the first 4 bytes (little-endian)
+of SHA-256 of ``case.derivation_string(role)``: a case's data depends only on its own
+fields, so adding a case never changes another's (ONNX's single RNG stream did). The
+key is independent of the seeded family's parameter-init key ``PRNGKey(seed)``.
+
+All draws run on the CPU backend, whatever device later runs the forward, so they are
+bit-identical for a given JAX version and PRNG configuration (recorded in metadata).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import jax
+import numpy as np
+from resblock.spec.cases import Case
+from resblock.spec.constants import PARAM_NAMES, STAT_NAMES
+
+
+def key_seed(case: Case, role: str) -> int:
+    digest = hashlib.sha256(case.derivation_string(role).encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _cpu():
+    return jax.devices("cpu")[0]
+
+
+def _normal(case, role, shape):
+    with jax.default_device(_cpu()):
+        k = jax.random.PRNGKey(key_seed(case, role))
+        return np.asarray(jax.random.normal(k, shape, dtype=np.float32))
+
+
+def _uniform(case, role, shape, lo, hi):
+    with jax.default_device(_cpu()):
+        k = jax.random.PRNGKey(key_seed(case, role))
+        return np.asarray(jax.random.uniform(k, shape, np.float32, lo, hi))
+
+
+def derive_x(case: Case) -> np.ndarray:
+    """The case's input x, float32 (N, H, W, C), per the INPUTS table."""
+    shape = case.x_shape
+    z = _normal(case, "x", shape)
+    if case.inputs == "normal":
+        return z
+    if case.inputs == "lowamp":
+        return (np.float32(1e-3) * z).astype(np.float32)
+    if case.inputs == "large":
+        return (np.float32(1e3) * z).astype(np.float32)
+    if case.inputs == "offset":
+        o = _uniform(case, "x/offset", (case.features,), -64.0, 64.0)
+        return (z + o).astype(np.float32)
+    raise AssertionError(case.inputs)  # Case.__post_init__ already refused it
+
+
+def derive_random_variables(case: Case) -> tuple[dict, dict]:
+    """Explicit non-init (params, batch_stats) for the functional and stress families.
+
+    kernel ~ N(0,1)/sqrt(9C) (init scale, not truncated); conv bias ~ 0.5 N(0,1);
+    BN scale ~ U(0.25, 2); BN bias ~ 0.5 N(0,1); running mean ~ 0.5 N(0,1);
+    running var ~ U(0.5, 2).
+    """
+    c = f = case.features
+    params: dict = {}
+    for name in PARAM_NAMES:
+        layer, leaf = name.split("/")
+        if leaf == "kernel":
+            v = _normal(case, name, (3, 3, c, f)) / np.float32(np.sqrt(9.0 * c))
+        elif layer.startswith("Conv") or leaf == "bias":
+            v = np.float32(0.5) * _normal(case, name, (f,))
+        else:  # BatchNorm scale
+            v = _uniform(case, name, (f,), 0.25, 2.0)
+        params.setdefault(layer, {})[leaf] = v.astype(np.float32)
+    stats: dict = {}
+    for name in STAT_NAMES:
+        layer, leaf = name.split("/")
+        if leaf == "mean":
+            v = np.float32(0.5) * _normal(case, "batch_stats/" + name, (f,))
+        else:
+            v = _uniform(case, "batch_stats/" + name, (f,), 0.5, 2.0)
+        stats.setdefault(layer, {})[leaf] = v.astype(np.float32)
+    return params, stats
+
+
+def derive_variables(case: Case) -> tuple[dict, dict]:
+    """(params, batch_stats) of the case: Flax init for 'init', derived otherwise."""
+    if case.params_source == "init":
+        from resblock.spec.reference import init_variables
+
+        with jax.default_device(_cpu()):
+            return init_variables(case.seed, case.features)
+    return derive_random_variables(case)
+
+
+def prng_config() -> dict:
+    """The PRNG settings that change derived bits; recorded in golden metadata."""
+    return {
+        "default_prng_impl": str(jax.config.jax_default_prng_impl),
+        "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
+    }
