@@ -122,7 +122,7 @@ class GoldenWriter:
             if a.shape != want:
                 raise GoldenFormatError(f"{first.group}/{name}: shape {a.shape}, expected {want}")
             g.create_dataset(name, data=a, track_times=False)
-        for row, (case, extra) in enumerate(zip(cases, extras)):
+        for row, (case, extra) in enumerate(zip(cases, extras, strict=True)):
             digest = case_sha256(case.id, {k: arrays[k][row] for k in CASE_ARRAYS})
             self.entries.append(
                 {"id": case.id, **case.to_dict(), "group": case.group, "row": row,

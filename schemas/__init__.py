@@ -13,7 +13,13 @@ from importlib import resources
 
 from resblock.errors import SchemaError
 
-SCHEMA_NAMES = ("spec-constants", "golden-metadata", "golden-manifest", "check-report", "program-io")
+SCHEMA_NAMES = (
+    "spec-constants",
+    "golden-metadata",
+    "golden-manifest",
+    "check-report",
+    "program-io",
+)
 
 
 @functools.cache

@@ -87,4 +87,5 @@ def forward(x, params, batch_stats) -> OracleResult:
     y = np.maximum(pre, 0.0)
     stats = {"BatchNorm_0": {"mean": m0, "var": v0}, "BatchNorm_1": {"mean": m1, "var": v1}}
     stages = {"conv1": conv1, "bn1": bn1, "relu1": relu1, "conv2": conv2, "bn2": bn2, "sum": pre}
-    return OracleResult(y=y, batch_stats=stats, stages=stages, kappa=kappa_of([mom0, mom1], x.shape[0] * x.shape[1] * x.shape[2]))
+    kappa = kappa_of([mom0, mom1], count=x.shape[0] * x.shape[1] * x.shape[2])
+    return OracleResult(y=y, batch_stats=stats, stages=stages, kappa=kappa)
