@@ -98,9 +98,8 @@ def generate(ctx, output, preset, families, inputs, seeds, shapes, features, bat
     """Run the reference block over a grid of cases and write an HDF5 golden file."""
     import os
 
-    from resblock.generator import grid
-
     from resblock.errors import GridError
+    from resblock.generator import grid
 
     axis_opts = ("families", "inputs", "seeds", "shapes", "features", "batch")
     src = click.core.ParameterSource

@@ -6,6 +6,7 @@ Pure computation: returns arrays; writing them is :mod:`resblock.golden.store`'s
 from __future__ import annotations
 
 import numpy as np
+
 from resblock.golden.store import CASE_ARRAYS
 from resblock.spec import oracle, tolerance
 from resblock.spec.cases import Case
@@ -25,6 +26,7 @@ class ReferenceRunner:
 
     def __init__(self, device=None):
         import jax
+
         from resblock.spec.reference import apply_block, full_precision
 
         self._jax = jax

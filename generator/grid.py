@@ -10,9 +10,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from resblock.spec.cases import Case, unique
-
 from resblock.errors import GridError
+from resblock.spec.cases import Case, unique
 
 
 @dataclass(frozen=True)

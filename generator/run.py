@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from resblock import __version__
 from resblock.generator import provenance
 from resblock.generator.grid import definition, group_cases
 from resblock.golden.store import GoldenWriter
 from resblock.spec.constants import FORMAT_VERSION, SPEC_VERSION
-
-from resblock import __version__
 
 
 def resolve_device(kind: str = "cpu"):

@@ -74,6 +74,7 @@ def list_cases(path):
 def show(path, case_id):
     """Show one case: fields, arrays with shapes, and summary values."""
     import numpy as np
+
     from resblock.golden.reader import GoldenFile
 
     with GoldenFile(path) as gf:

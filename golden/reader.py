@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from resblock.spec.cases import Case
-from resblock.spec.constants import FORMAT_VERSION
 
 from resblock.errors import GoldenFormatError, GridError
+from resblock.spec.cases import Case
+from resblock.spec.constants import FORMAT_VERSION
 
 
 def open_golden(path) -> GoldenFile:

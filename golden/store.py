@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from resblock.spec.cases import Case
-from resblock.spec.constants import PARAM_NAMES, STAGES, STAT_NAMES
 
 from resblock.errors import GoldenFormatError
+from resblock.spec.cases import Case
+from resblock.spec.constants import PARAM_NAMES, STAGES, STAT_NAMES
 
 INPUT_ARRAYS = (
     ("x",)

@@ -34,11 +34,12 @@ def cli():
 
 
 def _register():
+    from resblock.conformance.cli import check
     from resblock.generator.cli import generate
     from resblock.golden.cli import list_cases, show, verify
     from resblock.spec.cli import spec
 
-    for cmd in (generate, verify, list_cases, show, spec):
+    for cmd in (generate, verify, list_cases, show, spec, check):
         cli.add_command(cmd)
 
 

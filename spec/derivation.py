@@ -15,6 +15,7 @@ import hashlib
 
 import jax
 import numpy as np
+
 from resblock.spec.cases import Case
 from resblock.spec.constants import PARAM_NAMES, STAT_NAMES
 

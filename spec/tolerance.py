@@ -2,13 +2,17 @@
 
 Per element of a tensor ``t`` of one case (the output, or one running-stat vector)::
 
-    bound = atol + rtol * |ref| + (kappa_factor * u + conv_factor * u_conv) * kappa * max|ref|
+    bound = atol + rtol * |ref| + (kappa_factor * u * kappa + conv_factor * u_conv) * max|ref|
     score = |got - ref| / bound          (the element conforms when score <= 1)
 
 ``ref`` is the float64 oracle, ``max|ref|`` is taken over the whole tensor of the case,
 ``kappa`` is one number per case (``1 + max mean^2/(var+eps)`` over channels and both
 BatchNorm layers, from the float64 pass), ``u = 2^-24`` and ``u_conv`` the unit roundoff
-of the profile's convolution format. NaN or Inf in ``got`` scores ``inf``.
+of the profile's convolution format (``conv_factor`` is 0 for fp32). The convolution
+term carries no kappa: reduced-precision rounding of conv inputs is relative to the
+conv output's own magnitude, and multiplying it by kappa would let epsilon mistakes
+through on exactly the cases (variance near epsilon) that reveal them (SPEC.md 8.4).
+NaN or Inf in ``got`` scores ``inf``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from resblock.spec.constants import load
 
 PROFILES: tuple[str, ...] = tuple(load()["tolerance"]["profiles"])
@@ -57,7 +62,7 @@ def bound(ref: np.ndarray, kappa: float, terms: Terms, prof: Profile) -> np.ndar
     """Per-element bound for a tensor whose float64 reference is ``ref``."""
     ref = np.asarray(ref, dtype=np.float64)
     scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-    global_term = (terms.kappa_factor * prof.u + terms.conv_factor * prof.u_conv) * kappa * scale
+    global_term = (terms.kappa_factor * prof.u * kappa + terms.conv_factor * prof.u_conv) * scale
     return terms.atol + terms.rtol * np.abs(ref) + global_term
 
 

@@ -1,0 +1,123 @@
+"""Between the kit's arrays and an implementation's: layouts, conversion, structure checks.
+
+Pure functions. Nothing here imports torch or jax: objects are converted through their
+own methods (``.detach().cpu().numpy()``, ``__array__``, DLPack).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from resblock.spec.constants import PARAM_NAMES, STAT_NAMES
+
+LAYOUTS = ("nhwc", "nchw")
+
+
+class ContractError(Exception):
+    """The implementation returned something that breaks the contract (per-case failure)."""
+
+
+def to_user_layout(x, params, layout: str):
+    """Convert NHWC x and HWIO kernels to the implementation's layout."""
+    if layout == "nhwc":
+        return x, params
+    x = np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2)))
+    p = {k: dict(v) for k, v in params.items()}
+    for layer in ("Conv_0", "Conv_1"):
+        p[layer]["kernel"] = np.ascontiguousarray(np.transpose(p[layer]["kernel"], (3, 2, 0, 1)))
+    return x, p
+
+
+def output_from_user_layout(y: np.ndarray, layout: str) -> np.ndarray:
+    return y if layout == "nhwc" else np.transpose(y, (0, 2, 3, 1))
+
+
+def user_index(index_nhwc: tuple, layout: str) -> tuple:
+    """An NHWC index as the implementation sees it."""
+    if layout == "nchw" and len(index_nhwc) == 4:
+        n, h, w, c = index_nhwc
+        return (n, c, h, w)
+    return index_nhwc
+
+
+def frozen_copy(a: np.ndarray) -> np.ndarray:
+    """A fresh read-only copy: the implementation can never change the goldens."""
+    c = np.array(a, copy=True)
+    c.flags.writeable = False
+    return c
+
+
+def frozen_tree(tree: dict) -> dict:
+    return {k: {kk: frozen_copy(vv) for kk, vv in v.items()} for k, v in tree.items()}
+
+
+def as_numpy(obj, what: str) -> np.ndarray:
+    """Convert NumPy, JAX, PyTorch (CPU/GPU), ``__array__`` or DLPack objects."""
+    if isinstance(obj, np.ndarray):
+        return obj
+    mod = type(obj).__module__
+    if mod.startswith("torch") and hasattr(obj, "detach"):
+        return obj.detach().cpu().numpy()
+    if hasattr(obj, "__array__"):
+        return np.asarray(obj)
+    if hasattr(obj, "__dlpack__"):
+        return np.from_dlpack(obj)
+    if isinstance(obj, (float, int, list, tuple)):
+        return np.asarray(obj)
+    raise ContractError(f"{what} is a {type(obj).__name__}, which is not an array "
+                        "(expected NumPy, JAX, PyTorch or an object with __array__)")
+
+
+def check_array(a, what: str, shape: tuple, layout_hint: str = "") -> np.ndarray:
+    a = as_numpy(a, what)
+    if a.dtype != np.float32:
+        raise ContractError(f"{what} has dtype {a.dtype}; the contract is float32 "
+                            "(cast with .astype(np.float32) or .float())")
+    if tuple(a.shape) != tuple(shape):
+        hint = ""
+        if layout_hint and sorted(a.shape) == sorted(shape):
+            hint = f" ({layout_hint})"
+        raise ContractError(f"{what} has shape {tuple(a.shape)}, expected {tuple(shape)}{hint}")
+    return a
+
+
+def check_stats(stats, features: int) -> dict:
+    """Validate a returned batch_stats tree; return {'BatchNorm_0/mean': array, ...}."""
+    if hasattr(stats, "unfreeze"):
+        stats = stats.unfreeze()
+    if not isinstance(stats, dict):
+        raise ContractError(f"new batch_stats is a {type(stats).__name__}, expected a dict "
+                            "{'BatchNorm_0': {'mean', 'var'}, 'BatchNorm_1': {...}}")
+    out = {}
+    for name in STAT_NAMES:
+        layer, leaf = name.split("/")
+        if layer not in stats or not isinstance(stats[layer], dict) or leaf not in stats[layer]:
+            have = {k: sorted(v) if isinstance(v, dict) else type(v).__name__
+                    for k, v in stats.items()}
+            raise ContractError(f"new batch_stats lacks {layer}/{leaf}; got {have}")
+        out[name] = check_array(stats[layer][leaf], f"batch_stats {name}", (features,))
+    return out
+
+
+def split_result(result, api: str):
+    """Split a return value into (y, stats or None, intermediates or None)."""
+    if api == "seeded":
+        if isinstance(result, tuple):
+            if len(result) != 2:
+                raise ContractError(f"seeded API returned a tuple of {len(result)} items; "
+                                    "expected output_1d or (output_1d, batch_stats)")
+            return result[0], result[1], None
+        return result, None, None
+    if not isinstance(result, (tuple, list)) or len(result) not in (2, 3):
+        raise ContractError(
+            f"forward returned {type(result).__name__}; expected a tuple "
+            "(y, new_batch_stats) or (y, new_batch_stats, intermediates)"
+        )
+    inter = result[2] if len(result) == 3 else None
+    if inter is not None and not isinstance(inter, dict):
+        raise ContractError("the optional third return value must be a dict {stage: array}")
+    return result[0], result[1], inter
+
+
+def flat_params(params: dict) -> dict:
+    return {n: params[n.split("/")[0]][n.split("/")[1]] for n in PARAM_NAMES}

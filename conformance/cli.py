@@ -1,0 +1,82 @@
+"""``resblock check``: validate an implementation against the goldens.
+
+Exit codes: 0 conforms, 1 does not conform, 2 the harness could not run.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command("check")
+@click.option("--impl", "impl", metavar="TARGET",
+              help="package.module:function or path/to/file.py:function")
+@click.option("--exec", "exec_", metavar="'PROGRAM ARGS {input} {output}'",
+              help="Run a program per shape group (protocol: spec/PROGRAM_PROTOCOL.md).")
+@click.option("--api", type=click.Choice(["functional", "seeded"]), default="functional",
+              show_default=True)
+@click.option("--layout", type=click.Choice(["nhwc", "nchw"]), default="nhwc",
+              show_default=True, help="The implementation's layout; the kit converts.")
+@click.option("--goldens", "goldens", multiple=True, type=click.Path(dir_okay=False),
+              help="Golden files (default: the committed set). Repeatable.")
+@click.option("-k", "keyword", metavar="EXPR", help="Select cases: words with and/or/not.")
+@click.option("--xfail", type=click.Path(dir_okay=False), help="Expected failures file.")
+@click.option("--profile", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32",
+              show_default=True)
+@click.option("--json-report", type=click.Path(dir_okay=False), help="Write a JSON report.")
+@click.option("--junit", type=click.Path(dir_okay=False), help="Write JUnit XML.")
+@click.option("--timeout", type=float, default=None,
+              help="Seconds per case; runs the implementation in a worker process.")
+@click.option("--no-diagnose", is_flag=True, help="Skip naming pitfalls for failures.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress line.")
+def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_report, junit,
+          timeout, no_diagnose, quiet):
+    """Check an implementation against the float64 oracle of every golden case."""
+    from resblock.conformance import invoke, report
+    from resblock.conformance.runner import CheckConfig, run_check
+    from resblock.errors import HarnessError
+
+    if bool(impl) == bool(exec_):
+        raise click.UsageError("give exactly one of --impl TARGET or --exec 'PROGRAM ...'")
+    if exec_ and (api != "functional" or layout != "nhwc"):
+        raise click.UsageError("--exec programs use the NHWC functional protocol; "
+                               "drop --api/--layout")
+    config = CheckConfig(target=impl or exec_, api=api, layout=layout, profile=profile,
+                         keyword=keyword, xfail=xfail, timeout=timeout,
+                         diagnose=not no_diagnose)
+    if not goldens:
+        from resblock.golden.cli import default_goldens
+
+        goldens = default_goldens()
+    if exec_:
+        invoker = invoke.Program(exec_, timeout)
+    elif timeout is not None:
+        invoker = invoke.Worker(impl, api, layout, timeout)
+    else:
+        from resblock.conformance.targets import load_target
+
+        invoker = invoke.InProcess(load_target(impl), api, layout)
+
+    err = click.get_text_stream("stderr")
+    live = not quiet and err.isatty()
+
+    def progress(done, total, res):
+        if live:
+            err.write(f"\r[{done}/{total}] {res.status:5s} {res.id:45s}")
+            err.flush()
+
+    try:
+        run = run_check(config, invoker, goldens, progress=progress)
+    except HarnessError:
+        raise
+    if live:
+        err.write("\r" + " " * 70 + "\r")
+    click.echo(report.terminal_summary(run))
+    if json_report:
+        report.write_json(run, json_report)
+    if junit:
+        with open(junit, "w", encoding="utf-8") as f:
+            f.write(report.junit_xml(run))
+    sys.exit(0 if run.conforms else 1)

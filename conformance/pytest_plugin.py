@@ -1,0 +1,93 @@
+"""pytest plugin: ``pytest --resblock-impl TARGET`` turns every golden case into a test.
+
+Registered through the ``pytest11`` entry point, so a project adds the gate to its own
+suite with no code. Options mirror ``resblock check``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("resblock", "ResNet basic block conformance (resblock)")
+    g.addoption("--resblock-impl", metavar="TARGET", default=None,
+                help="module:function or file.py:function to check against the goldens")
+    g.addoption("--resblock-api", choices=["functional", "seeded"], default="functional")
+    g.addoption("--resblock-layout", choices=["nhwc", "nchw"], default="nhwc")
+    g.addoption("--resblock-profile", choices=["fp32", "tf32", "bf16"], default="fp32")
+    g.addoption("--resblock-goldens", action="append", default=None, metavar="PATH")
+
+
+class ResblockItem(pytest.Item):
+    def __init__(self, *, gc_id, state, **kw):
+        super().__init__(**kw)
+        self.gc_id = gc_id
+        self.state = state
+
+    def runtest(self):
+        from resblock.conformance.diagnose import diagnose_case
+        from resblock.conformance.runner import judge
+
+        cfg, prof, files, invoker = self.state
+        for f in files:
+            if self.gc_id in f._by_id:
+                gc = f.case(self.gc_id)
+                break
+        outcome = invoker.run([gc])[0]
+        res = judge(gc, outcome, cfg, prof)
+        if res.status != "pass":
+            from resblock.conformance.report import _tensor_line
+
+            lines = [res.message] + [_tensor_line(t, cfg.layout) for t in res.failing_tensors]
+            if res.tensors:
+                pit = diagnose_case(gc, outcome.result, cfg, prof)
+                if pit:
+                    from resblock.conformance.pitfalls import lookup
+
+                    lines.append(f"matches pitfall {pit}: {lookup(pit).fix}")
+            raise ResblockFailure("\n".join(lines))
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, ResblockFailure):
+            return f"{self.gc_id} does not conform:\n{excinfo.value}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, None, f"resblock: {self.gc_id}"
+
+
+class ResblockFailure(AssertionError):
+    pass
+
+
+class ResblockCollector(pytest.Collector):
+    def __init__(self, *, state, ids, **kw):
+        super().__init__(**kw)
+        self.state, self.ids = state, ids
+
+    def collect(self):
+        for i in self.ids:
+            yield ResblockItem.from_parent(self, name=i, gc_id=i, state=self.state)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    target = config.getoption("--resblock-impl")
+    if not target:
+        return
+    from resblock.conformance.invoke import InProcess
+    from resblock.conformance.runner import CheckConfig, open_goldens
+    from resblock.conformance.targets import load_target
+    from resblock.golden.cli import default_goldens
+    from resblock.spec import tolerance
+
+    cfg = CheckConfig(target=target, api=config.getoption("--resblock-api"),
+                      layout=config.getoption("--resblock-layout"),
+                      profile=config.getoption("--resblock-profile"))
+    files = open_goldens(config.getoption("--resblock-goldens") or default_goldens())
+    invoker = InProcess(load_target(target), cfg.api, cfg.layout)
+    state = (cfg, tolerance.profile(cfg.profile), files, invoker)
+    ids = [e["id"] for f in files for e in f.entries
+           if cfg.api != "seeded" or e["family"] == "seeded"]
+    collector = ResblockCollector.from_parent(session, name="resblock", state=state, ids=ids)
+    items.extend(collector.collect())

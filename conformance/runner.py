@@ -1,0 +1,191 @@
+"""The conformance run: select cases, call the implementation, judge, diagnose.
+
+Library entry point behind ``resblock check`` and the pytest plugin. Returns a
+:class:`RunResult`; reporting and exit codes are the callers' business.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from resblock.conformance import adapters
+from resblock.conformance.adapters import ContractError
+from resblock.conformance.compare import CaseResult, compare_case, first_diverging_stage
+from resblock.conformance.select import compile_keyword, read_xfail, xfail_for
+from resblock.errors import GoldenFormatError, HarnessError
+from resblock.spec import tolerance
+
+APIS = ("functional", "seeded")
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    target: str
+    api: str = "functional"
+    layout: str = "nhwc"
+    profile: str = "fp32"
+    keyword: str | None = None
+    xfail: str | None = None
+    timeout: float | None = None
+    diagnose: bool = True
+    max_diagnosed: int = 24
+
+    def __post_init__(self):
+        if self.api not in APIS:
+            raise HarnessError(f"--api {self.api!r}: expected one of {', '.join(APIS)}")
+        if self.layout not in adapters.LAYOUTS:
+            raise HarnessError(f"--layout {self.layout!r}: expected nhwc or nchw")
+        if self.api == "seeded" and self.layout != "nhwc":
+            raise HarnessError("--api seeded takes x as (H, W, C): --layout nchw does not apply")
+        if self.profile not in tolerance.PROFILES:
+            raise HarnessError(f"--profile {self.profile!r}: expected one of "
+                               f"{', '.join(tolerance.PROFILES)}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise HarnessError(f"--timeout must be positive, got {self.timeout}")
+
+
+@dataclass
+class RunResult:
+    config: CheckConfig
+    goldens: list[dict]
+    results: list[CaseResult] = field(default_factory=list)
+    stale_xfail: list[str] = field(default_factory=list)
+    pitfalls: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def conforms(self) -> bool:
+        return bool(self.results) and not any(r.status in ("fail", "error")
+                                              for r in self.results)
+
+
+def open_goldens(paths):
+    from resblock.golden.reader import GoldenFile
+
+    files = []
+    for p in paths:
+        try:
+            gf = GoldenFile(p)
+        except GoldenFormatError:
+            for f in files:
+                f.close()
+            raise
+        problems = gf.hash_problems()
+        if problems:
+            gf.close()
+            raise GoldenFormatError(f"{p}: " + "; ".join(problems[:3]))
+        files.append(gf)
+    return files
+
+
+def judge(gc, outcome, config: CheckConfig, prof) -> CaseResult:
+    """Turn one Outcome into a CaseResult (pass / fail / error)."""
+    res = CaseResult(id=gc.id, family=gc.case.family, status="error", seconds=outcome.seconds)
+    if outcome.error is not None:
+        res.message = outcome.error
+        return res
+    c = gc.case
+    try:
+        y, stats, inter = adapters.split_result(outcome.result, config.api)
+        if config.api == "seeded":
+            y = adapters.check_array(y, "output", (c.h * c.w * c.features,))
+            y = y.reshape(1, c.h, c.w, c.features)
+        else:
+            want = (c.n, c.h, c.w, c.features) if config.layout == "nhwc" else \
+                (c.n, c.features, c.h, c.w)
+            other = "nchw" if config.layout == "nhwc" else "nhwc"
+            y = adapters.check_array(y, "output y", want,
+                                     f"is the implementation {other.upper()}? "
+                                     f"try --layout {other}")
+            y = adapters.output_from_user_layout(y, config.layout)
+        stats_flat = None if stats is None else adapters.check_stats(stats, c.features)
+    except ContractError as e:
+        res.message = str(e)
+        return res
+    res.tensors = compare_case(gc, y, stats_flat, prof, config.layout)
+    if inter:
+        if config.layout == "nchw":
+            inter = {k: adapters.output_from_user_layout(np.asarray(v), "nchw")
+                     for k, v in inter.items()}
+        res.stage = first_diverging_stage(gc, inter, prof)
+    problems = []
+    if outcome.mutated:
+        problems.append("modified its inputs in place: " + ", ".join(outcome.mutated))
+    bad = res.failing_tensors
+    if bad:
+        problems.append("out of tolerance: " + ", ".join(t.name for t in bad))
+    if stats_flat is None and config.api == "seeded":
+        res.message = "batch_stats not returned: only the output was checked"
+    if problems:
+        res.status = "fail"
+        res.message = "; ".join(problems)
+    else:
+        res.status = "pass"
+    return res
+
+
+def run_check(config: CheckConfig, invoker, golden_paths, progress=None) -> RunResult:
+    """Check every selected case of ``golden_paths`` with ``invoker``."""
+    t0 = time.perf_counter()
+    prof = tolerance.profile(config.profile)
+    keyword = compile_keyword(config.keyword) if config.keyword else None
+    xfails = read_xfail(config.xfail) if config.xfail else []
+    files = open_goldens(golden_paths)
+    run = RunResult(config=config, goldens=[
+        {"path": str(f.path), "content_sha256": f.metadata["content_sha256"],
+         "spec_version": f.metadata["spec_version"],
+         "format_version": f.metadata["format_version"],
+         "preset": f.metadata["grid"]["preset"]} for f in files])
+    try:
+        selected = []
+        for f in files:
+            for e in sorted(f.entries, key=lambda e: (e["group"], e["row"])):
+                if config.api == "seeded" and e["family"] != "seeded":
+                    continue
+                if keyword and not keyword(e["id"]):
+                    continue
+                selected.append((f, e))
+        if not selected:
+            raise HarnessError("no case selected: nothing to check (the -k expression or "
+                               "--api seeded filtered out every case)")
+        used_xfail = set()
+        groups: dict = {}
+        for f, e in selected:
+            groups.setdefault((id(f), e["group"]), []).append((f, e))
+        done = diagnosed = 0
+        for members in groups.values():
+            gcs = [f.case(e["id"]) for f, e in members]
+            for gc, outcome in zip(gcs, invoker.run(gcs), strict=True):
+                res = judge(gc, outcome, config, prof)
+                xf = xfail_for(gc.id, xfails)
+                if xf is not None:
+                    used_xfail.add(xf.line)
+                    res.xfail_reason = xf.reason
+                    res.status = "xpass" if res.status == "pass" else "xfail"
+                if res.status in ("fail", "xfail") and config.diagnose and res.tensors \
+                        and diagnosed < config.max_diagnosed:
+                    from resblock.conformance.diagnose import diagnose_case
+
+                    diagnosed += 1
+                    res.pitfall = diagnose_case(gc, outcome.result, config, prof)
+                    if res.pitfall:
+                        run.pitfalls[res.pitfall] += 1
+                run.results.append(res)
+                done += 1
+                if progress is not None:
+                    progress(done, len(selected), res)
+        run.stale_xfail = [f"{config.xfail}:{e.line}: {e.pattern} matches no checked case"
+                           for e in xfails if e.line not in used_xfail]
+    finally:
+        invoker.close()
+        for f in files:
+            f.close()
+    run.seconds = time.perf_counter() - t0
+    return run

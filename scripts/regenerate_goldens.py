@@ -1,0 +1,48 @@
+"""Regenerate the committed golden set and its manifest: the one command.
+
+    python scripts/regenerate_goldens.py
+
+Run it only when the spec or the format changes (every regeneration stays in git
+history). SOURCE_DATE_EPOCH is pinned so that the same environment (constraints.txt,
+same CPU kind) reproduces byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "golden"
+SOURCE_DATE_EPOCH = "1795651200"  # 2026-11-26T00:00:00Z, spec 1.0.0
+PRESETS = ("default",)
+
+
+def main() -> int:
+    os.environ["SOURCE_DATE_EPOCH"] = SOURCE_DATE_EPOCH
+    from resblock.generator.grid import preset_cases
+    from resblock.generator.run import generate
+    from resblock.golden.manifest import REGENERATE, manifest_entry
+    from resblock.schemas import validate
+    from resblock.spec.constants import FORMAT_VERSION, SPEC_VERSION
+
+    files = []
+    for preset in PRESETS:
+        path = GOLDEN / f"{preset}.h5"
+        cases = preset_cases(preset)
+        print(f"generating {len(cases)} cases -> {path}", file=sys.stderr)
+        meta = generate(cases, path, preset=preset, force=True, device="cpu")
+        files.append(manifest_entry(path, preset, meta))
+    manifest = {"format_version": FORMAT_VERSION, "spec_version": SPEC_VERSION,
+                "regenerate": REGENERATE, "files": files}
+    validate(manifest, "golden-manifest", where="golden/MANIFEST.json")
+    (GOLDEN / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
+    for f in files:
+        print(f"{f['path']}: {f['cases']} cases, {f['bytes']} bytes, sha256 {f['file_sha256']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
