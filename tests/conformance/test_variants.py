@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+
 from resblock.conformance import pitfalls
 from resblock.conformance.variants import (
     CORRECT_VARIANTS,

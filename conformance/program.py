@@ -1,0 +1,453 @@
+"""Run an implementation written in any language: the ``resblock-program/1`` protocol.
+
+``resblock check --exec 'PROGRAM ARGS {input} {output}'`` runs an external program once
+per batch of cases. The normative description is ``spec/PROGRAM_PROTOCOL.md``; in short:
+
+- ``{input}`` is a directory with ``cases.json`` (schema ``program-io``), ``cases.txt``
+  (``resblock-program/1`` then one ``DIR N H W C`` line per case, for programs without
+  a JSON parser) and one directory per case of raw little-endian float32 C-order files
+  (``x.bin``, ``Conv_0.kernel.bin``, ..., ``BatchNorm_1.var.bin``).
+- ``{output}`` is a directory that already holds one empty directory per case; the
+  program writes ``y.bin`` and the four updated running stats into each.
+- Exit status 0 means "outputs written"; a timeout, a non-zero status or a signal makes
+  every case of the batch fail with the same message, which quotes the end of stderr.
+
+The argv is ``shlex.split`` of the template with the placeholders substituted as whole
+arguments, and the program runs without a shell, so paths with spaces need no quoting.
+
+The layer stack is: :func:`parse_exec` (template -> argv), :func:`write_inputs` (arrays
+-> files), :func:`run_program` (one subprocess), :func:`read_outputs` (files -> arrays
+or per-case messages). Pure Python and NumPy: importing this never imports JAX.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from resblock.errors import GridError, SpecError, TargetError
+from resblock.schemas import validate
+from resblock.spec.constants import PARAM_NAMES, STAT_NAMES
+
+PROTOCOL = "resblock-program/1"
+INPUT_PLACEHOLDER = "{input}"
+OUTPUT_PLACEHOLDER = "{output}"
+STDERR_TAIL_LINES = 20
+
+# Raw float32, little-endian whatever the host: the files are an interchange format.
+_DTYPE = np.dtype("<f4")
+_SAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class ProgramError(str):
+    """A per-case failure message from an external program.
+
+    A ``str`` subclass, so a result ``r`` of :func:`run_program` or :func:`read_outputs`
+    is an error exactly when ``isinstance(r, str)``, and it prints as the message.
+    """
+
+
+class BatchResult(dict):
+    """``{case_id: (y, new_batch_stats) | ProgramError}`` of one run, plus its context.
+
+    Attributes:
+      argv: the command line that ran, with placeholders substituted.
+      returncode: the exit status (negative: killed by that signal; None: timed out).
+      stdout: what the program wrote on stdout, decoded as UTF-8 (default: "").
+      stderr: what the program wrote on stderr, decoded as UTF-8 (default: "").
+      wall_s: wall-clock seconds the program ran.
+    """
+
+    def __init__(self, *args, argv=(), returncode=None, stdout="", stderr="", wall_s=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        self.wall_s = wall_s
+
+
+# --------------------------------------------------------------------------- argv
+
+
+def parse_exec(template: str) -> list[str]:
+    """Split an ``--exec`` template into argv and check that the program can run.
+
+    ``{input}`` and ``{output}`` must each appear as a whole argument. A program given
+    as a path (it contains ``/``) must be an executable file, relative to the current
+    directory; a bare name is looked up on ``PATH`` with :func:`shutil.which`.
+
+    Raises:
+      TargetError: the template is empty or unparsable, a placeholder is missing or
+        embedded in a longer argument, or the program is not found or not executable.
+    """
+    try:
+        argv = shlex.split(template)
+    except ValueError as e:
+        raise TargetError(
+            f"cannot parse --exec {template!r}: {e}; quote it the way a POSIX shell would"
+        ) from None
+    example = "e.g. --exec './my_block {input} {output}'"
+    if not argv:
+        raise TargetError(f"--exec is empty; give the program and its arguments, {example}")
+    for ph in (INPUT_PLACEHOLDER, OUTPUT_PLACEHOLDER):
+        if ph in argv[1:]:
+            continue
+        embedded = [a for a in argv if ph in a]
+        if embedded:
+            raise TargetError(
+                f"--exec {template!r}: {ph} must be a whole argument, found it inside "
+                f"{embedded[0]!r}; the runner substitutes whole arguments only "
+                f"(pass it separately, {example})"
+            )
+        raise TargetError(
+            f"--exec {template!r} has no {ph} argument; the program is given the input "
+            f"and output directories through {INPUT_PLACEHOLDER} and {OUTPUT_PLACEHOLDER}, "
+            f"{example}"
+        )
+    _check_program(argv[0])
+    return argv
+
+
+def _check_program(program: str) -> None:
+    if os.sep in program or (os.altsep and os.altsep in program):
+        p = Path(program)
+        if not p.exists():
+            raise TargetError(
+                f"program {program!r} does not exist (relative to {os.getcwd()!r}); "
+                "build it first or fix the path"
+            )
+        if p.is_dir():
+            raise TargetError(f"program {program!r} is a directory, not an executable file")
+        if not os.access(p, os.X_OK):
+            raise TargetError(
+                f"program {program!r} is not executable; run `chmod +x {shlex.quote(program)}`"
+            )
+        return
+    if shutil.which(program) is None:
+        raise TargetError(
+            f"program {program!r} not found on PATH; give its path (e.g. ./{program}) or install it"
+        )
+
+
+def _substitute(argv: Sequence[str], input_dir: Path, output_dir: Path) -> list[str]:
+    table = {INPUT_PLACEHOLDER: str(input_dir), OUTPUT_PLACEHOLDER: str(output_dir)}
+    return [argv[0]] + [table.get(a, a) for a in argv[1:]]
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _file_name(name: str) -> str:
+    """``Conv_0/kernel`` -> ``Conv_0.kernel.bin``."""
+    return name.replace("/", ".") + ".bin"
+
+
+def _array_shapes(n: int, h: int, w: int, c: int) -> tuple[dict, dict]:
+    """``{name: shape}`` of the inputs and the outputs of one case (C == F)."""
+    f = c
+    inputs = {"x": (n, h, w, c)}
+    for name in PARAM_NAMES:
+        inputs[name] = (3, 3, c, f) if name.endswith("/kernel") else (f,)
+    for name in STAT_NAMES:
+        inputs[name] = (f,)
+    outputs = {"y": (n, h, w, f)}
+    outputs.update({name: (f,) for name in STAT_NAMES})
+    return inputs, outputs
+
+
+def _case_dir(index: int, case_id: str) -> str:
+    """A unique, shell- and whitespace-safe directory name that still shows the id."""
+    safe = _SAFE_RE.sub("_", case_id).strip("._-")[:80]
+    return f"{index:04d}-{safe}" if safe else f"{index:04d}"
+
+
+def _leaf(tree: Mapping, name: str, what: str, case_id: str) -> np.ndarray:
+    layer, leaf = name.split("/")
+    try:
+        return np.asarray(tree[layer][leaf])
+    except (KeyError, TypeError, IndexError):
+        raise SpecError(
+            f"case {case_id!r}: {what} has no {layer}/{leaf}; expected Flax names "
+            f"{', '.join(PARAM_NAMES if what == 'params' else STAT_NAMES)}"
+        ) from None
+
+
+def _case_arrays(case_id, x, params, batch_stats) -> tuple[tuple[int, ...], dict]:
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise SpecError(f"case {case_id!r}: x must be 4-D NHWC, got shape {x.shape}")
+    arrays = {"x": x}
+    arrays.update({name: _leaf(params, name, "params", case_id) for name in PARAM_NAMES})
+    arrays.update({name: _leaf(batch_stats, name, "batch_stats", case_id) for name in STAT_NAMES})
+    n, h, w, c = x.shape
+    features = arrays["Conv_0/kernel"].shape[-1] if arrays["Conv_0/kernel"].ndim else -1
+    if c != features:
+        raise SpecError(
+            f"case {case_id!r}: x has C={c} channels but Conv_0/kernel has F={features} "
+            "output features; the residual needs C == features"
+        )
+    expected, _ = _array_shapes(n, h, w, c)
+    for name, shape in expected.items():
+        if arrays[name].shape != shape:
+            raise SpecError(
+                f"case {case_id!r}: {name} has shape {arrays[name].shape}, expected {shape}"
+            )
+    return (n, h, w, c), arrays
+
+
+def write_inputs(directory, cases) -> dict:
+    """Write one batch in the protocol's input layout and return its ``cases.json`` dict.
+
+    Args:
+      directory: the program's ``{input}``, normally empty; created if missing.
+      cases: ``(case_id, x, params, batch_stats)`` tuples; ``x`` is NHWC, the trees are
+        Flax-style nested dicts. Arrays are written as little-endian float32.
+
+    Raises:
+      GridError: no cases, an empty id, or duplicate ids.
+      SpecError: a missing array, a wrong shape, or C != features.
+    """
+    directory = Path(directory)
+    cases = list(cases)
+    if not cases:
+        raise GridError("no cases to hand to the program; a batch needs at least one case")
+    directory.mkdir(parents=True, exist_ok=True)
+    seen: set[str] = set()
+    entries, lines = [], [PROTOCOL]
+    for index, (case_id, x, params, batch_stats) in enumerate(cases):
+        case_id = str(case_id)
+        if not case_id:
+            raise GridError(f"case {index} has an empty id; every case needs a unique id")
+        if case_id in seen:
+            raise GridError(f"duplicate case id {case_id!r}: each case must appear once")
+        seen.add(case_id)
+        (n, h, w, c), arrays = _case_arrays(case_id, x, params, batch_stats)
+        dir_name = _case_dir(index, case_id)
+        case_path = directory / dir_name
+        case_path.mkdir()
+        in_shapes, out_shapes = _array_shapes(n, h, w, c)
+        for name, a in arrays.items():
+            np.ascontiguousarray(a, dtype=_DTYPE).tofile(case_path / _file_name(name))
+        entries.append(
+            {
+                "id": case_id,
+                "dir": dir_name,
+                "n": n,
+                "h": h,
+                "w": w,
+                "c": c,
+                "features": c,
+                "inputs": _describe(in_shapes),
+                "outputs": _describe(out_shapes),
+            }
+        )
+        lines.append(f"{dir_name} {n} {h} {w} {c}")
+    doc = {
+        "protocol": PROTOCOL,
+        "layout": "nhwc",
+        "dtype": "float32",
+        "byte_order": "little",
+        "cases": entries,
+    }
+    validate(doc, "program-io", where="cases.json")
+    (directory / "cases.json").write_text(_dumps(doc), "utf-8")
+    (directory / "cases.txt").write_text("\n".join(lines) + "\n", "utf-8")
+    return doc
+
+
+def _describe(shapes: Mapping[str, tuple[int, ...]]) -> dict:
+    return {name: {"file": _file_name(name), "shape": list(s)} for name, s in shapes.items()}
+
+
+def _dumps(doc: dict) -> str:
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def read_outputs(directory, descriptor: Mapping) -> dict:
+    """Read the program's outputs for every case of ``descriptor`` (a ``cases.json`` dict).
+
+    Returns:
+      ``{case_id: (y, new_batch_stats)}`` with float32 arrays and Flax-style nested
+      stats, or ``{case_id: ProgramError}`` naming each missing or wrong-size file with
+      the expected and the found byte size.
+    """
+    validate(descriptor, "program-io", where="the program-io descriptor")
+    directory = Path(directory)
+    results: dict = {}
+    for case in descriptor["cases"]:
+        case_dir = directory / case["dir"]
+        problems, arrays = [], {}
+        for name, spec in case["outputs"].items():
+            shape = tuple(spec["shape"])
+            rel = f"{case['dir']}/{spec['file']}"
+            path = case_dir / spec["file"]
+            want = _DTYPE.itemsize * math.prod(shape)
+            what = f"{want} bytes (float32 little-endian, shape {shape})"
+            if not path.is_file():
+                found = "a directory" if path.is_dir() else "nothing"
+                problems.append(f"output file {rel} is missing: expected {what}, found {found}")
+                continue
+            got = path.stat().st_size
+            if got != want:
+                problems.append(
+                    f"output file {rel} has the wrong size: expected {what}, found {got} bytes"
+                )
+                continue
+            arrays[name] = np.fromfile(path, dtype=_DTYPE).astype(np.float32).reshape(shape)
+        if problems:
+            results[case["id"]] = ProgramError("; ".join(problems))
+            continue
+        stats: dict = {}
+        for name in STAT_NAMES:
+            layer, leaf = name.split("/")
+            stats.setdefault(layer, {})[leaf] = arrays[name]
+        results[case["id"]] = (arrays["y"], stats)
+    return results
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_program(argv_template, cases, timeout=None, workdir=None) -> BatchResult:
+    """Run the program once on a batch and return each case's outputs or error.
+
+    Args:
+      argv_template: an ``--exec`` string (checked by :func:`parse_exec`) or an argv list
+        that already holds the ``{input}`` and ``{output}`` placeholders.
+      cases: ``(case_id, x, params, batch_stats)`` tuples, as for :func:`write_inputs`.
+      timeout: seconds before the program (and its process group) is killed (default:
+        None, no limit).
+      workdir: parent of the temporary directory (default: None, the system's temporary
+        directory). The program itself runs in the current directory.
+
+    Returns:
+      A :class:`BatchResult`: ``{case_id: (y, new_batch_stats) | ProgramError}``. A
+      timeout, a non-zero exit status or a signal fails every case of the batch with the
+      same message, quoting the last lines of stderr; otherwise :func:`read_outputs`
+      decides per case. The temporary directory is always removed.
+
+    Raises:
+      TargetError: the template is invalid or the program cannot be started.
+    """
+    if isinstance(argv_template, str):
+        argv = parse_exec(argv_template)
+    else:
+        argv = parse_exec(shlex.join(str(a) for a in argv_template))  # same checks
+    shown = shlex.join(argv)
+    with tempfile.TemporaryDirectory(prefix="resblock-program-", dir=workdir) as tmp:
+        input_dir, output_dir = Path(tmp, "input"), Path(tmp, "output")
+        input_dir.mkdir()
+        output_dir.mkdir()
+        descriptor = write_inputs(input_dir, cases)
+        for case in descriptor["cases"]:
+            (output_dir / case["dir"]).mkdir()
+        ids = [case["id"] for case in descriptor["cases"]]
+        full_argv = _substitute(argv, input_dir, output_dir)
+        try:
+            returncode, stdout, stderr, wall_s, timed_out = _run(full_argv, timeout)
+        except OSError as e:
+            raise TargetError(f"cannot start program `{shown}`: {e}") from None
+        context = dict(
+            argv=full_argv, returncode=returncode, stdout=stdout, stderr=stderr, wall_s=wall_s
+        )
+        if timed_out:
+            msg = f"program `{shown}` timed out after {timeout:g}s and was killed"
+            return BatchResult({i: ProgramError(msg + _tail(stderr)) for i in ids}, **context)
+        if returncode != 0:
+            msg = f"program `{shown}` {_describe_status(returncode)}"
+            return BatchResult({i: ProgramError(msg + _tail(stderr)) for i in ids}, **context)
+        results = read_outputs(output_dir, descriptor)
+        for case_id, r in results.items():
+            if isinstance(r, str):
+                results[case_id] = ProgramError(
+                    f"program `{shown}` exited with status 0 but {r}" + _tail(stderr)
+                )
+        return BatchResult(results, **context)
+
+
+def _run(argv: list[str], timeout) -> tuple[int | None, str, str, float, bool]:
+    """``subprocess.run(argv, timeout=..., capture_output=True)`` without a shell, except
+    that the program runs in its own process group, which is killed as a whole on a
+    timeout or an interrupt: a wrapper script's children cannot outlive it.
+
+    Returns ``(returncode, stdout, stderr, wall_s, timed_out)``; returncode is None when
+    the program timed out.
+    """
+    start = time.monotonic()
+    with subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            try:  # the group is dead, so the pipes reach EOF at once
+                out, err = proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:  # a descendant escaped the group
+                out, err = b"", b""
+            return None, _decode(out), _decode(err), time.monotonic() - start, True
+        except BaseException:
+            _kill_group(proc)
+            raise
+    return proc.returncode, _decode(out), _decode(err), time.monotonic() - start, False
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+
+
+def _describe_status(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "an unknown signal"
+        return f"was killed by signal {name} ({-returncode})"
+    msg = f"exited with status {returncode} (expected 0)"
+    if returncode > 128:
+        try:
+            name = signal.Signals(returncode - 128).name
+            msg += f"; a shell reports a child killed by {name} this way"
+        except ValueError:
+            pass
+    return msg
+
+
+def _decode(data) -> str:
+    if data is None:
+        return ""
+    if isinstance(data, str):
+        return data
+    return data.decode("utf-8", errors="replace")
+
+
+def _tail(stderr: str) -> str:
+    lines = stderr.rstrip("\n").splitlines()
+    if not lines:
+        return "; stderr was empty"
+    head = (
+        f"last {STDERR_TAIL_LINES} of {len(lines)} lines of stderr"
+        if len(lines) > STDERR_TAIL_LINES
+        else "stderr"
+    )
+    return f"\n--- {head} ---\n" + "\n".join(lines[-STDERR_TAIL_LINES:])
