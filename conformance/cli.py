@@ -43,9 +43,15 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
     if exec_ and (api != "functional" or layout != "nhwc"):
         raise click.UsageError("--exec programs use the NHWC functional protocol; "
                                "drop --api/--layout")
+    import os
+
+    for opt, path in (("--json-report", json_report), ("--junit", junit)):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise HarnessError(f"{opt} {path}: the folder {os.path.dirname(path)!r} does not "
+                               "exist")
     config = CheckConfig(target=impl or exec_, api=api, layout=layout, profile=profile,
                          keyword=keyword, xfail=xfail, timeout=timeout,
-                         diagnose=not no_diagnose)
+                         diagnose=not no_diagnose, program=bool(exec_))
     if not goldens:
         from resblock.golden.cli import default_goldens
 
@@ -74,9 +80,12 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
     if live:
         err.write("\r" + " " * 70 + "\r")
     click.echo(report.terminal_summary(run))
-    if json_report:
-        report.write_json(run, json_report)
-    if junit:
-        with open(junit, "w", encoding="utf-8") as f:
-            f.write(report.junit_xml(run))
+    try:
+        if json_report:
+            report.write_json(run, json_report)
+        if junit:
+            with open(junit, "w", encoding="utf-8") as f:
+                f.write(report.junit_xml(run))
+    except OSError as e:
+        raise HarnessError(f"could not write the report: {e}") from None
     sys.exit(0 if run.conforms else 1)

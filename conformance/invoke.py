@@ -57,9 +57,11 @@ def call_once(fn, api: str, layout: str, inputs: dict) -> Outcome:
         else:
             result = fn(xf, pf, sf)
         result = _plain(result)
-    except Exception as e:  # noqa: BLE001 - the implementation may raise anything
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the implementation may raise anything
         tb = traceback.format_exc(limit=-3).rstrip().splitlines()
         msg = f"raised {type(e).__name__}: {e}"
+        if isinstance(e, SystemExit):
+            msg = f"called sys.exit({e.code!r}); an implementation must return, not exit"
         if "read-only" in str(e):
             msg += " (inputs are read-only: the implementation must not modify them in place)"
         return Outcome(error=msg + "\n    " + "\n    ".join(tb[-4:]),
@@ -134,7 +136,14 @@ class Worker:
         if not parent.poll(max(60.0, self.timeout or 0)):
             self._kill()
             raise TargetError(f"--impl {self.target}: the worker did not start within 60 s")
-        kind, payload = parent.recv()
+        try:
+            kind, payload = parent.recv()
+        except (EOFError, OSError):
+            self.proc.join(5)
+            code = self.proc.exitcode
+            self._kill()
+            raise TargetError(f"--impl {self.target}: the worker process died while loading "
+                              f"the target (exit status {code})") from None
         if kind == "load_error":
             self._kill()
             raise TargetError(payload)

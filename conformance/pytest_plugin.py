@@ -71,23 +71,39 @@ class ResblockCollector(pytest.Collector):
             yield ResblockItem.from_parent(self, name=i, gc_id=i, state=self.state)
 
 
+_OPEN_FILES: list = []
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session, config, items):
+    """Adds one item per golden case (before -k deselection runs, hence tryfirst)."""
     target = config.getoption("--resblock-impl")
     if not target:
         return
     from resblock.conformance.invoke import InProcess
     from resblock.conformance.runner import CheckConfig, open_goldens
     from resblock.conformance.targets import load_target
+    from resblock.errors import HarnessError
     from resblock.golden.cli import default_goldens
     from resblock.spec import tolerance
 
-    cfg = CheckConfig(target=target, api=config.getoption("--resblock-api"),
-                      layout=config.getoption("--resblock-layout"),
-                      profile=config.getoption("--resblock-profile"))
-    files = open_goldens(config.getoption("--resblock-goldens") or default_goldens())
-    invoker = InProcess(load_target(target), cfg.api, cfg.layout)
+    try:
+        cfg = CheckConfig(target=target, api=config.getoption("--resblock-api"),
+                          layout=config.getoption("--resblock-layout"),
+                          profile=config.getoption("--resblock-profile"))
+        fn = load_target(target)
+        files = open_goldens(config.getoption("--resblock-goldens") or default_goldens())
+    except HarnessError as e:
+        raise pytest.UsageError(f"resblock: {e}") from None
+    _OPEN_FILES.extend(files)
+    invoker = InProcess(fn, cfg.api, cfg.layout)
     state = (cfg, tolerance.profile(cfg.profile), files, invoker)
     ids = [e["id"] for f in files for e in f.entries
            if cfg.api != "seeded" or e["family"] == "seeded"]
     collector = ResblockCollector.from_parent(session, name="resblock", state=state, ids=ids)
     items.extend(collector.collect())
+
+
+def pytest_unconfigure(config):
+    while _OPEN_FILES:
+        _OPEN_FILES.pop().close()

@@ -18,11 +18,31 @@ ORDER = {"error": 0, "fail": 1, "xpass": 2, "xfail": 3, "pass": 4}
 
 
 def repro_line(run, case_id: str) -> str:
+    """A command that re-runs exactly this case with the same settings."""
+    import shlex
+
     c = run.config
-    impl = f"--exec '{c.target}'" if c.target.startswith("exec:") is False and \
-        getattr(c, "is_program", False) else f"--impl {c.target}"
-    return (f"resblock check {impl} --api {c.api} --layout {c.layout} "
-            f"--profile {c.profile} -k {case_id}")
+    parts = ["resblock", "check"]
+    parts += ["--exec", c.target] if c.program else ["--impl", c.target]
+    if not c.program:
+        parts += ["--api", c.api, "--layout", c.layout]
+    parts += ["--profile", c.profile]
+    from resblock.golden.cli import default_goldens
+
+    used = [g["path"] for g in run.goldens]
+    if sorted(map(_real, used)) != sorted(map(_real, default_goldens())):
+        for g in used:
+            parts += ["--goldens", g]
+    if c.timeout is not None:
+        parts += ["--timeout", f"{c.timeout:g}"]
+    parts += ["-k", case_id]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _real(path: str) -> str:
+    import os
+
+    return os.path.realpath(path)
 
 
 def _tensor_line(t, layout: str) -> str:

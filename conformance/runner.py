@@ -6,6 +6,7 @@ Library entry point behind ``resblock check`` and the pytest plugin. Returns a
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class CheckConfig:
     timeout: float | None = None
     diagnose: bool = True
     max_diagnosed: int = 24
+    program: bool = False  # target is an --exec template, not an --impl
 
     def __post_init__(self):
         if self.api not in APIS:
@@ -121,6 +123,9 @@ def judge(gc, outcome, config: CheckConfig, prof) -> CaseResult:
     bad = res.failing_tensors
     if bad:
         problems.append("out of tolerance: " + ", ".join(t.name for t in bad))
+    nonfinite = int(np.count_nonzero(~np.isfinite(y)))
+    if nonfinite:
+        problems.append(f"{nonfinite} of {y.size} output values are NaN or Inf")
     if stats_flat is None and config.api == "seeded":
         res.message = "batch_stats not returned: only the output was checked"
     if problems:
@@ -159,7 +164,8 @@ def run_check(config: CheckConfig, invoker, golden_paths, progress=None) -> RunR
         groups: dict = {}
         for f, e in selected:
             groups.setdefault((id(f), e["group"]), []).append((f, e))
-        done = diagnosed = 0
+        done = 0
+        candidates: list = []  # (worst score, n, res, gc, result): the worst failures
         for members in groups.values():
             gcs = [f.case(e["id"]) for f, e in members]
             for gc, outcome in zip(gcs, invoker.run(gcs), strict=True):
@@ -169,18 +175,22 @@ def run_check(config: CheckConfig, invoker, golden_paths, progress=None) -> RunR
                     used_xfail.add(xf.line)
                     res.xfail_reason = xf.reason
                     res.status = "xpass" if res.status == "pass" else "xfail"
-                if res.status in ("fail", "xfail") and config.diagnose and res.tensors \
-                        and diagnosed < config.max_diagnosed:
-                    from resblock.conformance.diagnose import diagnose_case
-
-                    diagnosed += 1
-                    res.pitfall = diagnose_case(gc, outcome.result, config, prof)
-                    if res.pitfall:
-                        run.pitfalls[res.pitfall] += 1
+                if res.status in ("fail", "xfail") and config.diagnose and res.tensors:
+                    item = (res.worst_score, done, res, gc, outcome.result)
+                    if len(candidates) < config.max_diagnosed:
+                        heapq.heappush(candidates, item)
+                    else:
+                        heapq.heappushpop(candidates, item)
                 run.results.append(res)
                 done += 1
                 if progress is not None:
                     progress(done, len(selected), res)
+        from resblock.conformance.diagnose import diagnose_case
+
+        for _, _, res, gc, result in sorted(candidates, key=lambda c: (-c[0], c[1])):
+            res.pitfall = diagnose_case(gc, result, config, prof)
+            if res.pitfall:
+                run.pitfalls[res.pitfall] += 1
         run.stale_xfail = [f"{config.xfail}:{e.line}: {e.pattern} matches no checked case"
                            for e in xfails if e.line not in used_xfail]
     finally:

@@ -30,6 +30,7 @@ Three PyTorch defaults differ from the spec and are handled here:
 Runs on CUDA when available, else on the CPU. This file imports only PyTorch.
 """
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -76,7 +77,8 @@ def forward(x, params, batch_stats):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def t(a):
-        return torch.as_tensor(a, dtype=torch.float32, device=device)
+        # Copy: the kit hands over read-only arrays, which torch cannot wrap in place.
+        return torch.tensor(np.asarray(a), dtype=torch.float32, device=device)
 
     with torch.no_grad():
         x = t(x)

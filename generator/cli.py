@@ -91,9 +91,24 @@ def _preset_names():
 @click.option("--batch", type=IntList(1), default="1", show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "gpu", "auto"]), default="cpu",
               show_default=True, help="Where the reference forward runs (inputs: always CPU).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: one per core for grids of 24+ cases).")
+@click.option("--shard", metavar="K/N", default=None,
+              help="Compute only shard K of N (balanced by cost); combine with `merge`.")
+@click.option("--distributed", is_flag=True,
+              help="Run as one process of a jax.distributed job (shard from process index; "
+                   "process 0 merges). Cluster auto-detected unless the options below.")
+@click.option("--coordinator", metavar="HOST:PORT", default=None)
+@click.option("--num-processes", type=click.IntRange(min=1), default=None)
+@click.option("--process-id", type=click.IntRange(min=0), default=None)
+@click.option("--precision", type=click.Choice(["highest", "default"]), default="highest",
+              show_default=True,
+              help="'default' lets GPUs use TF32 and breaks the spec: only for demonstrating "
+                   "that verify/diff reject such goldens.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.pass_context
 def generate(ctx, output, preset, families, inputs, seeds, shapes, features, batch, device,
+             jobs, shard, distributed, coordinator, num_processes, process_id, precision,
              force):
     """Run the reference block over a grid of cases and write an HDF5 golden file."""
     import os
@@ -115,13 +130,43 @@ def generate(ctx, output, preset, families, inputs, seeds, shapes, features, bat
     except GridError as e:
         raise click.UsageError(str(e)) from None
 
-    from resblock.generator.run import generate as run
+    if shard and distributed:
+        raise click.UsageError("--shard and --distributed are exclusive (--distributed takes "
+                               "the shard from the process index)")
+    if shard:
+        from resblock.generator.shard import parse_shard, shard_cases
 
-    ngroups = len(grid.group_cases(cases))
-    click.echo(f"generating {len(cases)} cases in {ngroups} shape groups -> {output}", err=True)
-    with click.progressbar(length=len(cases), label="cases", file=click.get_text_stream("stderr"),
+        try:
+            k, n = parse_shard(shard)
+            shard_size = len(shard_cases(cases, k, n))
+        except GridError as e:
+            raise click.UsageError(str(e)) from None
+    if device != "cpu":
+        # Deterministic XLA GPU kernels (set before JAX starts its backend).
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_gpu_deterministic_ops" not in flags:
+            os.environ["XLA_FLAGS"] = (flags + " --xla_gpu_deterministic_ops=true").strip()
+    if precision != "highest":
+        click.echo("warning: --precision default does not follow the spec (TF32 on GPUs); "
+                   "verify will reject what it produces", err=True)
+
+    from resblock.generator import run as runmod
+
+    total = shard_size if shard else len(cases)
+    click.echo(f"generating {total} cases -> {output}", err=True)
+    with click.progressbar(length=total, label="cases", file=click.get_text_stream("stderr"),
                            show_pos=True) as bar:
-        meta = run(cases, output, preset=preset, force=force, device=device, progress=bar.update)
+        if distributed:
+            meta = runmod.generate_distributed(
+                cases, output, preset=preset, force=force, device=device, precision=precision,
+                coordinator=coordinator, num_processes=num_processes, process_id=process_id,
+                progress=bar.update)
+        else:
+            meta = runmod.generate(cases, output, preset=preset, force=force, device=device,
+                                   jobs=jobs, shard=shard, precision=precision,
+                                   progress=bar.update)
+    if not meta["cases"]:
+        return
     worst = max(meta["cases"], key=lambda e: e["ref_score"])
     click.echo(f"wrote {output}: {len(meta['cases'])} cases, content sha256 "
                f"{meta['content_sha256'][:16]}..., worst reference score {worst['ref_score']:.3g} "

@@ -1,4 +1,4 @@
-"""Compute one shape group of golden cases: derive inputs, run the reference, the oracle.
+"""Compute golden cases: derive inputs, run the reference, the oracle, the scores.
 
 Pure computation: returns arrays; writing them is :mod:`resblock.golden.store`'s job.
 """
@@ -24,14 +24,21 @@ def _flat(prefix: str, tree: dict, names) -> dict:
 class ReferenceRunner:
     """Runs the Flax reference under ``jit`` on a device, one compiled program per shape."""
 
-    def __init__(self, device=None):
+    def __init__(self, device=None, precision: str = "highest"):
+        """``precision``: "highest" (the spec) or "default" (JAX's default, which runs
+        float32 convolutions in TF32 on recent NVIDIA GPUs: only to demonstrate that
+        ``verify`` and ``diff`` reject such goldens)."""
+        import contextlib
+
         import jax
 
         from resblock.spec.reference import apply_block, full_precision
 
+        if precision not in ("highest", "default"):
+            raise ValueError(f"precision must be 'highest' or 'default', got {precision!r}")
         self._jax = jax
-        self._precision = full_precision
-        self.device = device or jax.devices()[0]
+        self._precision = full_precision if precision == "highest" else contextlib.nullcontext
+        self.device = device or jax.local_devices()[0]
         self._fn = jax.jit(apply_block)
 
     def __call__(self, x, params, stats):
@@ -42,16 +49,20 @@ class ReferenceRunner:
         return np.asarray(y), jax.tree_util.tree_map(np.asarray, new)
 
 
-def compute_group(cases: list[Case], runner: ReferenceRunner) -> tuple[dict, list[dict]]:
-    """All CASE_ARRAYS of a shape group (stacked on axis 0) and per-case index extras."""
-    from resblock.spec.derivation import derive_variables, derive_x
+def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None):
+    """All CASE_ARRAYS of a shape group (stacked on axis 0) and per-case index extras.
 
+    ``inputs``: the ``(x, params, batch_stats)`` of each case, if already derived
+    (``resblock.generator.batched.derive_cases`` derives many groups at once).
+    """
+    if inputs is None:
+        from resblock.generator.batched import derive_cases
+
+        inputs = derive_cases(cases)
     rows: list[dict] = []
     extras: list[dict] = []
     fp32 = tolerance.profile("fp32")
-    for case in cases:
-        x = derive_x(case)
-        params, stats = derive_variables(case)
+    for _case, (x, params, stats) in zip(cases, inputs, strict=True):
         y, new_stats = runner(x, params, stats)
         ref = oracle.forward(x, params, stats)
         arrays = {"x": x, "y": y}

@@ -146,3 +146,14 @@ def definition(preset: str | None, cases) -> dict:
         ]
         return {"rows": rows}
     return {"cases": [c.id for c in cases]}
+
+
+def cases_from_definition(defn: dict) -> list[Case]:
+    """The cases a recorded grid definition describes (for merge's gap check)."""
+    if "cases" in defn:
+        return [Case.from_id(i) for i in defn["cases"]]
+    if "rows" in defn:
+        return unique(c for r in defn["rows"] for c in Row(
+            r["family"], r["inputs"], r["n"], tuple(r["shape"]), r["features"],
+            tuple(r["seeds"]), r.get("why", "")).cases())
+    raise GridError(f"grid definition has neither 'cases' nor 'rows': {sorted(defn)}")

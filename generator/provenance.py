@@ -29,7 +29,11 @@ def created_timestamp() -> str:
         try:
             t = _dt.datetime.fromtimestamp(int(sde), tz=_dt.timezone.utc)
         except ValueError:
-            raise ValueError(f"SOURCE_DATE_EPOCH must be an integer, got {sde!r}") from None
+            from resblock.errors import HarnessError
+
+            raise HarnessError(f"SOURCE_DATE_EPOCH must be an integer number of seconds, got "
+                               f"{sde!r}; unset it or set e.g. SOURCE_DATE_EPOCH=1795651200") \
+                from None
     else:
         t = _dt.datetime.now(tz=_dt.timezone.utc).replace(microsecond=0)
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -45,12 +49,7 @@ def environment(device) -> dict:
     backend = device.platform
     gpu_driver = cuda = None
     if backend in ("gpu", "cuda", "rocm"):
-        try:
-            import jax.extend.backend as _b
-
-            cuda = str(getattr(_b.get_backend(), "platform_version", None))
-        except Exception:  # noqa: BLE001 - best effort, recorded as unknown
-            cuda = None
+        cuda, gpu_driver = _gpu_versions(device)
     return {
         "python": sys.version.split()[0],
         "jax": jax.__version__,
@@ -68,15 +67,33 @@ def environment(device) -> dict:
     }
 
 
-def computation() -> dict:
+def computation(precision: str = "highest") -> dict:
     from resblock.spec.derivation import prng_config
 
     return {
-        "precision": "highest",
-        "execution": "jax.jit(apply) per shape group; inputs and init on CPU",
+        "precision": precision,
+        "execution": "jax.jit(apply) per shape group, one case per call; inputs and init on CPU",
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "env_flags": {k: os.environ[k] for k in BIT_CHANGING_ENV if k in os.environ},
         "prng": prng_config(),
         "derivation_device": "cpu",
         "oracle": "resblock.spec.oracle (NumPy float64, two-pass variance)",
     }
+
+
+def _gpu_versions(device) -> tuple[str | None, str | None]:
+    """(CUDA/ROCm runtime as the backend reports it, driver version), best effort."""
+    import subprocess
+
+    runtime = driver = None
+    try:
+        runtime = str(device.client.platform_version).strip() or None
+    except Exception:  # noqa: BLE001 - recorded as unknown
+        runtime = None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True)
+        driver = out.stdout.strip().splitlines()[0] or None
+    except Exception:  # noqa: BLE001 - no nvidia-smi (ROCm, containers): unknown
+        driver = None
+    return runtime, driver

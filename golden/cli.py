@@ -84,3 +84,50 @@ def show(path, case_id):
         for name, a in gc.arrays.items():
             click.echo(f"  {name:38s} {str(a.dtype):8s} {str(a.shape):18s} "
                        f"min {np.min(a): .4g}  max {np.max(a): .4g}")
+
+
+@click.command("merge")
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--allow-gaps", is_flag=True, help="Accept shards that do not cover the grid.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+def merge(output, inputs, allow_gaps, force):
+    """Combine shard golden files (from `generate --shard K/N`) into OUTPUT.
+
+    Refuses overlapping shards, gaps in the grid (unless --allow-gaps), and shards whose
+    spec, format, library versions, device, precision or flags differ.
+    """
+    from resblock.errors import GoldenFormatError
+    from resblock.generator.grid import cases_from_definition
+    from resblock.golden.merge import merge_files
+    from resblock.golden.reader import GoldenFile
+
+    with GoldenFile(inputs[0]) as first:
+        grid = dict(first.metadata["grid"], shard=None)
+    expected = [c.id for c in cases_from_definition(grid["definition"])]
+    for p in inputs[1:]:
+        with GoldenFile(p) as gf:
+            if gf.metadata["grid"]["definition"] != grid["definition"]:
+                raise GoldenFormatError(f"{p} is a shard of a different grid than {inputs[0]}")
+    meta = merge_files(output, list(inputs), grid=grid, expected_ids=expected,
+                       allow_gaps=allow_gaps, force=force)
+    click.echo(f"merged {len(inputs)} files -> {output}: {len(meta['cases'])} of "
+               f"{len(expected)} grid cases, content sha256 {meta['content_sha256'][:16]}...")
+
+
+@click.command("diff")
+@click.argument("a", type=click.Path(dir_okay=False))
+@click.argument("b", type=click.Path(dir_okay=False))
+@click.option("--profile", default="fp32", show_default=True,
+              type=click.Choice(["fp32", "tf32", "bf16"]))
+def diff(a, b, profile):
+    """Compare two golden sets case by case; exit 0 when they agree.
+
+    Inputs must be bit-identical; outputs are judged with the spec's tolerance rule
+    against the other set's float64 oracle.
+    """
+    from resblock.golden.diff import diff_files, format_diff
+
+    res = diff_files(a, b, profile)
+    click.echo(format_diff(res))
+    sys.exit(0 if res.agree else 1)

@@ -36,9 +36,13 @@ class GoldenFile:
         try:
             self.metadata = self._read_metadata()
             self._check_structure()
-        except Exception:
+        except GoldenFormatError:
             self._f.close()
             raise
+        except (OSError, RuntimeError, KeyError, ValueError) as e:
+            self._f.close()
+            raise GoldenFormatError(f"{self.path}: damaged HDF5 structure ({type(e).__name__}: "
+                                    f"{e}); restore it from git or regenerate it") from None
         self.entries = self.metadata["cases"]
         self._by_id = {e["id"]: e for e in self.entries}
         self._cache: dict[str, dict] = {}
@@ -110,6 +114,17 @@ class GoldenFile:
             g = groups.get(e["group"])
             if g is None or not 0 <= e["row"] < g["size"]:
                 self._fail(f"case {e['id']!r} points to a missing group/row")
+            stored = self._case_ids(e["group"])[e["row"]]
+            if stored != e["id"]:
+                self._fail(f"/groups/{e['group']}/case_ids[{e['row']}] is {stored!r} but the "
+                           f"index puts {e['id']!r} there")
+
+    def _case_ids(self, group: str) -> list[str]:
+        cache = self.__dict__.setdefault("_ids_cache", {})
+        if group not in cache:
+            raw = self._f[f"groups/{group}/case_ids"][()]
+            cache[group] = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in raw]
+        return cache[group]
 
     def hash_problems(self) -> list[str]:
         """Recompute every case hash and the content hash; describe each mismatch."""
@@ -143,8 +158,12 @@ class GoldenFile:
 
         arrays = self._cache.get(group)
         if arrays is None:
-            g = self._f[f"groups/{group}"]
-            arrays = {name: g[name][()] for name in CASE_ARRAYS}
+            try:
+                g = self._f[f"groups/{group}"]
+                arrays = {name: g[name][()] for name in CASE_ARRAYS}
+            except (OSError, RuntimeError, KeyError, ValueError) as e:
+                raise GoldenFormatError(f"{self.path}: damaged data in group {group} "
+                                        f"({type(e).__name__}: {e})") from None
             self._cache = {group: arrays}  # one group resident at a time
         return arrays
 

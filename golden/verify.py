@@ -49,6 +49,9 @@ def verify_file(path, profile: str = "fp32") -> FileVerdict:
     with gf:
         verdict.problems.extend(f"{path}: {p}" for p in gf.hash_problems())
         for gc in gf.iter_cases():
+            problem = oracle_problem(gc)
+            if problem:
+                verdict.problems.append(f"{path}: case {gc.id}: {problem}")
             score = reference_score(gc.arrays, gc.kappa, prof)
             dev = float(np.max(np.abs(gc.arrays["y"] - gc.arrays["oracle/y"])))
             ok = score <= 1.0
@@ -66,3 +69,29 @@ def verify_file(path, profile: str = "fp32") -> FileVerdict:
                     f"differs from the recomputed {score:.6g}"
                 )
     return verdict
+
+
+def oracle_problem(gc) -> str | None:
+    """Recompute the float64 oracle from the stored inputs; it must match what is stored.
+
+    Catches a file whose outputs and oracle were edited together and re-hashed. The
+    oracle is float64 NumPy, so another BLAS may change the last bits: the comparison
+    allows 1e-9 of each tensor's scale, far below any tolerance the gate uses.
+    """
+    from resblock.spec import oracle
+    from resblock.spec.constants import STAT_NAMES
+
+    ref = oracle.forward(gc.x, gc.params, gc.batch_stats_in)
+    pairs = [("oracle/y", ref.y)] + [
+        (f"oracle/batch_stats_out/{n}", ref.batch_stats[n.split("/")[0]][n.split("/")[1]])
+        for n in STAT_NAMES] + [(f"oracle/stages/{k}", v) for k, v in ref.stages.items()]
+    for name, fresh in pairs:
+        stored = gc.arrays[name]
+        scale = max(float(np.max(np.abs(fresh))), 1.0) if fresh.size else 1.0
+        dev = float(np.max(np.abs(stored - fresh))) if fresh.size else 0.0
+        if not dev <= 1e-9 * scale:
+            return (f"stored {name} differs from the float64 oracle recomputed from the "
+                    f"stored inputs by {dev:.3g}: the file's data is inconsistent")
+    if not np.isclose(ref.kappa, gc.kappa, rtol=1e-9):
+        return f"recorded kappa {gc.kappa:.6g} differs from the recomputed {ref.kappa:.6g}"
+    return None

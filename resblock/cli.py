@@ -36,10 +36,10 @@ def cli():
 def _register():
     from resblock.conformance.cli import check
     from resblock.generator.cli import generate
-    from resblock.golden.cli import list_cases, show, verify
+    from resblock.golden.cli import diff, list_cases, merge, show, verify
     from resblock.spec.cli import spec
 
-    for cmd in (generate, verify, list_cases, show, spec, check):
+    for cmd in (generate, verify, list_cases, show, spec, check, merge, diff):
         cli.add_command(cmd)
 
 

@@ -71,9 +71,10 @@ class Case:
             raise GridError(f"unknown inputs {self.inputs!r}; expected one of {sorted(INPUTS)}")
         for name in ("n", "h", "w", "features"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise GridError(f"{name} must be a positive integer, got {v!r}")
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**31:
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) \
+                or not 0 <= self.seed < 2**31:
             raise GridError(f"seed must be an integer in [0, 2^31), got {self.seed!r}")
         if self.family == "seeded" and self.n != 1:
             raise GridError(f"seeded cases have batch 1 (the problem's API), got n={self.n}")
@@ -117,10 +118,14 @@ class Case:
                 "FAMILY-INPUTS-nN-HxW-fF-sSEED, e.g. seeded-normal-n1-4x4-f4-s0"
             )
         d = m.groupdict()
-        return cls(
+        case = cls(
             family=d["family"], inputs=d["inputs"], n=int(d["n"]), h=int(d["h"]),
             w=int(d["w"]), features=int(d["features"]), seed=int(d["seed"]),
         )
+        if case.id != case_id:
+            raise GridError(f"case id {case_id!r} is not canonical; the case's id is "
+                            f"{case.id!r} (no leading zeros)")
+        return case
 
 
 def unique(cases) -> list[Case]:

@@ -26,25 +26,38 @@ def key_seed(case: Case, role: str) -> int:
 
 
 def _cpu():
-    return jax.devices("cpu")[0]
+    return jax.local_devices(backend="cpu")[0]
 
 
-def _normal(case, role, shape):
-    with jax.default_device(_cpu()):
-        k = jax.random.PRNGKey(key_seed(case, role))
-        return np.asarray(jax.random.normal(k, shape, dtype=np.float32))
+class ExactDraws:
+    """The normative draws: one ``jax.random`` call per array, on the CPU backend."""
+
+    def normal(self, case, role, shape):
+        with jax.default_device(_cpu()):
+            k = jax.random.PRNGKey(key_seed(case, role))
+            return np.asarray(jax.random.normal(k, shape, dtype=np.float32))
+
+    def uniform(self, case, role, shape, lo, hi):
+        with jax.default_device(_cpu()):
+            k = jax.random.PRNGKey(key_seed(case, role))
+            return np.asarray(jax.random.uniform(k, shape, np.float32, lo, hi))
 
 
-def _uniform(case, role, shape, lo, hi):
-    with jax.default_device(_cpu()):
-        k = jax.random.PRNGKey(key_seed(case, role))
-        return np.asarray(jax.random.uniform(k, shape, np.float32, lo, hi))
+_EXACT = ExactDraws()
 
 
-def derive_x(case: Case) -> np.ndarray:
+def _normal(case, role, shape, draws=_EXACT):
+    return draws.normal(case, role, shape)
+
+
+def _uniform(case, role, shape, lo, hi, draws=_EXACT):
+    return draws.uniform(case, role, shape, lo, hi)
+
+
+def derive_x(case: Case, draws=_EXACT) -> np.ndarray:
     """The case's input x, float32 (N, H, W, C), per the INPUTS table."""
     shape = case.x_shape
-    z = _normal(case, "x", shape)
+    z = _normal(case, "x", shape, draws)
     if case.inputs == "normal":
         return z
     if case.inputs == "lowamp":
@@ -52,12 +65,12 @@ def derive_x(case: Case) -> np.ndarray:
     if case.inputs == "large":
         return (np.float32(1e3) * z).astype(np.float32)
     if case.inputs == "offset":
-        o = _uniform(case, "x/offset", (case.features,), -64.0, 64.0)
+        o = _uniform(case, "x/offset", (case.features,), -64.0, 64.0, draws)
         return (z + o).astype(np.float32)
     raise AssertionError(case.inputs)  # Case.__post_init__ already refused it
 
 
-def derive_random_variables(case: Case) -> tuple[dict, dict]:
+def derive_random_variables(case: Case, draws=_EXACT) -> tuple[dict, dict]:
     """Explicit non-init (params, batch_stats) for the functional and stress families.
 
     kernel ~ N(0,1)/sqrt(9C) (init scale, not truncated); conv bias ~ 0.5 N(0,1);
@@ -69,19 +82,19 @@ def derive_random_variables(case: Case) -> tuple[dict, dict]:
     for name in PARAM_NAMES:
         layer, leaf = name.split("/")
         if leaf == "kernel":
-            v = _normal(case, name, (3, 3, c, f)) / np.float32(np.sqrt(9.0 * c))
+            v = _normal(case, name, (3, 3, c, f), draws) / np.float32(np.sqrt(9.0 * c))
         elif layer.startswith("Conv") or leaf == "bias":
-            v = np.float32(0.5) * _normal(case, name, (f,))
+            v = np.float32(0.5) * _normal(case, name, (f,), draws)
         else:  # BatchNorm scale
-            v = _uniform(case, name, (f,), 0.25, 2.0)
+            v = _uniform(case, name, (f,), 0.25, 2.0, draws)
         params.setdefault(layer, {})[leaf] = v.astype(np.float32)
     stats: dict = {}
     for name in STAT_NAMES:
         layer, leaf = name.split("/")
         if leaf == "mean":
-            v = np.float32(0.5) * _normal(case, "batch_stats/" + name, (f,))
+            v = np.float32(0.5) * _normal(case, "batch_stats/" + name, (f,), draws)
         else:
-            v = _uniform(case, "batch_stats/" + name, (f,), 0.5, 2.0)
+            v = _uniform(case, "batch_stats/" + name, (f,), 0.5, 2.0, draws)
         stats.setdefault(layer, {})[leaf] = v.astype(np.float32)
     return params, stats
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from resblock.spec.reference import apply_block
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

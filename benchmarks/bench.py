@@ -1,0 +1,229 @@
+"""Speed and memory benchmarks (issue 4): ratios measured side by side in one run.
+
+    python benchmarks/bench.py [--quick] [--repeats N] [--out benchmarks/RESULTS.txt]
+
+Every timing is a whole fresh process (interpreter start, imports, compilation, work,
+output), measured alternately (baseline, ours, baseline, ours, ...) and reported as
+medians. "cold": no persistent compilation cache; "warm": each side with its own JAX
+persistent compilation cache, populated by one earlier run of the same command.
+No timed assertions anywhere: this script prints numbers; the correctness checks it
+makes (verify, agreement with the baseline) are asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def run(cmd, env=None, cwd=None) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.PIPE)
+    return time.perf_counter() - t
+
+
+def env_with(**kw):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    e.update({k: str(v) for k, v in kw.items()})
+    return e
+
+
+def warm_env(cache: Path):
+    return env_with(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0,
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=-1)
+
+
+def generation(preset: str, repeats: int, tmp: Path, lines: list[str]):
+    gen_out = tmp / f"{preset}.h5"
+    naive_out = tmp / f"{preset}-naive.npz"
+    gen = [PY, "-m", "resblock", "generate", "--preset", preset, "-o", str(gen_out), "--force"]
+    naive = [PY, str(ROOT / "benchmarks" / "naive_loop.py"), preset, str(naive_out)]
+    caches = {"naive": tmp / f"cache-naive-{preset}", "gen": tmp / f"cache-gen-{preset}"}
+    results = {}
+    for mode in ("cold", "warm"):
+        envs = {k: (env_with() if mode == "cold" else warm_env(v)) for k, v in caches.items()}
+        if mode == "warm":  # populate each side's cache once
+            run(naive, envs["naive"])
+            run(gen, envs["gen"])
+        t_naive, t_gen = [], []
+        for _ in range(repeats):
+            t_naive.append(run(naive, envs["naive"]))
+            t_gen.append(run(gen, envs["gen"]))
+        mn, mg = statistics.median(t_naive), statistics.median(t_gen)
+        results[mode] = (mn, mg)
+        lines.append(f"  {preset:8s} {mode}: naive loop {mn:7.2f} s, resblock generate "
+                     f"{mg:6.2f} s  -> {mn / mg:5.1f}x  (medians of {repeats})")
+    check_outputs(gen_out, naive_out, lines)
+    return results
+
+
+def check_outputs(gen_out: Path, naive_out: Path, lines):
+    """The generator's golden passes verify and agrees with the naive loop's outputs."""
+    import numpy as np
+
+    from resblock.golden.reader import GoldenFile
+    from resblock.golden.verify import verify_file
+    from resblock.spec import tolerance
+
+    v = verify_file(gen_out)
+    assert v.ok, v.problems[:3]
+    naive = np.load(naive_out)
+    prof = tolerance.profile("fp32")
+    worst_naive = worst_diff = 0.0
+    with GoldenFile(gen_out) as gf:
+        for gc in gf.iter_cases():
+            y = naive[gc.id]
+            s = tolerance.scores(y, gc.arrays["oracle/y"], gc.kappa, prof.output, prof)
+            worst_naive = max(worst_naive, float(s.max()))
+            worst_diff = max(worst_diff, float(np.abs(y - gc.arrays["y"]).max()))
+    assert worst_naive <= 1.0, f"naive loop output out of tolerance: {worst_naive}"
+    lines.append(f"           verify ok; naive-loop outputs score {worst_naive:.3g} against the "
+                 f"oracle; max |generate - naive| = {worst_diff:.3g}")
+
+
+def efficiency(lines):
+    """Steady-state 56x56x64 forward vs FLOPs and XLA's conv throughput, same process."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from resblock.generator.batched import derive_cases
+    from resblock.spec import oracle
+    from resblock.spec.cases import Case
+    from resblock.spec.reference import apply_block, full_precision
+
+    case = Case("seeded", "normal", 1, 56, 56, 64, 0)
+    ((x, p, s),) = derive_cases([case])
+    flops = 2 * 2 * 1 * 56 * 56 * 64 * 64 * 9
+    with full_precision():
+        fwd = jax.jit(apply_block)
+        jax.block_until_ready(fwd(x, p, s))
+        conv = jax.jit(lambda a, k: lax.conv_general_dilated(
+            a, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=lax.Precision.HIGHEST))
+        k = jnp.asarray(p["Conv_0"]["kernel"])
+        jax.block_until_ready(conv(x, k))
+
+        def best(f, n=20):
+            ts = []
+            for _ in range(n):
+                t = time.perf_counter()
+                jax.block_until_ready(f())
+                ts.append(time.perf_counter() - t)
+            return min(ts)
+
+        t_fwd = best(lambda: fwd(x, p, s))
+        t_conv = best(lambda: conv(x, k))
+    t0 = time.perf_counter()
+    oracle.forward(x, p, s)
+    t_oracle = time.perf_counter() - t0
+    conv_rate = flops / 2 / t_conv
+    fwd_rate = flops / t_fwd
+    lines.append(f"  56x56x64 forward: {t_fwd * 1e3:.2f} ms = {fwd_rate / 1e9:.1f} GFLOP/s; one "
+                 f"XLA conv alone: {conv_rate / 1e9:.1f} GFLOP/s -> forward at "
+                 f"{fwd_rate / conv_rate:.0%} of XLA conv throughput")
+    lines.append(f"  float64 oracle (NumPy) for the same case: {t_oracle * 1e3:.1f} ms "
+                 f"({t_oracle / t_fwd:.1f}x the float32 forward)")
+
+
+def check_overhead(repeats: int, lines):
+    from resblock.golden.cli import default_goldens
+
+    goldens = default_goldens()
+    check = [PY, "-m", "resblock", "check", "--impl",
+             str(ROOT / "benchmarks" / "zero_cost.py") + ":forward", "-q"]
+    plain = [PY, str(ROOT / "benchmarks" / "plain_read.py"), *goldens]
+    numpy_check = [PY, "-m", "resblock", "check", "--impl",
+                   str(ROOT / "examples" / "numpy_float32.py") + ":forward", "-q"]
+    tc, tp = [], []
+    for _ in range(repeats):
+        tp.append(run(plain))
+        tc.append(run(check))
+    mc, mp = statistics.median(tc), statistics.median(tp)
+    lines.append(f"  check, zero-cost impl, default set: {mc:.2f} s vs plain h5py+NumPy read "
+                 f"{mp:.2f} s -> {mc / mp:.2f}x (target <= 3x)")
+    th, tk, tn = [], [], []
+    for _ in range(repeats):
+        tk.append(run([PY, "-c", "import click"]))
+        th.append(run([PY, "-m", "resblock", "--help"]))
+        tn.append(run(numpy_check))
+    mh, mk, mn = statistics.median(th), statistics.median(tk), statistics.median(tn)
+    lines.append(f"  resblock --help {mh:.3f} s vs python -c 'import click' {mk:.3f} s -> "
+                 f"{mh / mk:.2f}x (target <= 2x)")
+    lines.append(f"  resblock check (NumPy float32 impl, whole default set): {mn:.2f} s")
+    probe = subprocess.run(
+        [PY, "-c", "import sys; from resblock.cli import main\n"
+         "sys.argv=['resblock','check','--impl','" + str(ROOT / "examples" / "numpy_float32.py")
+         + ":forward','-q']\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+         "print('JAX_IMPORTED' if 'jax' in sys.modules or 'flax' in sys.modules else 'NO_JAX')"],
+        capture_output=True, text=True, check=True)
+    lines.append("  check path of a NumPy implementation imports jax/flax: "
+                 + ("NO" if "NO_JAX" in probe.stdout else "YES (target: no)"))
+
+
+def memory(tmp: Path, lines):
+    def peak(cmd):
+        code = ("import resource, subprocess, sys\n"
+                f"subprocess.run({cmd!r}, check=True, stdout=subprocess.DEVNULL)\n"
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+        out = subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True)
+        return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+    big = peak([PY, "-m", "resblock", "generate", "--preset", "large", "-o",
+                str(tmp / "mem-large.h5"), "--force", "--jobs", "1"])
+    one = peak([PY, "-m", "resblock", "generate", "--family", "seeded", "--shapes", "56x56",
+                "--features", "64", "--seeds", "0-3", "-o", str(tmp / "mem-one.h5"),
+                "--force", "--jobs", "1"])
+    lines.append(f"  peak RSS generating the large grid (49 cases, 13 groups): {big:.0f} MiB; "
+                 f"its largest shape group alone: {one:.0f} MiB -> {big / one:.2f}x")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="bench grid only, 1 repeat")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    import flax
+    import jax
+    import numpy
+
+    from resblock.generator.provenance import cpu_model
+
+    lines = [f"resblock benchmarks, {time.strftime('%Y-%m-%d')}",
+             f"machine: {cpu_model()}, {os.cpu_count()} cores, {platform.platform()}",
+             f"python {platform.python_version()}, jax {jax.__version__}, flax {flax.__version__},"
+             f" numpy {numpy.__version__}", ""]
+    repeats = 1 if args.quick else args.repeats
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        lines.append("1. generation vs the naive loop (init + apply eagerly per case)")
+        for preset in (("bench",) if args.quick else ("bench", "default", "large")):
+            generation(preset, repeats if preset != "large" else 1, tmp, lines)
+            print("\n".join(lines[-3:]), flush=True)
+        lines.append("2. efficiency at large shapes")
+        efficiency(lines)
+        lines.append("3. check overhead")
+        check_overhead(repeats, lines)
+        lines.append("4. memory")
+        memory(tmp, lines)
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n", "utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

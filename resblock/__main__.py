@@ -1,0 +1,5 @@
+"""``python -m resblock`` is the ``resblock`` command."""
+
+from resblock.cli import main
+
+main()

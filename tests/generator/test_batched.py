@@ -1,0 +1,77 @@
+"""generator/batched.py: the batched derivation is bit-identical to the spec's exact one."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from resblock.generator import batched
+from resblock.generator.grid import preset_cases
+from resblock.spec.cases import Case
+from resblock.spec.derivation import derive_variables, derive_x
+from resblock.spec.reference import BasicBlock
+
+
+def _assert_same(case, got):
+    x, params, stats = got
+    np.testing.assert_array_equal(x, derive_x(case), err_msg=case.id)
+    want_p, want_s = derive_variables(case)
+    assert jax.tree_util.tree_structure((params, stats)) == \
+        jax.tree_util.tree_structure((want_p, want_s))
+    for a, b in zip(jax.tree_util.tree_leaves((params, stats)),
+                    jax.tree_util.tree_leaves((want_p, want_s)), strict=True):
+        assert a.dtype == b.dtype == np.float32
+        np.testing.assert_array_equal(a, b, err_msg=case.id)
+
+
+def test_default_preset_bit_identical():
+    cases = preset_cases("default")
+    for case, got in zip(cases, batched.derive_cases(cases), strict=True):
+        _assert_same(case, got)
+
+
+@pytest.mark.parametrize("features", [1, 2, 3, 5, 16, 33, 64])
+def test_fast_init_equals_flax_init_on_real_input(features):
+    """Against Flax's init on a (1, H, W, C) input, as the problem calls it."""
+    assert batched.fast_init_supported()
+    seeds = [0, 1, 7, 12345, 2**31 - 1]
+    cases = [Case("seeded", "normal", 1, 3, 2, features, s) for s in seeds]
+    for case, (_, params, stats) in zip(cases, batched.derive_cases(cases), strict=True):
+        v = BasicBlock(features).init(jax.random.PRNGKey(case.seed),
+                                      np.zeros((1, 3, 2, features), np.float32))
+        for got, want in ((params, v["params"]), (stats, v["batch_stats"])):
+            for layer in want:
+                for leaf in want[layer]:
+                    np.testing.assert_array_equal(got[layer][leaf], np.asarray(
+                        want[layer][leaf]), err_msg=f"{case.id} {layer}/{leaf}")
+
+
+def test_mixed_families_and_chunking():
+    """More requests than one CHUNK, all input kinds: order and slicing stay right."""
+    cases = [Case(fam, inp, n, h, w, f, s)
+             for s in range(8)
+             for fam, inp, n, h, w, f in (("functional", "offset", 2, 3, 4, 3),
+                                          ("stress", "lowamp", 1, 1, 1, 5),
+                                          ("seeded", "normal", 1, 2, 5, 2),
+                                          ("stress", "large", 4, 2, 2, 8))]
+    assert len(cases) * 5 > batched.CHUNK
+    for case, got in zip(cases, batched.derive_cases(cases), strict=True):
+        _assert_same(case, got)
+
+
+def test_falls_back_to_flax_init_for_untested_flax(monkeypatch):
+    monkeypatch.setattr(batched, "FAST_INIT_FLAX", ("0.0.",))
+    assert not batched.fast_init_supported()
+    case = Case("seeded", "normal", 1, 2, 2, 3, 4)
+    _assert_same(case, batched.derive_cases([case])[0])
+
+
+def test_flax_suffix_hash_matches_flax():
+    from flax.core.scope import _fold_in_static
+
+    key = jax.random.PRNGKey(3)
+    for suffix in (("Conv_0", 1), ("Conv_1", 1)):
+        want = np.asarray(_fold_in_static(key, suffix))
+        got = np.asarray(jax.random.fold_in(key, np.uint32(batched._flax_suffix_hash(suffix))))
+        np.testing.assert_array_equal(got, want)

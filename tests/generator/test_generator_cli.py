@@ -1,0 +1,58 @@
+"""Tests for generator/cli.py's parameter types (the command itself: tests/test_cli.py)."""
+
+from __future__ import annotations
+
+import click
+import pytest
+
+from resblock.generator.cli import IntList, Shapes
+
+
+@pytest.mark.parametrize("text, want", [
+    ("0", (0,)),
+    ("0-4,7", (0, 1, 2, 3, 4, 7)),
+    (" 3 , 1-2 ", (3, 1, 2)),
+    ("2,2,1-3", (2, 1, 3)),  # duplicates dropped, first order kept
+])
+def test_int_list_parses(text, want):
+    assert IntList(0).convert(text, None, None) == want
+
+
+@pytest.mark.parametrize("text, match", [
+    ("a-b", "'a-b' is not an integer or a range"),
+    ("5-2", "'5-2': values must be >= 0 and ranges ascending"),
+    ("-1", "values must be >= 0"),
+    ("1,,2", "is not an integer"),
+    ("1.5", "is not an integer"),
+])
+def test_int_list_refuses(text, match):
+    with pytest.raises(click.BadParameter, match=match):
+        IntList(0).convert(text, None, None)
+
+
+def test_int_list_minimum():
+    with pytest.raises(click.BadParameter, match="values must be >= 1"):
+        IntList(1).convert("0-2", None, None)
+
+
+@pytest.mark.parametrize("text, want", [
+    ("4x4", ((4, 4),)),
+    ("7x13, 1x1", ((7, 13), (1, 1))),
+    ("4x4x8", ((4, 4, 8),)),
+])
+def test_shapes_parse(text, want):
+    assert Shapes().convert(text, None, None) == want
+
+
+@pytest.mark.parametrize("text, match", [
+    ("-1x4", "sizes must be positive"),
+    ("0x4", "sizes must be positive"),
+    ("4x4x0", "sizes must be positive"),
+    ("4", "is not a shape like 4x4"),
+    ("4x", "is not a shape like 4x4"),
+    ("4*4", "is not a shape like 4x4"),
+    ("4x4x4x4", "is not a shape like 4x4"),
+])
+def test_shapes_refuse(text, match):
+    with pytest.raises(click.BadParameter, match=match):
+        Shapes().convert(text, None, None)

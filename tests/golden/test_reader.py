@@ -1,0 +1,199 @@
+"""Tests for golden/reader.py: GoldenFile validates on open and names the file in every
+problem; damaged, truncated, edited and foreign files are refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from resblock.errors import GoldenFormatError
+from resblock.golden.reader import GoldenFile, open_golden
+from resblock.golden.store import CASE_ARRAYS
+
+
+def test_round_trip(smoke_golden):
+    path, meta = smoke_golden
+    with open_golden(path) as gf:
+        assert gf.metadata == meta
+        assert gf.ids == [e["id"] for e in meta["cases"]]
+        assert gf.hash_problems() == []
+        seen = [gc.id for gc in gf.iter_cases()]
+        assert sorted(seen) == sorted(gf.ids)
+        groups = [gf.entry(i)["group"] for i in seen]
+        assert groups == sorted(groups)  # file order: group by group
+        only = [gc.id for gc in gf.iter_cases(ids=["stress-normal-n1-1x1-f4-s0"])]
+        assert only == ["stress-normal-n1-1x1-f4-s0"]
+        for gc in gf.iter_cases():
+            assert set(gc.arrays) == set(CASE_ARRAYS)
+            assert gc.arrays["x"].shape == gc.case.x_shape
+    with h5py.File(path, "r") as f:
+        for e in meta["cases"]:
+            x = f[f"groups/{e['group']}/x"][e["row"]]
+            with GoldenFile(path) as gf:
+                np.testing.assert_array_equal(gf.case(e["id"]).x, x)
+
+
+def test_unknown_case_id_names_file_and_remedy(smoke_golden):
+    path, _ = smoke_golden
+    with GoldenFile(path) as gf:
+        with pytest.raises(GoldenFormatError, match=f"{path}: no case 'seeded-normal-n1-9x9"):
+            gf.case("seeded-normal-n1-9x9-f4-s0")
+        with pytest.raises(GoldenFormatError, match="resblock list"):
+            gf.entry("nope")
+
+
+def _open_fails(path, match):
+    with pytest.raises(GoldenFormatError) as e:
+        GoldenFile(path)
+    msg = str(e.value)
+    assert str(path) in msg
+    assert match in msg, msg
+    return msg
+
+
+def test_missing_file(tmp_path):
+    _open_fails(tmp_path / "absent.h5", "no such golden file")
+
+
+def test_not_hdf5(tmp_path):
+    p = tmp_path / "notes.h5"
+    p.write_text("this is not HDF5\n")
+    _open_fails(p, "not a readable HDF5 file")
+
+
+def test_truncated_file(golden):
+    path, _ = golden
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    _open_fails(path, "truncated or corrupt")
+
+
+def test_damaged_hdf5_structure_is_a_format_error(golden):
+    """A damaged B-tree inside an otherwise readable file: GoldenFormatError naming the
+    file (not a bare h5py RuntimeError), so `resblock verify` prints a FAIL line."""
+    path, _ = golden
+    data = bytearray(path.read_bytes())
+    i = data.find(b"TREE")  # signature of the first B-tree node (the root group's)
+    assert i > 0
+    data[i:i + 4] = b"XXXX"
+    path.write_bytes(bytes(data))
+    _open_fails(path, str(path))
+
+
+def test_hdf5_without_metadata(tmp_path):
+    p = tmp_path / "other.h5"
+    with h5py.File(p, "w") as f:
+        f["x"] = np.zeros(3)
+    _open_fails(p, "not a resblock golden file")
+
+
+def test_metadata_not_json(golden, rewrite_metadata):
+    path, _ = golden
+    rewrite_metadata(path, "{not json")
+    _open_fails(path, "/metadata is not valid JSON")
+
+
+def test_metadata_with_unknown_field(golden, rewrite_metadata):
+    path, meta = golden
+    meta["comment"] = "edited by hand"
+    rewrite_metadata(path, meta)
+    msg = _open_fails(path, "does not validate against schema 'golden-metadata'")
+    assert "comment" in msg
+
+
+def test_metadata_with_bad_hash(golden, rewrite_metadata):
+    path, meta = golden
+    meta["cases"][0]["sha256"] = "XYZ"
+    rewrite_metadata(path, meta)
+    _open_fails(path, "at cases/0/sha256")
+
+
+def test_newer_format_version(golden, rewrite_metadata):
+    path, meta = golden
+    meta["format_version"] = "2.0.0"
+    rewrite_metadata(path, meta)
+    _open_fails(path, "format version 2.0.0, but this kit reads format 1.0.0")
+
+
+def test_entry_disagreeing_with_its_id(golden, rewrite_metadata):
+    path, meta = golden
+    meta["cases"][0]["seed"] = 99
+    rewrite_metadata(path, meta)
+    _open_fails(path, "disagrees with the fields its id encodes")
+
+
+def test_entry_pointing_past_its_group(golden, rewrite_metadata):
+    path, meta = golden
+    meta["cases"][0]["row"] = 5
+    rewrite_metadata(path, meta)
+    _open_fails(path, "points to a missing group/row")
+
+
+def test_duplicate_index_entry(golden, rewrite_metadata):
+    path, meta = golden
+    meta["cases"].append(dict(meta["cases"][0]))
+    rewrite_metadata(path, meta)
+    _open_fails(path, "duplicate case id")
+
+
+def test_missing_group_and_dataset(golden, tmp_path):
+    path, meta = golden
+    second = tmp_path / "second.h5"
+    shutil.copyfile(path, second)
+    with h5py.File(path, "r+") as f:
+        del f["groups/n1_h1_w1_f4"]
+    _open_fails(path, "group /groups/n1_h1_w1_f4 listed in metadata is missing")
+    with h5py.File(second, "r+") as f:
+        del f["groups/n1_h1_w1_f4/oracle/stages/bn2"]
+    _open_fails(second, "dataset /groups/n1_h1_w1_f4/oracle/stages/bn2 is missing")
+
+
+def test_wrong_dtype(golden):
+    path, _ = golden
+    with h5py.File(path, "r+") as f:
+        x = f["groups/n1_h4_w4_f4/x"][()]
+        del f["groups/n1_h4_w4_f4/x"]
+        f["groups/n1_h4_w4_f4/x"] = x.astype(np.float64)
+    _open_fails(path, "/groups/n1_h4_w4_f4/x has shape (1, 1, 4, 4, 4) dtype float64")
+
+
+def test_modified_element_is_a_hash_problem(golden):
+    path, _ = golden
+    with h5py.File(path, "r+") as f:
+        ds = f["groups/n1_h3_w5_f2/params/Conv_1/bias"]
+        ds[0, 1] = ds[0, 1] + np.float32(1e-3)
+    with GoldenFile(path) as gf:  # opens: structure and schema are intact
+        assert gf.hash_problems() == [
+            "case seeded-normal-n1-3x5-f2-s0: content hash mismatch (data was modified)"]
+
+
+def test_case_ids_disagreeing_with_the_index_fail_verification(golden):
+    """groups/<g>/case_ids is how a reader without the JSON index finds a row; an edit
+    that makes it disagree with the index must not verify."""
+    from resblock.golden.verify import verify_file
+
+    path, _ = golden
+    with h5py.File(path, "r+") as f:
+        f["groups/n1_h4_w4_f4/case_ids"][0] = "seeded-normal-n1-4x4-f4-s9"
+    v = verify_file(path)
+    assert not v.ok
+    assert any("case_ids" in p for p in v.problems), v.problems
+
+
+def test_index_reordered_breaks_the_content_hash(golden, rewrite_metadata):
+    path, meta = golden
+    meta["cases"] = meta["cases"][::-1]
+    rewrite_metadata(path, meta)
+    with GoldenFile(path) as gf:
+        assert gf.hash_problems() == ["file content hash does not match its case index"]
+
+
+def test_metadata_roundtrips_as_json(smoke_golden):
+    path, meta = smoke_golden
+    with h5py.File(path, "r") as f:
+        raw = f["metadata"][()]
+    assert json.loads(raw.decode() if isinstance(raw, bytes) else raw) == meta

@@ -1,0 +1,148 @@
+"""Tests for golden/store.py: layout tables, hashes, GoldenWriter, GoldenCase."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from resblock.errors import GoldenFormatError, SchemaError
+from resblock.golden import store
+from resblock.golden.reader import GoldenFile
+from resblock.spec.cases import Case
+
+
+def test_array_tables():
+    assert store.CASE_ARRAYS[0] == "x"
+    assert len(store.CASE_ARRAYS) == len(set(store.CASE_ARRAYS)) == 1 + 8 + 4 + 1 + 4 + 1 + 4 + 6
+    assert "oracle/stages/sum" in store.ORACLE_ARRAYS
+    assert "oracle/stages/output" not in store.ORACLE_ARRAYS  # that is oracle/y
+
+
+@pytest.mark.parametrize("name, shape", [
+    ("x", (2, 3, 5, 4)), ("y", (2, 3, 5, 4)), ("oracle/y", (2, 3, 5, 4)),
+    ("oracle/stages/relu1", (2, 3, 5, 4)), ("params/Conv_1/kernel", (3, 3, 4, 4)),
+    ("params/Conv_0/bias", (4,)), ("params/BatchNorm_1/scale", (4,)),
+    ("batch_stats_in/BatchNorm_0/var", (4,)), ("oracle/batch_stats_out/BatchNorm_1/mean", (4,)),
+])
+def test_expected_shape(name, shape):
+    assert store.expected_shape(name, 2, 3, 5, 4) == shape
+
+
+def test_expected_dtype():
+    assert store.expected_dtype("oracle/y") == np.dtype("<f8")
+    assert store.expected_dtype("y") == np.dtype("<f4")
+    assert store.expected_dtype("params/Conv_0/kernel") == np.dtype("<f4")
+
+
+def test_case_sha256_by_hand():
+    a = np.array([[1.0, 2.0]], np.float32)
+    h = hashlib.sha256(b"cid\0")
+    h.update(b"a\0<f4\0(1, 2)\0" + a.tobytes())
+    assert store.case_sha256("cid", {"a": a}) == h.hexdigest()
+
+
+def test_case_sha256_sees_every_part():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    base = store.case_sha256("c", {"a": a, "b": a[0]})
+    assert base == store.case_sha256("c", {"b": a[0], "a": a})  # insertion order irrelevant
+    assert base == store.case_sha256("c", {"a": a.astype(">f4"), "b": a[0]})  # byte order
+    assert base == store.case_sha256("c", {"a": np.asfortranarray(a), "b": a[0]})
+    others = [
+        store.case_sha256("d", {"a": a, "b": a[0]}),
+        store.case_sha256("c", {"a2": a, "b": a[0]}),
+        store.case_sha256("c", {"a": a.reshape(3, 2), "b": a[0]}),
+        store.case_sha256("c", {"a": a.astype(np.float64), "b": a[0]}),
+        store.case_sha256("c", {"a": a + np.float32(1e-6), "b": a[0]}),
+    ]
+    assert len({base, *others}) == 6
+
+
+def test_content_sha256_by_hand():
+    entries = [{"id": "a", "sha256": "1" * 64}, {"id": "b", "sha256": "2" * 64}]
+    want = hashlib.sha256(f"a:{'1' * 64}\nb:{'2' * 64}\n".encode()).hexdigest()
+    assert store.content_sha256(entries) == want
+    assert store.content_sha256(entries[::-1]) != want
+
+
+def test_file_layout(smoke_golden):
+    path, meta = smoke_golden
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format_version"] == "1.0.0" == meta["format_version"]
+        assert f.attrs["spec_version"] == "1.0.0"
+        assert json.loads(f["metadata"][()]) == meta
+        assert sorted(f["groups"]) == sorted(g["name"] for g in meta["groups"])
+        g = f["groups/n2_h4_w4_f4"]
+        assert [s.decode() for s in g["case_ids"][()]] == ["functional-normal-n2-4x4-f4-s0"]
+        assert g["x"].shape == (1, 2, 4, 4, 4) and g["x"].dtype == np.dtype("<f4")
+        assert g["params/Conv_0/kernel"].shape == (1, 3, 3, 4, 4)
+        assert g["oracle/stages/conv2"].dtype == np.dtype("<f8")
+        # no creation timestamps in the objects: files are reproducible byte for byte
+        seen = []
+        f.visit(seen.append)
+        for name in seen:
+            info = h5py.h5o.get_info(f[name].id)
+            assert (info.ctime, info.mtime) == (0, 0), name
+            if isinstance(f[name], h5py.Dataset):  # plain floats and strings only
+                assert f[name].dtype.kind in "fO", name
+
+
+def test_index_entries(smoke_golden):
+    _, meta = smoke_golden
+    e = next(e for e in meta["cases"] if e["id"] == "seeded-normal-n1-4x4-f4-s0")
+    assert {k: e[k] for k in ("family", "inputs", "n", "h", "w", "features", "seed", "group",
+                              "row")} == {"family": "seeded", "inputs": "normal", "n": 1, "h": 4,
+                                          "w": 4, "features": 4, "seed": 0,
+                                          "group": "n1_h4_w4_f4", "row": 0}
+    assert e["kappa"] >= 1 and 0 <= e["ref_score"] <= 1
+    assert meta["content_sha256"] == store.content_sha256(meta["cases"])
+    assert meta["grid"]["preset"] == "smoke" and "rows" in meta["grid"]["definition"]
+
+
+def _arrays(case, k=1):
+    n, h, w, f = case.x_shape
+    return {name: np.zeros((k,) + store.expected_shape(name, n, h, w, f),
+                           store.expected_dtype(name)) for name in store.CASE_ARRAYS}
+
+
+def test_writer_refuses_missing_and_misshapen_arrays(tmp_path):
+    case = Case("seeded", "normal", 1, 2, 2, 2, 0)
+    path = tmp_path / "w.h5"
+    with pytest.raises(GoldenFormatError, match=r"missing arrays \['y'\]"):
+        with store.GoldenWriter(path) as w:
+            arrays = _arrays(case)
+            del arrays["y"]
+            w.write_group([case], arrays, [{"kappa": 1.0, "ref_score": 0.0}])
+    with pytest.raises(GoldenFormatError, match=r"n1_h2_w2_f2/x: shape \(1, 1, 2, 2, 3\)"):
+        with store.GoldenWriter(path) as w:
+            arrays = _arrays(case)
+            arrays["x"] = np.zeros((1, 1, 2, 2, 3), np.float32)
+            w.write_group([case], arrays, [{"kappa": 1.0, "ref_score": 0.0}])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_validates_metadata_before_renaming(tmp_path):
+    case = Case("seeded", "normal", 1, 2, 2, 2, 0)
+    path = tmp_path / "w.h5"
+    with pytest.raises(SchemaError, match=f"metadata for {path}"):
+        with store.GoldenWriter(path) as w:
+            w.write_group([case], _arrays(case), [{"kappa": 1.0, "ref_score": 0.0}])
+            w.finish({"format_version": "1.0.0"})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_golden_case_accessors(smoke_golden):
+    path, _ = smoke_golden
+    with GoldenFile(path) as gf:
+        gc = gf.case("functional-normal-n2-4x4-f4-s0")
+        assert gc.id == "functional-normal-n2-4x4-f4-s0"
+        assert gc.case == Case("functional", "normal", 2, 4, 4, 4, 0)
+        assert gc.kappa == gc.entry["kappa"]
+        assert gc.x.shape == (2, 4, 4, 4)
+        assert set(gc.params) == {"Conv_0", "Conv_1", "BatchNorm_0", "BatchNorm_1"}
+        assert gc.params["Conv_1"]["kernel"].shape == (3, 3, 4, 4)
+        assert set(gc.batch_stats_in["BatchNorm_0"]) == {"mean", "var"}
+        assert set(gc.tree("oracle/batch_stats_out")) == {"BatchNorm_0", "BatchNorm_1"}
