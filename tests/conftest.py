@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from resblock.generator.grid import preset_cases
+from resblock.generator.run import generate
+
 
 def random_case(seed, batch, height, width, features, scale=1.0):
     """``(x, params, batch_stats)`` as NumPy float32, drawn from the case's own fields.
@@ -41,3 +44,14 @@ def random_case(seed, batch, height, width, features, scale=1.0):
 def make_case():
     """The :func:`random_case` factory, for test modules outside this folder."""
     return random_case
+
+
+@pytest.fixture(scope="session")
+def smoke_golden(tmp_path_factory):
+    """The ``smoke`` preset (5 cases, 5 shape groups), generated once; do not modify."""
+    path = tmp_path_factory.mktemp("golden") / "smoke.h5"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOURCE_DATE_EPOCH", "1700000000")
+        meta = generate(preset_cases("smoke"), path, preset="smoke")
+    path.chmod(0o444)
+    return path, meta

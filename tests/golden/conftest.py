@@ -9,20 +9,6 @@ import shutil
 import h5py
 import pytest
 
-from resblock.generator.grid import preset_cases
-from resblock.generator.run import generate
-
-
-@pytest.fixture(scope="session")
-def smoke_golden(tmp_path_factory):
-    """The ``smoke`` preset (5 cases, 5 shape groups), generated once; do not modify."""
-    path = tmp_path_factory.mktemp("golden") / "smoke.h5"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SOURCE_DATE_EPOCH", "1700000000")
-        meta = generate(preset_cases("smoke"), path, preset="smoke")
-    path.chmod(0o444)
-    return path, meta
-
 
 @pytest.fixture
 def golden(smoke_golden, tmp_path):
