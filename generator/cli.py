@@ -105,11 +105,14 @@ def _preset_names():
               show_default=True,
               help="'default' lets GPUs use TF32 and breaks the spec: only for demonstrating "
                    "that verify/diff reject such goldens.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="JAX persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR); "
+                   "warm runs skip compilation.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.pass_context
 def generate(ctx, output, preset, families, inputs, seeds, shapes, features, batch, device,
              jobs, shard, distributed, coordinator, num_processes, process_id, precision,
-             force):
+             cache_dir, force):
     """Run the reference block over a grid of cases and write an HDF5 golden file."""
     import os
 
@@ -159,12 +162,12 @@ def generate(ctx, output, preset, families, inputs, seeds, shapes, features, bat
         if distributed:
             meta = runmod.generate_distributed(
                 cases, output, preset=preset, force=force, device=device, precision=precision,
-                coordinator=coordinator, num_processes=num_processes, process_id=process_id,
-                progress=bar.update)
+                cache_dir=cache_dir, coordinator=coordinator, num_processes=num_processes,
+                process_id=process_id, progress=bar.update)
         else:
             meta = runmod.generate(cases, output, preset=preset, force=force, device=device,
                                    jobs=jobs, shard=shard, precision=precision,
-                                   progress=bar.update)
+                                   cache_dir=cache_dir, progress=bar.update)
     if not meta["cases"]:
         return
     worst = max(meta["cases"], key=lambda e: e["ref_score"])

@@ -67,7 +67,7 @@ def environment(device) -> dict:
     }
 
 
-def computation(precision: str = "highest") -> dict:
+def computation(precision: str = "highest", cached: bool = False) -> dict:
     from resblock.spec.derivation import prng_config
 
     return {
@@ -77,6 +77,7 @@ def computation(precision: str = "highest") -> dict:
         "env_flags": {k: os.environ[k] for k in BIT_CHANGING_ENV if k in os.environ},
         "prng": prng_config(),
         "derivation_device": "cpu",
+        "compilation_cache": cached,
         "oracle": "resblock.spec.oracle (NumPy float64, two-pass variance)",
     }
 

@@ -41,14 +41,50 @@ def resolve_device(kind: str = "cpu"):
                            "install jax[cuda12] or use --device cpu") from None
 
 
+WORKER_STARTUP_S = 1.5  # spawning a worker, importing JAX and compiling its draws
+PARALLEL_MIN_COST_S = 8.0
+
+
 def default_jobs(cases, groups) -> int:
-    if len(cases) < 24:
-        return 1  # a worker's start-up (importing JAX) costs more than it saves
-    return max(1, min(os.cpu_count() or 1, len(groups), 8))
+    """One process unless the estimated work dwarfs a worker's start-up.
+
+    Measured here: on the 256-case benchmark grid (~1.5 s of estimated work) two workers
+    were 1.6x slower than one process, because every worker pays the imports and its
+    own compilations again.
+    """
+    from resblock.generator.shard import unit_cost
+
+    cost = sum(unit_cost(g) for g in groups)
+    if cost < PARALLEL_MIN_COST_S:
+        return 1
+    jobs = min(os.cpu_count() or 1, len(groups), 8, int(cost // WORKER_STARTUP_S) or 1)
+    return max(1, jobs)
+
+
+def configure_cache(cache_dir: str | None) -> str | None:
+    """Use JAX's persistent compilation cache in ``cache_dir`` for every compilation.
+
+    JAX caches only compilations over 1 s by default; the kit's programs take 0.1-0.6 s
+    each, so the thresholds are lowered to cache them all. Cached executables produce
+    the same bits as fresh ones (tests/generator/test_run.py). Default: the
+    ``JAX_COMPILATION_CACHE_DIR`` environment variable, if set; else no cache.
+    """
+    import jax
+
+    cache_dir = cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR") or None
+    if cache_dir:
+        from jax.experimental.compilation_cache import compilation_cache
+
+        if jax.config.jax_compilation_cache_dir != str(cache_dir):
+            compilation_cache.reset_cache()  # JAX initialises its cache once per process
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return cache_dir
 
 
 def _compute_into(groups, path, *, device: str, grid: dict, force: bool, progress=None,
-                  precision: str = "highest"):
+                  precision: str = "highest", cache_dir: str | None = None):
     """Compute ``groups`` in this process and write them to ``path``.
 
     On a host with several GPUs, shape groups go round-robin over the local devices.
@@ -60,6 +96,7 @@ def _compute_into(groups, path, *, device: str, grid: dict, force: bool, progres
     from resblock.golden.store import GoldenWriter
 
     created = provenance.created_timestamp()  # fail on a bad SOURCE_DATE_EPOCH before work
+    cache_dir = configure_cache(cache_dir)
     dev = resolve_device(device)
     devices = [dev] if dev.platform == "cpu" else jax.local_devices(backend=dev.platform)
     runners = [ReferenceRunner(d, precision=precision) for d in devices]
@@ -89,25 +126,26 @@ def _compute_into(groups, path, *, device: str, grid: dict, force: bool, progres
             "kit_version": __version__,
             "created": created,
             "environment": provenance.environment(dev),
-            "computation": provenance.computation(precision),
+            "computation": provenance.computation(precision, cache_dir is not None),
             "grid": grid,
         })
 
 
 def _worker(args):  # runs in a worker process
-    case_ids, path, device, grid, queue, precision = args
+    case_ids, path, device, grid, queue, precision, cache_dir = args
     from resblock.generator.grid import group_cases as _group
     from resblock.spec.cases import Case
 
     groups = _group([Case.from_id(i) for i in case_ids])
     _compute_into(groups, path, device=device, grid=grid, force=True, precision=precision,
+                  cache_dir=cache_dir,
                   progress=(lambda n: queue.put(n)) if queue is not None else None)
     return path
 
 
 def generate(cases, path, *, preset: str | None = None, force: bool = False,
              device: str = "cpu", jobs: int | None = None, shard: str | None = None,
-             precision: str = "highest",
+             precision: str = "highest", cache_dir: str | None = None,
              progress: Callable[[int], None] | None = None) -> dict:
     """Compute every case (or shard ``"K/N"`` of them), write ``path`` atomically, and
     return the metadata written. The metadata records the whole grid, so shards can be
@@ -129,12 +167,13 @@ def generate(cases, path, *, preset: str | None = None, force: bool = False,
     jobs = default_jobs(cases, groups) if jobs is None else max(1, min(jobs, len(groups)))
     if jobs == 1:
         return _compute_into(groups, path, device=device, grid=grid, force=force,
-                             progress=progress, precision=precision)
+                             progress=progress, precision=precision, cache_dir=cache_dir)
     return _generate_parallel(groups, path, jobs=jobs, device=device, grid=grid, force=force,
-                              progress=progress, precision=precision)
+                              progress=progress, precision=precision, cache_dir=cache_dir)
 
 
-def _generate_parallel(groups, path, *, jobs, device, grid, force, progress, precision):
+def _generate_parallel(groups, path, *, jobs, device, grid, force, progress, precision,
+                       cache_dir):
     import multiprocessing as mp
     import queue as _queue
     from concurrent.futures import ProcessPoolExecutor
@@ -147,7 +186,7 @@ def _generate_parallel(groups, path, *, jobs, device, grid, force, progress, pre
     try:
         bins = [b for b in plan(groups, jobs) if b]
         work = [([c.id for g in b for c in g], str(tmp / f"shard{i}.h5"), device, grid, q,
-                 precision) for i, b in enumerate(bins)]
+                 precision, cache_dir) for i, b in enumerate(bins)]
         with ProcessPoolExecutor(len(work), mp_context=ctx) as pool:
             futures = [pool.submit(_worker, w) for w in work]
             while not all(f.done() for f in futures):
@@ -169,7 +208,8 @@ def _generate_parallel(groups, path, *, jobs, device, grid, force, progress, pre
 
 
 def generate_distributed(cases, path, *, preset=None, force=False, device="cpu",
-                         precision="highest", coordinator=None, num_processes=None,
+                         precision="highest", cache_dir=None, coordinator=None,
+                         num_processes=None,
                          process_id=None, wait_timeout: float = 3600.0, progress=None) -> dict:
     """One process of a ``jax.distributed`` job: compute shard ``process_index+1`` of
     ``process_count`` next to ``path``; process 0 waits for every shard (files are
@@ -189,7 +229,8 @@ def generate_distributed(cases, path, *, preset=None, force=False, device="cpu",
     path = Path(path)
     shard_paths = [path.with_name(f"{path.name}.shard-{i}-of-{n}.h5") for i in range(1, n + 1)]
     meta = generate(cases, shard_paths[k - 1], preset=preset, force=True, device=device,
-                    jobs=1, shard=f"{k}/{n}", precision=precision, progress=progress)
+                    jobs=1, shard=f"{k}/{n}", precision=precision, cache_dir=cache_dir,
+                    progress=progress)
     if k != 1:
         return meta
     deadline = time.monotonic() + wait_timeout
