@@ -20,6 +20,8 @@ class GoldenFile:
     """A validated golden file. Structure and schema are checked on open; hashes by
     :meth:`hash_problems` (``resblock verify`` and ``resblock check`` both call it)."""
 
+    cache_bytes = 256 * 2**20  # arrays kept in memory across calls (at least one group)
+
     def __init__(self, path):
         import h5py
 
@@ -90,12 +92,13 @@ class GoldenFile:
         groups = {g["name"]: g for g in self.metadata["groups"]}
         for g in groups.values():
             path = f"groups/{g['name']}"
-            if path not in self._f:
+            grp = self._f.get(path)
+            if grp is None:
                 self._fail(f"group /{path} listed in metadata is missing")
             for name in CASE_ARRAYS:
-                if f"{path}/{name}" not in self._f:
+                ds = grp.get(name)
+                if ds is None:
                     self._fail(f"dataset /{path}/{name} is missing")
-                ds = self._f[f"{path}/{name}"]
                 want = (g["size"],) + expected_shape(name, g["n"], g["h"], g["w"], g["features"])
                 if ds.shape != want or ds.dtype != expected_dtype(name):
                     self._fail(f"/{path}/{name} has shape {ds.shape} dtype {ds.dtype}; "
@@ -164,7 +167,13 @@ class GoldenFile:
             except (OSError, RuntimeError, KeyError, ValueError) as e:
                 raise GoldenFormatError(f"{self.path}: damaged data in group {group} "
                                         f"({type(e).__name__}: {e})") from None
-            self._cache = {group: arrays}  # one group resident at a time
+            # Keep groups resident up to a byte budget (evicting the oldest): a small file
+            # is read once however often it is traversed; a huge one stays bounded.
+            self._cache[group] = arrays
+            size = sum(a.nbytes for v in self._cache.values() for a in v.values())
+            while size > self.cache_bytes and len(self._cache) > 1:
+                oldest = next(iter(self._cache))
+                size -= sum(a.nbytes for a in self._cache.pop(oldest).values())
         return arrays
 
     def case(self, case_id: str):

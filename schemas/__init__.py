@@ -42,7 +42,8 @@ def _validator(name: str):
     registry = Registry().with_resources(resources_)
     schema = load_schema(name)
     cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
+    # The schemas themselves are checked against their meta-schema by the tests
+    # (tests/test_schemas.py), not on every run: that check costs ~0.1 s per process.
     return cls(schema, registry=registry)
 
 
