@@ -18,7 +18,7 @@ def unit_cost(cases) -> float:
     """Rough seconds: one compilation per unit plus FLOP-proportional work per case."""
     c = cases[0]
     flops = 2 * 2 * c.n * c.h * c.w * c.features * c.features * 9
-    return 0.1 + len(cases) * (2e-3 + flops / 5e9)
+    return 0.15 + len(cases) * (3e-3 + flops / 5e9)
 
 
 def plan(units, bins: int) -> list[list]:

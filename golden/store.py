@@ -136,6 +136,10 @@ class GoldenWriter:
         """Complete the metadata (groups, cases, content hash), validate, write, rename."""
         from resblock.schemas import validate
 
+        # The index is in group order whatever order groups were written in (parallel
+        # writers finish in any order), so the content hash depends on content alone.
+        self.groups.sort(key=lambda g: g["name"])
+        self.entries.sort(key=lambda e: (e["group"], e["row"]))
         meta = dict(metadata, groups=self.groups, cases=self.entries,
                     content_sha256=content_sha256(self.entries))
         validate(meta, "golden-metadata", where=f"metadata for {self.path}")

@@ -91,3 +91,22 @@ def test_parallel_generation_is_bit_identical(smoke_golden, tmp_path, monkeypatc
     with GoldenFile(full) as f:
         assert meta["content_sha256"] == f.metadata["content_sha256"]
     assert [p.name for p in tmp_path.iterdir()] == ["par.h5"]  # shards cleaned up
+
+
+def test_forked_workers_are_bit_identical(smoke_golden, tmp_path):
+    """A fresh process forks its workers (no JAX backend yet): same content, no leftovers."""
+    import os
+    import subprocess
+    import sys
+
+    full, _ = smoke_golden
+    out = tmp_path / "fork.h5"
+    code = ("import sys\nfrom resblock.generator import run\n"
+            "from resblock.generator.grid import preset_cases\n"
+            "assert run.can_fork()\n"
+            f"run.generate(preset_cases('smoke'), {str(out)!r}, preset='smoke', jobs=2)\n")
+    env = dict(os.environ, SOURCE_DATE_EPOCH="1700000000")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    with GoldenFile(out) as m, GoldenFile(full) as f:
+        assert m.metadata["content_sha256"] == f.metadata["content_sha256"]
+    assert [p.name for p in tmp_path.iterdir()] == ["fork.h5"]
