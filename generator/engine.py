@@ -40,13 +40,54 @@ class ReferenceRunner:
         self._precision = full_precision if precision == "highest" else contextlib.nullcontext
         self.device = device or jax.local_devices()[0]
         self._fn = jax.jit(apply_block)
+        self._executables: dict = {}
+
+    def use_executable(self, x_shape: tuple, compiled) -> None:
+        """Run inputs of ``x_shape`` with an ahead-of-time compiled forward (same program,
+        same bits: see :func:`compile_forward`)."""
+        self._executables[tuple(x_shape)] = compiled
 
     def __call__(self, x, params, stats):
         jax = self._jax
         args = jax.device_put((x, params, stats), self.device)
-        with self._precision():
-            y, new = self._fn(*args)
+        compiled = self._executables.get(tuple(np.shape(x)))
+        y = None
+        if compiled is not None:
+            try:
+                y, new = compiled(*args)
+            except Exception:  # noqa: BLE001 - a handed-over executable that cannot run
+                self._executables.pop(tuple(np.shape(x)))  # here: compile it ourselves
+        if y is None:
+            with self._precision():
+                y, new = self._fn(*args)
         return np.asarray(y), jax.tree_util.tree_map(np.asarray, new)
+
+
+def compile_forward(case: Case, precision: str = "highest"):
+    """Ahead-of-time compile the reference forward for ``case``'s shapes.
+
+    The same jitted function and precision as :class:`ReferenceRunner`, lowered from
+    abstract shapes, so it needs no input values: a separate process can compile while
+    this one derives inputs (``resblock.generator.run``). Executables are identical to
+    the jit path's (tests/generator/test_run_compile_worker.py).
+    """
+    import contextlib
+
+    import jax
+
+    from resblock.spec.reference import apply_block, full_precision
+
+    f = case.features
+
+    def sds(*shape):
+        return jax.ShapeDtypeStruct(shape, np.float32)
+
+    params = {conv: {"kernel": sds(3, 3, f, f), "bias": sds(f)} for conv in ("Conv_0", "Conv_1")}
+    params.update({bn: {"scale": sds(f), "bias": sds(f)} for bn in ("BatchNorm_0", "BatchNorm_1")})
+    stats = {bn: {"mean": sds(f), "var": sds(f)} for bn in ("BatchNorm_0", "BatchNorm_1")}
+    ctx = full_precision() if precision == "highest" else contextlib.nullcontext()
+    with ctx:
+        return jax.jit(apply_block).lower(sds(*case.x_shape), params, stats).compile()
 
 
 def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None):

@@ -44,23 +44,21 @@ def resolve_device(kind: str = "cpu"):
                            "install jax[cuda12] or use --device cpu") from None
 
 
-# Estimated seconds a worker costs before it is useful: a forked one compiles its own
-# draw program (~0.35 s); a spawned one also imports JAX and Flax (~0.6 s more).
-FORK_STARTUP_S = 0.5
-SPAWN_STARTUP_S = 1.5
+PARALLEL_MIN_WORK_S = 5.0  # estimated execution seconds per worker before splitting groups
 
 
 def default_jobs(cases, groups) -> int:
-    """As many processes as cores, while each still gets several startups' worth of work.
+    """One process (plus its compile worker) unless execution, not compilation, dominates.
 
-    Measured on the 256-case benchmark grid (8 shape groups, ~1.4 s estimated): two
-    forked workers 2.4 s against 2.5 s for one process; two spawned workers 3.1 s.
+    Compilation is what dominates ordinary grids, and the :class:`CompileWorker` already
+    puts it on the second core; splitting groups over processes was measured slower on
+    the benchmark, default and large presets (2.7 vs 2.4 s, 4.6 vs 4.5 s, 4.2 vs 3.8 s).
+    Grids with many seconds of float32/float64 work per core are split.
     """
-    from resblock.generator.shard import unit_cost
+    from resblock.generator.shard import work_cost
 
-    startup = FORK_STARTUP_S if can_fork() else SPAWN_STARTUP_S
-    cost = sum(unit_cost(g) for g in groups)
-    jobs = min(os.cpu_count() or 1, len(groups) // 4, 8, int(cost // (2 * startup)))
+    work = sum(work_cost(g) for g in groups)
+    jobs = min(os.cpu_count() or 1, len(groups), 8, int(work // PARALLEL_MIN_WORK_S))
     return max(1, jobs)
 
 
@@ -96,10 +94,80 @@ def _runners(device: str, precision: str):
     return dev, [ReferenceRunner(d, precision=precision) for d in devices]
 
 
-def _compute_groups(groups, writer, runners, progress=None):
+class CompileWorker:
+    """A forked process that compiles the forward of each shape group ahead of time.
+
+    XLA compilation dominates cold runs and holds the GIL, so it cannot overlap with
+    this process's own work in a thread; a child forked after the imports and before
+    any JAX backend exists (~10 ms) compiles group after group and hands each
+    executable over as a serialized file, while this process derives inputs, runs the
+    float64 oracle, hashes and writes. If the child fails, this process compiles
+    itself: the worker only ever saves time.
+    """
+
+    def __init__(self, groups, precision: str):
+        self.dir = Path(tempfile.mkdtemp(prefix="resblock-compile-"))
+        self.pid = os.fork()
+        if self.pid == 0:  # child
+            code = 1
+            try:
+                import pickle
+
+                from jax.experimental import serialize_executable
+
+                from resblock.generator.engine import compile_forward
+
+                for i, g in enumerate(groups):
+                    payload = serialize_executable.serialize(compile_forward(g[0], precision))
+                    tmp = self.dir / f".exe-{i}"
+                    tmp.write_bytes(pickle.dumps(payload))
+                    os.replace(tmp, self.dir / f"exe-{i}")
+                code = 0
+            except BaseException:  # noqa: BLE001 - the parent falls back to compiling
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        self.alive = True
+
+    def executable(self, i: int):
+        """Group ``i``'s executable, waiting for the child; None if it gave up."""
+        import pickle
+        import time
+
+        from jax.experimental import serialize_executable
+
+        path = self.dir / f"exe-{i}"
+        while not path.exists():
+            if not self.alive:
+                return None
+            pid, _ = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.alive = False
+                continue
+            time.sleep(0.002)
+        try:
+            return serialize_executable.deserialize_and_load(*pickle.loads(path.read_bytes()))
+        except Exception:  # noqa: BLE001 - unusable here: the caller compiles instead
+            return None
+
+    def close(self):
+        if self.alive:
+            try:
+                os.kill(self.pid, 9)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self.alive = False
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _compute_groups(groups, writer, runners, progress=None, compiler=None):
     """Derive (in batches), run and write ``groups`` into an open GoldenWriter.
 
     On a host with several GPUs, shape groups go round-robin over the local devices.
+    ``compiler``: a :class:`CompileWorker` compiling these groups' forwards.
     """
     from resblock.generator.batched import derive_cases
     from resblock.generator.engine import compute_group
@@ -117,7 +185,12 @@ def _compute_groups(groups, writer, runners, progress=None):
             for g in chunk:
                 pending.append(derived[: len(g)])
                 derived = derived[len(g):]
-        arrays, extras = compute_group(group, runners[i % len(runners)], pending.pop(0))
+        runner = runners[i % len(runners)]
+        if compiler is not None:
+            compiled = compiler.executable(i)
+            if compiled is not None:
+                runner.use_executable(group[0].x_shape, compiled)
+        arrays, extras = compute_group(group, runner, pending.pop(0))
         writer.write_group(group, arrays, extras)
         if progress is not None:
             progress(len(group))
@@ -136,16 +209,31 @@ def _metadata(created, dev, precision, cache_dir, grid) -> dict:
 
 
 def _compute_into(groups, path, *, device: str, grid: dict, force: bool, progress=None,
-                  precision: str = "highest", cache_dir: str | None = None):
-    """Compute ``groups`` in this process and write them to ``path``."""
+                  precision: str = "highest", cache_dir: str | None = None,
+                  compile_worker: bool = True):
+    """Compute ``groups`` in this process and write them to ``path``.
+
+    With ``compile_worker`` (and a CPU device, several groups, and a process that can
+    still fork), a :class:`CompileWorker` compiles the forwards meanwhile.
+    """
     from resblock.golden.store import GoldenWriter
 
     created = provenance.created_timestamp()  # fail on a bad SOURCE_DATE_EPOCH before work
     cache_dir = configure_cache(cache_dir)
-    dev, runners = _runners(device, precision)
-    with GoldenWriter(path, force=force) as writer:
-        _compute_groups(groups, writer, runners, progress)
-        return writer.finish(_metadata(created, dev, precision, cache_dir, grid))
+    compiler = None
+    # With a persistent compilation cache the compilations are cheap when warm, and an
+    # executable loaded from that cache does not survive re-serialization (XLA CPU).
+    if compile_worker and cache_dir is None and device == "cpu" and len(groups) > 1 \
+            and can_fork():
+        compiler = CompileWorker(groups, precision)
+    try:
+        dev, runners = _runners(device, precision)
+        with GoldenWriter(path, force=force) as writer:
+            _compute_groups(groups, writer, runners, progress, compiler)
+            return writer.finish(_metadata(created, dev, precision, cache_dir, grid))
+    finally:
+        if compiler is not None:
+            compiler.close()
 
 
 def can_fork() -> bool:
@@ -184,7 +272,8 @@ def _generate_forked(groups, path, *, jobs, device, grid, force, progress, preci
                 code = 1
                 try:
                     _compute_into(b, shard, device=device, grid=grid, force=True,
-                                  precision=precision, cache_dir=cache_dir)
+                                  precision=precision, cache_dir=cache_dir,
+                                  compile_worker=False)
                     code = 0
                 except BaseException:  # noqa: BLE001 - reported through the exit code
                     import traceback
