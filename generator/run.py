@@ -392,13 +392,27 @@ def _generate_parallel(groups, path, *, jobs, device, grid, force, progress, pre
 
 def generate_distributed(cases, path, *, preset=None, force=False, device="cpu",
                          precision="highest", cache_dir=None, coordinator=None,
-                         num_processes=None,
-                         process_id=None, wait_timeout: float = 3600.0, progress=None) -> dict:
+                         num_processes=None, process_id=None, wait_timeout: float = 3600.0,
+                         progress=None) -> dict:
     """One process of a ``jax.distributed`` job: compute shard ``process_index+1`` of
     ``process_count`` next to ``path``; process 0 waits for every shard (files are
     renamed into place atomically, so existence means complete) and merges them.
     Needs a filesystem shared by the processes. Returns this process's metadata.
     """
+    import jax
+
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+    try:
+        return _distributed_body(cases, Path(path), preset=preset, force=force, device=device,
+                                 precision=precision, cache_dir=cache_dir,
+                                 wait_timeout=wait_timeout, progress=progress)
+    finally:
+        jax.distributed.shutdown()
+
+
+def _distributed_body(cases, path, *, preset, force, device, precision, cache_dir,
+                      wait_timeout, progress) -> dict:
     import time
 
     import jax
@@ -406,8 +420,6 @@ def generate_distributed(cases, path, *, preset=None, force=False, device="cpu",
     from resblock.errors import HarnessError
     from resblock.golden.merge import merge_files
 
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id)
     k, n = jax.process_index() + 1, jax.process_count()
     path = Path(path)
     shard_paths = [path.with_name(f"{path.name}.shard-{i}-of-{n}.h5") for i in range(1, n + 1)]
