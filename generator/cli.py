@@ -160,7 +160,9 @@ def generate(ctx, output, preset, families, inputs, seeds, shapes, features, bat
     with click.progressbar(length=total, label="cases", file=click.get_text_stream("stderr"),
                            show_pos=True) as bar:
         if distributed:
-            meta = runmod.generate_distributed(
+            from resblock.generator.distributed import generate_distributed
+
+            meta = generate_distributed(
                 cases, output, preset=preset, force=force, device=device, precision=precision,
                 cache_dir=cache_dir, coordinator=coordinator, num_processes=num_processes,
                 process_id=process_id, progress=bar.update)

@@ -14,16 +14,16 @@ from resblock.golden.reader import GoldenFile
 
 CODE = """
 import sys
-from resblock.generator import engine, run
+from resblock.generator import engine, parallel, run
 from resblock.generator.grid import preset_cases
-assert run.can_fork()
+assert parallel.can_fork()
 used = []
-orig = run.CompileWorker.executable
+orig = parallel.CompileWorker.executable
 def executable(self, i):
     exe = orig(self, i)
     used.append(exe is not None)
     return exe
-run.CompileWorker.executable = executable
+parallel.CompileWorker.executable = executable
 if {broken}:
     def broken(case, precision="highest"):
         raise RuntimeError("compile worker broken on purpose")
