@@ -19,15 +19,6 @@ from resblock.spec.constants import STAT_NAMES
 CLOSER_BY = 10.0
 
 
-def _max_score(y, stats, y_ref, stats_ref, kappa, prof) -> float:
-    s = float(np.max(tolerance.scores(y, y_ref, kappa, prof.output, prof)))
-    if stats is not None:
-        for name in STAT_NAMES:
-            s = max(s, float(np.max(tolerance.scores(stats[name], stats_ref[name], kappa,
-                                                     prof.stats, prof))))
-    return s
-
-
 def diagnose_case(gc, result, config, prof) -> str | None:
     """The name of the pitfall whose variant best explains ``result``, or None."""
     import warnings
@@ -49,7 +40,7 @@ def diagnose_case(gc, result, config, prof) -> str | None:
     except (adapters.ContractError, ValueError, AttributeError, TypeError):
         return None
     oracle_stats = {n: gc.arrays[f"oracle/batch_stats_out/{n}"] for n in STAT_NAMES}
-    d_ref = _max_score(y, stats, gc.arrays["oracle/y"], oracle_stats, gc.kappa, prof)
+    d_ref = tolerance.worst_score(y, gc.arrays["oracle/y"], stats, oracle_stats, gc.kappa, prof)
     best, best_score = None, np.inf
     for p in PITFALLS:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -63,7 +54,7 @@ def diagnose_case(gc, result, config, prof) -> str | None:
         if not np.all(np.isfinite(vy)) and not np.all(np.isfinite(y)):
             score = 0.0 if np.array_equal(np.isnan(vy), np.isnan(y)) else np.inf
         else:
-            score = _max_score(y, stats, vy, vflat, gc.kappa, prof)
+            score = tolerance.worst_score(y, vy, stats, vflat, gc.kappa, prof)
         if score < best_score:
             best, best_score = p.name, score
     if best is not None and (best_score <= 1.0 or best_score * CLOSER_BY <= d_ref):

@@ -122,10 +122,11 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None):
 
 def reference_score(arrays: dict, kappa: float, prof) -> float:
     """Worst gate score of the float32 reference (y, batch_stats_out) against the oracle."""
-    worst = float(np.max(tolerance.scores(arrays["y"], arrays["oracle/y"], kappa, prof.output,
-                                          prof)))
-    for s in STAT_NAMES:
-        sc = tolerance.scores(arrays[f"batch_stats_out/{s}"],
-                              arrays[f"oracle/batch_stats_out/{s}"], kappa, prof.stats, prof)
-        worst = max(worst, float(np.max(sc)))
-    return worst
+    return tolerance.worst_score(arrays["y"], arrays["oracle/y"],
+                                 stats_view(arrays, "batch_stats_out"),
+                                 stats_view(arrays, "oracle/batch_stats_out"), kappa, prof)
+
+
+def stats_view(arrays: dict, prefix: str) -> dict:
+    """``{"BatchNorm_0/mean": arrays[prefix + "/BatchNorm_0/mean"], ...}``."""
+    return {s: arrays[f"{prefix}/{s}"] for s in STAT_NAMES}

@@ -14,8 +14,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from resblock.generator import provenance
 from resblock.generator.shard import plan
 
@@ -113,7 +111,7 @@ def generate_forked(groups, path, *, jobs, device, grid, force, progress, precis
     """
     from resblock.errors import HarnessError
     from resblock.golden.reader import GoldenFile
-    from resblock.golden.store import CASE_ARRAYS, GoldenWriter
+    from resblock.golden.store import GoldenWriter
 
     created = provenance.created_timestamp()
     cache_dir = run.configure_cache(cache_dir)
@@ -148,11 +146,7 @@ def generate_forked(groups, path, *, jobs, device, grid, force, progress, precis
                                        "its traceback is above")
                 with GoldenFile(shard) as gf:
                     for g in b:
-                        rows = [gf.case(c.id) for c in g]
-                        arrays = {k: np.stack([r.arrays[k] for r in rows]) for k in CASE_ARRAYS}
-                        extras = [{"kappa": r.entry["kappa"], "ref_score": r.entry["ref_score"]}
-                                  for r in rows]
-                        writer.write_group(g, arrays, extras)
+                        writer.copy_group(g, [gf.case(c.id) for c in g])
                 if progress is not None:
                     progress(sum(len(g) for g in b))
             return writer.finish(run._metadata(created, dev, precision, cache_dir, grid))

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from resblock.generator.engine import stats_view
 from resblock.golden.store import INPUT_ARRAYS
 from resblock.spec import tolerance
-from resblock.spec.constants import STAT_NAMES
 
 
 @dataclass
@@ -53,18 +53,16 @@ class DiffResult:
 
 
 def _score(got: dict, ref: dict, kappa: float, prof) -> float:
-    s = float(np.max(tolerance.scores(got["y"], ref["oracle/y"], kappa, prof.output, prof)))
-    for n in STAT_NAMES:
-        s = max(s, float(np.max(tolerance.scores(got[f"batch_stats_out/{n}"],
-                                                 ref[f"oracle/batch_stats_out/{n}"], kappa,
-                                                 prof.stats, prof))))
-    return s
+    """``got``'s float32 results against ``ref``'s float64 oracle."""
+    return tolerance.worst_score(got["y"], ref["oracle/y"], stats_view(got, "batch_stats_out"),
+                                 stats_view(ref, "oracle/batch_stats_out"), kappa, prof)
 
 
 def _oracle_score(b: dict, a: dict, kappa: float, prof) -> float:
-    view = {"y": b["oracle/y"], **{f"batch_stats_out/{n}": b[f"oracle/batch_stats_out/{n}"]
-                                   for n in STAT_NAMES}}
-    return _score(view, a, kappa, prof)
+    """``b``'s float64 oracle against ``a``'s."""
+    return tolerance.worst_score(b["oracle/y"], a["oracle/y"],
+                                 stats_view(b, "oracle/batch_stats_out"),
+                                 stats_view(a, "oracle/batch_stats_out"), kappa, prof)
 
 
 def input_difference_reason(meta_a: dict, meta_b: dict) -> str:

@@ -7,8 +7,6 @@ job or a CI matrix). Memory is bounded by one shape group.
 
 from __future__ import annotations
 
-import numpy as np
-
 from resblock.errors import GoldenFormatError
 
 # Metadata that must agree between shards: they change computed bits.
@@ -42,7 +40,7 @@ def merge_files(out, inputs, *, grid: dict | None = None, expected_ids=None,
     ``allow_gaps``, or cases outside it.
     """
     from resblock.golden.reader import GoldenFile
-    from resblock.golden.store import CASE_ARRAYS, GoldenWriter
+    from resblock.golden.store import GoldenWriter
 
     if not inputs:
         raise GoldenFormatError("merge: no input files")
@@ -88,11 +86,7 @@ def merge_files(out, inputs, *, grid: dict | None = None, expected_ids=None,
         with GoldenWriter(out, force=force) as w:
             for name in sorted(groups):
                 members = sorted(groups[name], key=lambda m: m[0])
-                rows = [m[1].case(m[0].id) for m in members]
-                arrays = {k: np.stack([r.arrays[k] for r in rows]) for k in CASE_ARRAYS}
-                extras = [{"kappa": r.entry["kappa"], "ref_score": r.entry["ref_score"]}
-                          for r in rows]
-                w.write_group([m[0] for m in members], arrays, extras)
+                w.copy_group([m[0] for m in members], [f.case(c.id) for c, f in members])
             meta = {k: first[k] for k in ("format_version", "spec_version", "kit_version",
                                           "environment", "computation")}
             meta["created"] = max(f.metadata["created"] for f in files)

@@ -132,6 +132,12 @@ class GoldenWriter:
             {"name": first.group, "n": n, "h": h, "w": w, "features": f, "size": len(cases)}
         )
 
+    def copy_group(self, cases: list[Case], rows: list[GoldenCase]) -> None:
+        """Write stored cases (read from another golden file) as one shape group."""
+        arrays = {k: np.stack([r.arrays[k] for r in rows]) for k in CASE_ARRAYS}
+        extras = [{"kappa": r.entry["kappa"], "ref_score": r.entry["ref_score"]} for r in rows]
+        self.write_group(cases, arrays, extras)
+
     def finish(self, metadata: dict) -> dict:
         """Complete the metadata (groups, cases, content hash), validate, write, rename."""
         from resblock.schemas import validate

@@ -66,6 +66,19 @@ def bound(ref: np.ndarray, kappa: float, terms: Terms, prof: Profile) -> np.ndar
     return terms.atol + terms.rtol * np.abs(ref) + global_term
 
 
+def worst_score(y, y_ref, stats, stats_ref, kappa: float, prof: Profile) -> float:
+    """Worst score of a case: the output and (when ``stats`` is not None) each running
+    stat, both given as ``{"BatchNorm_0/mean": array, ...}`` dicts."""
+    from resblock.spec.constants import STAT_NAMES
+
+    worst = float(np.max(scores(y, y_ref, kappa, prof.output, prof)))
+    if stats is not None:
+        for name in STAT_NAMES:
+            worst = max(worst, float(np.max(scores(stats[name], stats_ref[name], kappa,
+                                                   prof.stats, prof))))
+    return worst
+
+
 def scores(got: np.ndarray, ref: np.ndarray, kappa: float, terms: Terms, prof: Profile):
     """``|got - ref| / bound`` per element (``inf`` where got is NaN or Inf)."""
     got = np.asarray(got, dtype=np.float64)
