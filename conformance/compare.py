@@ -96,6 +96,21 @@ def compare_tensor(name, got, ref, kappa, terms, prof, layout="nhwc") -> TensorR
     )
 
 
+def element_scores(gc, name: str, got, prof) -> np.ndarray:
+    """Per-element scores ``|got - ref| / bound`` of one tensor of a golden case.
+
+    ``name``: "output", a stage ("conv1" ... "sum") or a stat ("BatchNorm_0/mean", ...);
+    ``got`` in NHWC for activations. ``inf`` where ``got`` is NaN or Inf.
+    """
+    if name == "output":
+        ref, terms = gc.arrays["oracle/y"], prof.output
+    elif name in STAT_NAMES:
+        ref, terms = gc.arrays[f"oracle/batch_stats_out/{name}"], prof.stats
+    else:
+        ref, terms = gc.arrays[f"oracle/stages/{name}"], prof.output
+    return tolerance.scores(got, ref, gc.kappa, terms, prof)
+
+
 def compare_case(gc, y, stats, prof, layout="nhwc") -> list[TensorReport]:
     """Reports for the output and (when given) the four running-stat vectors."""
     reports = [compare_tensor("output", y, gc.arrays["oracle/y"], gc.kappa, prof.output,
