@@ -134,6 +134,8 @@ def json_report(run) -> dict:
              "pitfall": r.pitfall, "stage": r.stage, "xfail_reason": r.xfail_reason,
              "seconds": round(r.seconds, 6),
              "tensors": [t.to_dict() for t in r.tensors]}
+            | ({"repro": repro_line(run, r.id)} if r.status != "pass" else {})
+            | ({"details": run.details[r.id]} if r.id in run.details else {})
             for r in run.results
         ],
     }

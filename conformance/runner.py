@@ -34,6 +34,7 @@ class CheckConfig:
     timeout: float | None = None
     diagnose: bool = True
     max_diagnosed: int = 24
+    details: int = 0  # worst failing cases that get error maps (conformance/details.py)
     program: bool = False  # target is an --exec template, not an --impl
 
     def __post_init__(self):
@@ -57,6 +58,7 @@ class RunResult:
     results: list[CaseResult] = field(default_factory=list)
     stale_xfail: list[str] = field(default_factory=list)
     pitfalls: Counter = field(default_factory=Counter)
+    details: dict = field(default_factory=dict)  # case id -> details.case_detail(...)
     seconds: float = 0.0
 
     def count(self, status: str) -> int:
@@ -175,9 +177,10 @@ def run_check(config: CheckConfig, invoker, golden_paths, progress=None) -> RunR
                     used_xfail.add(xf.line)
                     res.xfail_reason = xf.reason
                     res.status = "xpass" if res.status == "pass" else "xfail"
-                if res.status in ("fail", "xfail") and config.diagnose and res.tensors:
+                if res.status in ("fail", "xfail") and (config.diagnose or config.details) \
+                        and res.tensors:
                     item = (res.worst_score, done, res, gc, outcome.result)
-                    if len(candidates) < config.max_diagnosed:
+                    if len(candidates) < max(config.max_diagnosed, config.details):
                         heapq.heappush(candidates, item)
                     else:
                         heapq.heappushpop(candidates, item)
@@ -187,10 +190,19 @@ def run_check(config: CheckConfig, invoker, golden_paths, progress=None) -> RunR
                     progress(done, len(selected), res)
         from resblock.conformance.diagnose import diagnose_case
 
-        for _, _, res, gc, result in sorted(candidates, key=lambda c: (-c[0], c[1])):
+        worst_first = sorted(candidates, key=lambda c: (-c[0], c[1]))
+        diagnosed = worst_first[:config.max_diagnosed] if config.diagnose else []
+        for _, _, res, gc, result in diagnosed:
             res.pitfall = diagnose_case(gc, result, config, prof)
             if res.pitfall:
                 run.pitfalls[res.pitfall] += 1
+        if config.details:
+            from resblock.conformance.details import case_detail
+
+            for _, _, res, gc, result in worst_first[:config.details]:
+                detail = case_detail(gc, result, config, prof, res.stage)
+                if detail is not None:
+                    run.details[res.id] = detail
         run.stale_xfail = [f"{config.xfail}:{e.line}: {e.pattern} matches no checked case"
                            for e in xfails if e.line not in used_xfail]
     finally:
