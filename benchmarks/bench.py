@@ -94,7 +94,7 @@ def check_outputs(gen_out: Path, naive_out: Path, lines):
     with GoldenFile(gen_out) as gf:
         for gc in gf.iter_cases():
             y = naive[gc.id]
-            s = tolerance.scores(y, gc.arrays["oracle/y"], gc.kappa, prof.output, prof)
+            s = tolerance.scores(y, gc.reference("output"), gc.bound("output", prof))
             worst_naive = max(worst_naive, float(s.max()))
             worst_diff = max(worst_diff, float(np.abs(y - gc.arrays["y"]).max()))
     assert worst_naive <= 1.0, f"naive loop output out of tolerance: {worst_naive}"

@@ -70,11 +70,12 @@ class CaseResult:
         return [t for t in self.tensors if not t.ok]
 
 
-def compare_tensor(name, got, ref, kappa, terms, prof, layout="nhwc") -> TensorReport:
+def compare_tensor(name, got, ref, bound, layout="nhwc") -> TensorReport:
+    """Report of one tensor against its float64 reference under per-element ``bound``."""
     got = np.asarray(got, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
-    sc = tolerance.scores(got, ref, kappa, terms, prof)
-    b = tolerance.bound(ref, kappa, terms, prof)
+    b = np.broadcast_to(np.asarray(bound, dtype=np.float64), ref.shape)
+    sc = tolerance.scores(got, ref, b)
     err = np.abs(got - ref)
     err = np.where(np.isnan(err), np.inf, err)
     flat = int(np.argmax(sc))
@@ -102,24 +103,17 @@ def element_scores(gc, name: str, got, prof) -> np.ndarray:
     ``name``: "output", a stage ("conv1" ... "sum") or a stat ("BatchNorm_0/mean", ...);
     ``got`` in NHWC for activations. ``inf`` where ``got`` is NaN or Inf.
     """
-    if name == "output":
-        ref, terms = gc.arrays["oracle/y"], prof.output
-    elif name in STAT_NAMES:
-        ref, terms = gc.arrays[f"oracle/batch_stats_out/{name}"], prof.stats
-    else:
-        ref, terms = gc.arrays[f"oracle/stages/{name}"], prof.output
-    return tolerance.scores(got, ref, gc.kappa, terms, prof)
+    return tolerance.scores(got, gc.reference(name), gc.bound(name, prof))
 
 
 def compare_case(gc, y, stats, prof, layout="nhwc") -> list[TensorReport]:
     """Reports for the output and (when given) the four running-stat vectors."""
-    reports = [compare_tensor("output", y, gc.arrays["oracle/y"], gc.kappa, prof.output,
-                              prof, layout)]
+    reports = [compare_tensor("output", y, gc.reference("output"), gc.bound("output", prof),
+                              layout)]
     if stats is not None:
         for name in STAT_NAMES:
-            reports.append(compare_tensor(
-                name, stats[name], gc.arrays[f"oracle/batch_stats_out/{name}"], gc.kappa,
-                prof.stats, prof))
+            reports.append(compare_tensor(name, stats[name], gc.reference(name),
+                                          gc.bound(name, prof)))
     return reports
 
 
@@ -128,10 +122,10 @@ def first_diverging_stage(gc, intermediates: dict, prof) -> str | None:
     for stage in STAGES:
         if stage == "output" or stage not in intermediates:
             continue
-        ref = gc.arrays[f"oracle/stages/{stage}"]
+        ref = gc.reference(stage)
         got = np.asarray(intermediates[stage], dtype=np.float64)
         if got.shape != ref.shape:
             return stage
-        if not np.all(tolerance.scores(got, ref, gc.kappa, prof.output, prof) <= 1.0):
+        if not np.all(tolerance.scores(got, ref, gc.bound(stage, prof)) <= 1.0):
             return stage
     return None

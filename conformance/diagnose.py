@@ -19,13 +19,59 @@ from resblock.spec.constants import STAT_NAMES
 CLOSER_BY = 10.0
 
 
-def diagnose_case(gc, result, config, prof) -> str | None:
-    """The name of the pitfall whose variant best explains ``result``, or None."""
+def twin_outputs(gc) -> dict:
+    """``{pitfall: (y, stats)}`` of every applicable twin on the case's inputs (float32,
+    stats flat ``{"BatchNorm_0/mean": ...}``); twins that cannot run here are left out."""
     import warnings
 
     from resblock.conformance.pitfalls import PITFALLS
     from resblock.conformance.variants import make_forward
 
+    out = {}
+    for p in PITFALLS:
+        if gc.case.family not in p.families:
+            continue
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            try:
+                vy, vstats = make_forward(p.variant, keep_dtype=True)(
+                    gc.x, gc.params, gc.batch_stats_in)
+            except Exception:  # noqa: BLE001 - a variant may not apply to this shape
+                continue
+        out[p.name] = (vy, {n: vstats[n.split("/")[0]][n.split("/")[1]] for n in STAT_NAMES})
+    return out
+
+
+def match_scores(gc, y, stats, prof, twins: dict) -> dict:
+    """How closely ``(y, stats)`` reproduces each twin: worst score against the twin's
+    results under the case's bounds (the pitfall's own ``match_profile`` when looser)."""
+    from resblock.conformance.pitfalls import lookup
+
+    out = {}
+    for name, (vy, vstats) in twins.items():
+        want = lookup(name).match_profile
+        p = prof if tolerance.PROFILES.index(want) <= tolerance.PROFILES.index(prof.name) \
+            else tolerance.profile(want)
+        if not np.all(np.isfinite(vy)) and not np.all(np.isfinite(y)):
+            out[name] = 0.0 if np.array_equal(np.isnan(vy), np.isnan(y)) else np.inf
+        else:
+            out[name] = tolerance.worst_score(gc, y, stats, p, ref_y=vy, ref_stats=vstats)
+    return out
+
+
+def best_match(d_ref: float, scores: dict) -> str | None:
+    """The pitfall named for a result whose own score is ``d_ref``: the closest twin,
+    when it matches within tolerance or ten times more closely than the oracle."""
+    if not scores:
+        return None
+    best = min(scores, key=lambda k: scores[k])
+    if scores[best] <= 1.0 or scores[best] * CLOSER_BY <= d_ref:
+        return best
+    return None
+
+
+def diagnose_case(gc, result, config, prof, twins: dict | None = None) -> str | None:
+    """The name of the pitfall whose variant best explains ``result``, or None."""
     c = gc.case
     try:
         y, stats, _ = adapters.split_result(result, config.api)
@@ -39,24 +85,7 @@ def diagnose_case(gc, result, config, prof) -> str | None:
              for k, v in stats.items()}, c.features)
     except (adapters.ContractError, ValueError, AttributeError, TypeError):
         return None
-    oracle_stats = {n: gc.arrays[f"oracle/batch_stats_out/{n}"] for n in STAT_NAMES}
-    d_ref = tolerance.worst_score(y, gc.arrays["oracle/y"], stats, oracle_stats, gc.kappa, prof)
-    best, best_score = None, np.inf
-    for p in PITFALLS:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            try:
-                vy, vstats = make_forward(p.variant, keep_dtype=True)(
-                    gc.x, gc.params, gc.batch_stats_in)
-            except Exception:  # noqa: BLE001 - a variant may not apply to this shape
-                continue
-        vflat = {n: vstats[n.split("/")[0]][n.split("/")[1]] for n in STAT_NAMES}
-        if not np.all(np.isfinite(vy)) and not np.all(np.isfinite(y)):
-            score = 0.0 if np.array_equal(np.isnan(vy), np.isnan(y)) else np.inf
-        else:
-            score = tolerance.worst_score(y, vy, stats, vflat, gc.kappa, prof)
-        if score < best_score:
-            best, best_score = p.name, score
-    if best is not None and (best_score <= 1.0 or best_score * CLOSER_BY <= d_ref):
-        return best
-    return None
+    d_ref = tolerance.worst_score(gc, y, stats, prof)
+    if twins is None:
+        twins = twin_outputs(gc)
+    return best_match(d_ref, match_scores(gc, y, stats, prof, twins))

@@ -33,6 +33,11 @@ class Pitfall:
       variant: key of ``variants.VARIANTS`` that reproduces it.
       stage: first stage whose value diverges (one of :data:`STAGES`).
       affects: results of the contract that differ (default: both).
+      families: case families where the mistake can happen (default: all); an init
+        mistake exists only where the implementation initialises (``seeded``).
+      match_profile: tolerance profile under which a result is compared with the twin
+        when naming it (default "fp32"); a rounding mistake (TF32, bf16) is reproduced
+        by its twin only to within that format's own rounding.
     """
 
     name: str
@@ -42,6 +47,8 @@ class Pitfall:
     variant: str
     stage: str
     affects: tuple[str, ...] = RESULTS
+    families: tuple[str, ...] = ("seeded", "functional", "stress")
+    match_profile: str = "fp32"
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -50,8 +57,8 @@ class Pitfall:
             raise ValueError(f"pitfall {self.name}: affects {self.affects!r} not within {RESULTS}")
 
 
-def _row(name, title, explanation, fix, stage, affects=RESULTS):
-    return Pitfall(name, title, explanation, fix, name, stage, affects)
+def _row(name, title, explanation, fix, stage, affects=RESULTS, **kw):
+    return Pitfall(name, title, explanation, fix, name, stage, affects, **kw)
 
 
 _STATS = ("batch_stats",)
@@ -229,6 +236,7 @@ PITFALLS: tuple[Pitfall, ...] = (
         "Set torch.backends.cudnn.allow_tf32 = False (and cuda.matmul.allow_tf32 = False), "
         "or NVIDIA_TF32_OVERRIDE=0; in JAX use precision=lax.Precision.HIGHEST.",
         "conv1",
+        match_profile="tf32",
     ),
     _row(
         "bf16_conv",
@@ -237,6 +245,7 @@ PITFALLS: tuple[Pitfall, ...] = (
         "JAX's DEFAULT precision on TPU. Errors reach ~1e-2.",
         "Run the convs in float32: disable autocast, or use precision=lax.Precision.HIGHEST.",
         "conv1",
+        match_profile="bf16",
     ),
     _row(
         "layout_confusion",
@@ -246,6 +255,91 @@ PITFALLS: tuple[Pitfall, ...] = (
         "Convert layouts with a transpose: NHWC -> NCHW is x.transpose(0, 3, 1, 2); or run "
         "the check with --layout nchw.",
         "conv1",
+    ),
+    _row(
+        "epsilon_1e4",
+        "BatchNorm epsilon 1e-4",
+        "BatchNorm uses eps=1e-4, ten times the spec's 1e-5; visible where a channel's "
+        "variance is comparable to epsilon (low-amplitude inputs).",
+        "Use eps=1e-5 inside the square root: (y - mean) / sqrt(var + 1e-5).",
+        "bn1",
+    ),
+    _row(
+        "epsilon_1e6",
+        "BatchNorm epsilon 1e-6",
+        "BatchNorm uses eps=1e-6, a tenth of the spec's 1e-5 (some TensorFlow and "
+        "LayerNorm defaults); visible where a channel's variance is comparable to epsilon.",
+        "Use eps=1e-5 inside the square root: (y - mean) / sqrt(var + 1e-5).",
+        "bn1",
+    ),
+    _row(
+        "momentum_0999",
+        "running-average momentum 0.999",
+        "The running statistics keep 0.999 of the old value instead of 0.99 (a common "
+        "EMA default), so they move ten times too slowly.",
+        "new = 0.99 * old + 0.01 * batch (PyTorch: BatchNorm2d(momentum=0.01)).",
+        "batch_stats",
+        _STATS,
+    ),
+    _row(
+        "momentum_095",
+        "running-average momentum 0.95",
+        "The running statistics keep 0.95 of the old value instead of 0.99, so they move "
+        "five times too fast.",
+        "new = 0.99 * old + 0.01 * batch (PyTorch: BatchNorm2d(momentum=0.01)).",
+        "batch_stats",
+        _STATS,
+    ),
+    _row(
+        "init_no_truncation_correction",
+        "kernel init without the truncation correction",
+        "The seeded kernels are drawn from the truncated normal with std sqrt(1/fan_in), "
+        "without lecun_normal's division by 0.87962566 (the std of a standard normal "
+        "truncated to [-2, 2]): every kernel is 0.88x too small. BatchNorm hides the scale "
+        "except through epsilon, so only low-amplitude inputs show it.",
+        "Use jax.nn.initializers.lecun_normal() (Flax's default): std = sqrt(1 / (9 C)) / "
+        "0.87962566103423978, truncated at +-2 standard deviations.",
+        "conv1",
+        families=("seeded",),
+    ),
+    _row(
+        "init_he_scale",
+        "kernel init with He scale",
+        "The seeded kernels use He (Kaiming) scaling, sqrt(2 / fan_in), instead of "
+        "lecun_normal's sqrt(1 / fan_in): kernels 1.41x too large, visible through epsilon.",
+        "Use lecun_normal (variance 1 / fan_in), Flax's nn.Conv default, not he_normal.",
+        "conv1",
+        families=("seeded",),
+    ),
+    _row(
+        "init_fan_in_c",
+        "kernel init with fan_in = C",
+        "The seeded kernels use fan_in = C (input channels) instead of 9 C (channels times "
+        "the 3x3 receptive field): kernels 3x too large, visible through epsilon.",
+        "fan_in of an HWIO kernel is 3 * 3 * C; lecun_normal's std is sqrt(1 / (9 C)) / "
+        "0.87962566103423978.",
+        "conv1",
+        families=("seeded",),
+    ),
+    _row(
+        "float16_activations",
+        "activations stored in float16",
+        "Intermediate activations are rounded to float16 (10 mantissa bits, range 6.5e4) "
+        "between stages, e.g. a half-precision buffer or autocast: errors ~1e-3 relative, "
+        "and overflow for large inputs.",
+        "Keep every activation in float32; disable autocast/half precision for the block.",
+        "conv1",
+    ),
+    _row(
+        "sequential_f32_stats",
+        "statistics accumulated sequentially in float32",
+        "The batch mean and variance sum all N*H*W values of a channel one after another "
+        "into one float32 accumulator (a plain loop, or a sequential Welford update); "
+        "its rounding error grows like N*H*W * u instead of sqrt(N*H*W) * u and leaves "
+        "float32's envelope on large batches (spec section 8).",
+        "Sum pairwise or in blocks (NumPy/torch reductions do), merge chunked Welford "
+        "results with Chan's formula, or accumulate in float64.",
+        "bn1",
     ),
 )
 

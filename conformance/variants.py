@@ -60,6 +60,11 @@ class Variant:
     torch_default_momentum: bool = False
     stale_stats: bool = False
     epsilon_1e3: bool = False
+    epsilon_1e4: bool = False
+    epsilon_1e6: bool = False
+    momentum_0999: bool = False
+    momentum_095: bool = False
+    sequential_f32_stats: bool = False
     epsilon_outside_sqrt: bool = False
     per_sample_stats: bool = False
     # Convolution.
@@ -72,6 +77,12 @@ class Variant:
     missing_conv_bias: bool = False
     tf32_conv: bool = False
     bf16_conv: bool = False
+    # Seeded initialisation: kernels drawn from the right key at the wrong scale.
+    init_no_truncation_correction: bool = False
+    init_he_scale: bool = False
+    init_fan_in_c: bool = False
+    # Precision of the activations.
+    float16_activations: bool = False
     # Memory layout.
     layout_confusion: bool = False
 
@@ -163,11 +174,13 @@ def _block(v: Variant, x, p, s):
         h, m1 = _batch_norm(v, h, p["BatchNorm_1"], s["BatchNorm_1"])
         h = _conv(v, _relu(h), p["Conv_1"])
         return h + x, {"BatchNorm_0": m0, "BatchNorm_1": m1}
-    h = _conv(v, x, p["Conv_0"])
+    q = _quantise if v.float16_activations else (lambda a: a)
+    h = q(_conv(v, x, p["Conv_0"]))
     h, m0 = _batch_norm(v, h, p["BatchNorm_0"], s["BatchNorm_0"])
-    h = _relu(h)
-    h = _conv(v, h, p["Conv_1"])
+    h = q(_relu(q(h)))
+    h = q(_conv(v, h, p["Conv_1"]))
     h, m1 = _batch_norm(v, h, p["BatchNorm_1"], s["BatchNorm_1"])
+    h = q(h)
     if v.missing_residual:
         pass
     elif v.relu_before_add:
@@ -193,6 +206,21 @@ def _layout_confused(v: Variant, x, p, s):
 
 def _relu(a):
     return np.maximum(a, 0)
+
+
+def _quantise(a):
+    """Round activations to float16 and back (a port storing activations in half)."""
+    with np.errstate(over="ignore"):
+        return a.astype(np.float16).astype(a.dtype)
+
+
+# Kernel scale of each init mistake relative to Flax's lecun_normal: the truncated
+# normal is drawn from the same key, only its standard deviation differs.
+_INIT_SCALE = {
+    "init_no_truncation_correction": 0.87962566103423978,  # std sqrt(1/fan_in), no /0.8796
+    "init_he_scale": 2.0 ** 0.5,  # He: sqrt(2/fan_in)
+    "init_fan_in_c": 3.0,  # fan_in = C instead of 9*C
+}
 
 
 # --- convolution ----------------------------------------------------------------------
@@ -231,6 +259,9 @@ def _shifted_matmuls(xp, k, h, w):
 
 
 def _wrong_kernel(v: Variant, k):
+    for name, scale in _INIT_SCALE.items():
+        if getattr(v, name):
+            k = k * np.asarray(scale, k.dtype)
     if v.kernel_flipped:  # true convolution: the kernel rotated by 180 degrees
         k = k[::-1, ::-1]
     if v.kernel_hw_swapped:
@@ -287,7 +318,8 @@ def _batch_norm(v: Variant, y, bn, stats):
             norm_var = norm_var * unbiased
     if v.eval_mode_bn:  # PyTorch model.eval(): running averages, stats left unchanged
         norm_mean, norm_var = stats["mean"], stats["var"]
-    eps = np.asarray(1e-3 if v.epsilon_1e3 else EPSILON, dt)
+    eps = np.asarray(1e-3 if v.epsilon_1e3 else 1e-4 if v.epsilon_1e4
+                     else 1e-6 if v.epsilon_1e6 else EPSILON, dt)
     if v.epsilon_outside_sqrt:
         mul = bn["scale"] / (np.sqrt(norm_var) + eps)
     else:
@@ -296,7 +328,8 @@ def _batch_norm(v: Variant, y, bn, stats):
 
     if v.stale_stats or v.eval_mode_bn:
         return out, {"mean": stats["mean"].copy(), "var": stats["var"].copy()}
-    keep = 0.01 if v.momentum_swapped else 0.9 if v.torch_default_momentum else MOMENTUM
+    keep = (0.01 if v.momentum_swapped else 0.9 if v.torch_default_momentum
+            else 0.999 if v.momentum_0999 else 0.95 if v.momentum_095 else MOMENTUM)
     stat_var = batch_var
     if v.torch_unbiased_running_var:
         with np.errstate(invalid="ignore"):
@@ -312,6 +345,13 @@ def _batch_norm(v: Variant, y, bn, stats):
 def _moments(v: Variant, rows):
     """Mean and biased variance over the last axis (contiguous, so NumPy sums pairwise)."""
     rows = np.ascontiguousarray(rows)
+    if v.sequential_f32_stats:
+        # One running float32 sum per channel (a plain C loop; cumsum is sequential).
+        n = rows.shape[-1]
+        s1 = np.cumsum(rows, axis=-1, dtype=rows.dtype)[..., -1]
+        s2 = np.cumsum(rows * rows, axis=-1, dtype=rows.dtype)[..., -1]
+        mean = s1 / np.asarray(n, rows.dtype)
+        return mean, np.maximum(s2 / np.asarray(n, rows.dtype) - mean * mean, 0)
     mean = rows.mean(axis=-1)
     if v.two_pass_variance:
         var = np.square(rows - mean[..., None]).mean(axis=-1)

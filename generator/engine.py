@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from resblock.golden.store import CASE_ARRAYS
-from resblock.spec import oracle, tolerance
+from resblock.spec import error_model, oracle, tolerance
 from resblock.spec.cases import Case
 from resblock.spec.constants import PARAM_NAMES, STAT_NAMES
 
@@ -114,17 +114,31 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None):
         arrays.update(_flat("oracle/batch_stats_out", ref.batch_stats, STAT_NAMES))
         for stage, a in ref.stages.items():
             arrays[f"oracle/stages/{stage}"] = a
+        arrays.update(budget_arrays(x, params, stats, ref.stages))
         rows.append(arrays)
-        extras.append({"kappa": ref.kappa, "ref_score": reference_score(arrays, ref.kappa, fp32)})
+        extras.append({"kappa": ref.kappa, "ref_score": reference_score(_case, arrays, fp32)})
     stacked = {k: np.stack([r[k] for r in rows]) for k in CASE_ARRAYS}
     return stacked, extras
 
 
-def reference_score(arrays: dict, kappa: float, prof) -> float:
+def budget_arrays(x, params, stats, stages: dict) -> dict:
+    """``budget/<t>`` and ``budget_conv/<t>`` arrays of one case (the error model)."""
+    from resblock.golden.store import tensor_path
+
+    b = error_model.budgets(x, params, stats, stages)
+    out = {}
+    for name in error_model.TENSORS:
+        out[f"budget/{tensor_path(name)}"] = b.fp32[name]
+        out[f"budget_conv/{tensor_path(name)}"] = b.conv[name]
+    return out
+
+
+def reference_score(case: Case, arrays: dict, prof) -> float:
     """Worst gate score of the float32 reference (y, batch_stats_out) against the oracle."""
-    return tolerance.worst_score(arrays["y"], arrays["oracle/y"],
-                                 stats_view(arrays, "batch_stats_out"),
-                                 stats_view(arrays, "oracle/batch_stats_out"), kappa, prof)
+    from resblock.golden.store import GoldenCase
+
+    gc = GoldenCase(case=case, entry={}, arrays=arrays)
+    return tolerance.worst_score(gc, arrays["y"], stats_view(arrays, "batch_stats_out"), prof)
 
 
 def stats_view(arrays: dict, prefix: str) -> dict:

@@ -56,6 +56,15 @@ DEFAULT_ROWS: tuple[Row, ...] = (
     Row(_F, "normal", 1, (7, 13), 2, (0,), "non-square, features 2"),
     Row(_F, "normal", 2, (16, 16), 8, (0,), "16x16, batch 2"),
     Row(_F, "normal", 4, (5, 7), 3, (0,), "odd feature count"),
+    Row(_S, "lowamp", 1, (8, 8), 4, (0, 1), "init params, conv variance ~ epsilon: kernel "
+        "init scale and epsilon show"),
+    Row(_S, "lowamp", 1, (5, 7), 8, (0,), "init params, low amplitude, non-square"),
+    Row(_S, "lowamp", 1, (4, 4), 16, (0,), "init params, low amplitude, features 16"),
+    Row(_F, "lowamp", 2, (4, 4), 4, (0, 1), "low amplitude, conv bias at input scale: "
+        "moderate kappa"),
+    Row(_F, "lowamp", 1, (8, 8), 8, (0,), "low amplitude, batch 1"),
+    Row(_X, "normal", 1, (1, 1), 16, (1,), "1 value per channel: the folded "
+        "normalisation's rounding"),
     Row(_X, "lowamp", 2, (8, 8), 4, (0, 1), "batch variance ~ epsilon"),
     Row(_X, "lowamp", 4, (4, 4), 8, (0,), "batch variance ~ epsilon, batch 4"),
     Row(_X, "large", 2, (6, 6), 4, (0,), "amplitude 1e3"),

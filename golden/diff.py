@@ -52,17 +52,16 @@ class DiffResult:
         return bool(self.cases) and all(c.ok for c in self.cases)
 
 
-def _score(got: dict, ref: dict, kappa: float, prof) -> float:
-    """``got``'s float32 results against ``ref``'s float64 oracle."""
-    return tolerance.worst_score(got["y"], ref["oracle/y"], stats_view(got, "batch_stats_out"),
-                                 stats_view(ref, "oracle/batch_stats_out"), kappa, prof)
+def _score(got, ref, prof) -> float:
+    """Case ``got``'s float32 results against case ``ref``'s oracle and bounds."""
+    return tolerance.worst_score(ref, got.arrays["y"], stats_view(got.arrays, "batch_stats_out"),
+                                 prof)
 
 
-def _oracle_score(b: dict, a: dict, kappa: float, prof) -> float:
-    """``b``'s float64 oracle against ``a``'s."""
-    return tolerance.worst_score(b["oracle/y"], a["oracle/y"],
-                                 stats_view(b, "oracle/batch_stats_out"),
-                                 stats_view(a, "oracle/batch_stats_out"), kappa, prof)
+def _oracle_score(b, a, prof) -> float:
+    """Case ``b``'s float64 oracle against case ``a``'s, under ``a``'s bounds."""
+    return tolerance.worst_score(a, b.arrays["oracle/y"],
+                                 stats_view(b.arrays, "oracle/batch_stats_out"), prof)
 
 
 def input_difference_reason(meta_a: dict, meta_b: dict) -> str:
@@ -95,13 +94,13 @@ def diff_files(path_a, path_b, profile: str = "fp32") -> DiffResult:
         res.only_a = sorted(ids_a - ids_b)
         res.only_b = sorted(ids_b - ids_a)
         for cid in sorted(ids_a & ids_b, key=lambda i: (fa.entry(i)["group"], i)):
-            a, b = fa.case(cid).arrays, fb.case(cid).arrays
-            kappa = fa.entry(cid)["kappa"]
-            first = next((n for n in INPUT_ARRAYS if not np.array_equal(a[n], b[n])), None)
+            ca, cb = fa.case(cid), fb.case(cid)
+            first = next((n for n in INPUT_ARRAYS
+                          if not np.array_equal(ca.arrays[n], cb.arrays[n])), None)
             res.cases.append(CaseDiff(
                 id=cid, inputs_identical=first is None,
-                score_a=_score(a, b, kappa, prof), score_b=_score(b, a, kappa, prof),
-                oracle_score=_oracle_score(b, a, kappa, prof),
+                score_a=_score(ca, cb, prof), score_b=_score(cb, ca, prof),
+                oracle_score=_oracle_score(cb, ca, prof),
                 first_input_difference=first))
         if any(not c.inputs_identical for c in res.cases):
             res.input_reason = input_difference_reason(fa.metadata, fb.metadata)

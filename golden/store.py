@@ -42,13 +42,35 @@ ORACLE_ARRAYS = (
     + tuple(f"oracle/batch_stats_out/{s}" for s in STAT_NAMES)
     + tuple(f"oracle/stages/{s}" for s in STAGES if s != "output")
 )
-CASE_ARRAYS = INPUT_ARRAYS + REFERENCE_ARRAYS + ORACLE_ARRAYS
+# Per-element budgets of the error model (spec section 8): ``budget/<t>`` is the fp32
+# budget, ``budget_conv/<t>`` the sensitivity to reduced-precision convolution inputs;
+# a checker's bound is ``budget + u_conv * budget_conv``.
+BUDGET_TENSORS = (
+    ("y",)
+    + tuple(f"batch_stats_out/{s}" for s in STAT_NAMES)
+    + tuple(f"stages/{s}" for s in STAGES if s != "output")
+)
+BUDGET_ARRAYS = tuple(f"{kind}/{t}" for kind in ("budget", "budget_conv")
+                      for t in BUDGET_TENSORS)
+CASE_ARRAYS = INPUT_ARRAYS + REFERENCE_ARRAYS + ORACLE_ARRAYS + BUDGET_ARRAYS
+
+
+def tensor_path(name: str) -> str:
+    """Where a checked tensor lives under ``oracle/``, ``budget/``, ``budget_conv/``:
+    "output" -> "y", a stat -> "batch_stats_out/<stat>", a stage -> "stages/<stage>"."""
+    if name == "output":
+        return "y"
+    if name in STAT_NAMES:
+        return f"batch_stats_out/{name}"
+    if name in STAGES:
+        return f"stages/{name}"
+    raise KeyError(f"no checked tensor named {name!r}")
 
 
 def expected_shape(name: str, n: int, h: int, w: int, f: int) -> tuple[int, ...]:
     """Per-case shape of array ``name`` for a group of shape (n, h, w, f)."""
     leaf = name.rsplit("/", 1)[-1]
-    if name == "x" or name.endswith("y") or name.startswith("oracle/stages/"):
+    if name == "x" or name.endswith("y") or "stages/" in name:
         return (n, h, w, f)
     if leaf == "kernel":
         return (3, 3, f, f)
@@ -197,6 +219,18 @@ class GoldenCase:
                 layer, leaf = name[len(prefix) + 1 :].split("/")
                 out.setdefault(layer, {})[leaf] = a
         return out
+
+    def reference(self, name: str) -> np.ndarray:
+        """The float64 oracle of a checked tensor ("output", a stage or a stat)."""
+        return self.arrays[f"oracle/{tensor_path(name)}"]
+
+    def bound(self, name: str, prof) -> np.ndarray:
+        """Per-element bound of a checked tensor under a tolerance profile (float64)."""
+        from resblock.spec.error_model import bound_from
+
+        t = tensor_path(name)
+        return bound_from(self.arrays[f"budget/{t}"], self.arrays[f"budget_conv/{t}"],
+                          prof.u_conv)
 
     @property
     def x(self):

@@ -52,7 +52,7 @@ def verify_file(path, profile: str = "fp32") -> FileVerdict:
             problem = oracle_problem(gc)
             if problem:
                 verdict.problems.append(f"{path}: case {gc.id}: {problem}")
-            score = reference_score(gc.arrays, gc.kappa, prof)
+            score = reference_score(gc.case, gc.arrays, prof)
             dev = float(np.max(np.abs(gc.arrays["y"] - gc.arrays["oracle/y"])))
             ok = score <= 1.0
             verdict.cases.append(CaseVerdict(gc.id, gc.kappa, dev, score, ok))
@@ -94,4 +94,23 @@ def oracle_problem(gc) -> str | None:
                     f"stored inputs by {dev:.3g}: the file's data is inconsistent")
     if not np.isclose(ref.kappa, gc.kappa, rtol=1e-9):
         return f"recorded kappa {gc.kappa:.6g} differs from the recomputed {ref.kappa:.6g}"
+    return budget_problem(gc, ref.stages)
+
+
+def budget_problem(gc, stages: dict) -> str | None:
+    """Recompute the error model's budgets; the stored ones must match.
+
+    The budgets are evaluated with float32 BLAS (a bound needs no more), so another
+    machine may differ in the last bits: 1e-5 relative is allowed, far inside the
+    model's safety factor. Catches a file whose budgets were inflated and re-hashed.
+    """
+    from resblock.generator.engine import budget_arrays
+
+    fresh = budget_arrays(gc.x, gc.params, gc.batch_stats_in, stages)
+    for name, a in fresh.items():
+        stored = np.asarray(gc.arrays[name], np.float64)
+        a = np.asarray(a, np.float64)
+        if not np.all(np.abs(stored - a) <= 1e-5 * np.abs(a) + 1e-38):
+            return (f"stored {name} differs from the error model's budget recomputed from "
+                    f"the stored inputs: the file's bounds are inconsistent")
     return None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "golden"
-SOURCE_DATE_EPOCH = "1795651200"  # 2026-11-26T00:00:00Z, spec 1.0.0
+SOURCE_DATE_EPOCH = "1795996800"  # 2026-11-30T00:00:00Z, spec 2.0.0
 PRESETS = ("default",)
 
 

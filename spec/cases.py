@@ -31,17 +31,21 @@ FAMILIES: dict[str, dict] = {
 
 # name -> (definition, purpose); the draw for each is in resblock.spec.derivation.
 INPUTS: dict[str, dict] = {
-    "normal": {"definition": "N(0, 1)", "purpose": "well-conditioned baseline"},
+    "normal": {"definition": "N(0, 1)", "amplitude": 1.0,
+               "purpose": "well-conditioned baseline"},
     "lowamp": {
         "definition": "1e-3 * N(0, 1)",
+        "amplitude": 1e-3,
         "purpose": "batch variance comparable to epsilon: epsilon placement and value matter",
     },
     "large": {
         "definition": "1e3 * N(0, 1)",
+        "amplitude": 1e3,
         "purpose": "large magnitudes: relative error terms and the residual dominate",
     },
     "offset": {
         "definition": "N(0, 1) + o_c, o_c ~ U(-64, 64) per channel",
+        "amplitude": 1.0,
         "purpose": "large per-channel mean: single-pass variance cancels (high kappa)",
     },
 }

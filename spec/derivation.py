@@ -16,7 +16,7 @@ import hashlib
 import jax
 import numpy as np
 
-from resblock.spec.cases import Case
+from resblock.spec.cases import INPUTS, Case
 from resblock.spec.constants import PARAM_NAMES, STAT_NAMES
 
 
@@ -73,7 +73,11 @@ def derive_x(case: Case, draws=_EXACT) -> np.ndarray:
 def derive_random_variables(case: Case, draws=_EXACT) -> tuple[dict, dict]:
     """Explicit non-init (params, batch_stats) for the functional and stress families.
 
-    kernel ~ N(0,1)/sqrt(9C) (init scale, not truncated); conv bias ~ 0.5 N(0,1);
+    kernel ~ N(0,1)/sqrt(9C) (init scale, not truncated); ``Conv_0`` bias ~ 0.5 a N(0,1)
+    with ``a`` the amplitude of the input kind (1e-3 for lowamp, 1e3 for large, else 1:
+    a bias at the scale of the conv output keeps the channel mean comparable to its
+    spread, so a low-amplitude case still sees epsilon and not only cancellation);
+    ``Conv_1`` bias ~ 0.5 N(0,1);
     BN scale ~ U(0.25, 2); BN bias ~ 0.5 N(0,1); running mean ~ 0.5 N(0,1);
     running var ~ U(0.5, 2).
     """
@@ -83,6 +87,9 @@ def derive_random_variables(case: Case, draws=_EXACT) -> tuple[dict, dict]:
         layer, leaf = name.split("/")
         if leaf == "kernel":
             v = _normal(case, name, (3, 3, c, f), draws) / np.float32(np.sqrt(9.0 * c))
+        elif layer == "Conv_0":
+            amp = np.float32(0.5 * INPUTS[case.inputs]["amplitude"])
+            v = amp * _normal(case, name, (f,), draws)
         elif layer.startswith("Conv") or leaf == "bias":
             v = np.float32(0.5) * _normal(case, name, (f,), draws)
         else:  # BatchNorm scale

@@ -1,0 +1,206 @@
+"""The float32 error model: a per-element bound on a correct float32 port's error.
+
+The tolerance of the conformance rule (spec section 8) is not a fixed rtol/atol pair but
+a *budget* per element of every checked tensor, derived here from a stated model of
+float32 evaluation and evaluated next to the float64 oracle, in the spirit of TOSA's
+dot-product compliance mode (a bound per output from ``sum |a||b|`` of the products that
+made it) and of probabilistic rounding-error analysis (Higham and Mary, 2019: a sum of
+``n`` terms in floating point errs by about ``lambda * sqrt(n) * u * sum|terms|``, with
+``lambda`` a small constant whose failure probability falls like ``exp(-lambda^2/2)``).
+
+The model, stage by stage (first order in ``u = 2^-24``; every quantity is float64;
+``g(n) = sqrt(n)``, ``g(1) = 0`` for a reduction that adds nothing):
+
+* **Convolution** ``c = b + sum_k a_k w_k`` over ``K = 9C`` products. Rounding of the
+  dot product and the bias: ``u g(K+1) (|a| * |w| + |b|)``, where ``|a| * |w|`` is the
+  3x3 convolution of absolute values (TOSA's ``bnd``). An error ``e_a`` already in the
+  input propagates as ``e_a * |w|``. Both are one convolution: ``(e_a + u g(K+1)|a|) * |w|``.
+  Reduced-precision convolutions (TF32, bf16) round both operands of every product to
+  ``u_conv``: sensitivity ``s_c = (s_a + 2|a|) * |w|`` per unit ``u_conv``.
+* **Batch statistics** over the ``n = N*H*W`` values of a channel, in float32, single
+  pass (the spec's formula; two-pass, Welford and pairwise forms err less):
+  ``d_mean = u (g(n) mean|c| + |mean|)`` and
+  ``d_var = u ((g(n)+1) mean(c^2) + 2|mean| (g(n) mean|c| + |mean|) + mean^2 + var)``:
+  the cancellation in ``E[c^2] - E[c]^2`` that the old rule's ``kappa`` stood for, now per
+  channel. With ``n = 1`` both are exactly 0 (the mean of one value is that value; every
+  variance formula gives exactly 0). Errors already in ``c`` move the mean by at most
+  ``mean(e_c)`` and the variance by at most ``2 mean(|c - mean| e_c)``.
+* **Normalisation** ``z = (c - mean) * inv + beta``, ``inv = scale / sqrt(var + eps)``:
+  ``|inv| ((1 - 2/n) e_c + mean(e_c) + d_mean)`` from the centred input (exactly 0 at
+  ``n = 1``), ``|scale zhat| (d_var_total / (2 (var + eps)) + 3u)`` through ``inv``, and
+  the rounding of evaluating it in either float32 form, subtract-first or folded
+  (``c * inv + (beta - mean * inv)``, what Keras, ONNX Runtime and PyTorch compute):
+  ``u (2|scale zhat| + |c inv| + 2|mean inv| + |beta| + 2|z|)``. The folded form's
+  ``|mean inv|`` term is why a 1x1 batch-1 case (``inv`` up to ``1/sqrt(eps)``) needs a
+  bound although its variance is exactly 0.
+* **ReLU** passes the bound through (1-Lipschitz); the **residual add** adds ``u|sum|``.
+* **Running statistics** ``new = m old + (1 - m) batch``: ``(1 - m)`` times the batch
+  statistic's error, the rounding of the update in either form (``m old + (1-m) b`` or
+  ``old + (1-m)(b - old)``), the float32 representation of ``m`` and ``1 - m``
+  (``1 - float32(0.99)`` is ``0.01 (1 - 9.5e-7)``), and for the variance the
+  ``(n-1)/n`` conversion a PyTorch port applies.
+
+The bound of an element is ``S (e + u_conv s)`` with one safety factor ``S``
+(:data:`SAFETY`, justified in spec section 8 by the zoo of correct algorithms of
+:mod:`resblock.conformance.zoo`), floored at float32's smallest normal number. The
+golden file stores ``S e`` as ``budget/<tensor>`` and ``S s`` as ``budget_conv/<tensor>``
+(float32, rounded up), so a checker in any language computes
+``bound = budget + u_conv * budget_conv`` and ``score = |got - ref| / bound``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from resblock.spec.constants import EPSILON, MOMENTUM, STAT_NAMES, load
+
+U = 2.0 ** -24
+SAFETY: float = load()["tolerance"]["safety_factor"]
+FLOOR = float(np.finfo(np.float32).tiny)
+# float32 representations of the constants a port uses: |float32(c) - c|.
+D_MOMENTUM = abs(float(np.float32(MOMENTUM)) - MOMENTUM)
+D_ONE_MINUS_MOMENTUM = max(abs(1.0 - float(np.float32(MOMENTUM)) - (1.0 - MOMENTUM)),
+                           abs(float(np.float32(1.0 - MOMENTUM)) - (1.0 - MOMENTUM)))
+D_EPSILON = abs(float(np.float32(EPSILON)) - EPSILON)
+
+STAGE_TENSORS = ("conv1", "bn1", "relu1", "conv2", "bn2", "sum")
+TENSORS = ("output",) + STAGE_TENSORS + STAT_NAMES
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Per-element budgets of one case: ``fp32[name]`` (``S e``) and ``conv[name]``
+    (``S s``, per unit ``u_conv``) for every name of :data:`TENSORS`."""
+
+    fp32: dict
+    conv: dict
+
+    def bound(self, name: str, u_conv: float = 0.0) -> np.ndarray:
+        return bound_from(self.fp32[name], self.conv[name], u_conv)
+
+
+def bound_from(budget, budget_conv, u_conv: float) -> np.ndarray:
+    """The bound a checker applies: ``budget + u_conv * budget_conv``, floored."""
+    b = np.asarray(budget, np.float64) + u_conv * np.asarray(budget_conv, np.float64)
+    return np.maximum(b, FLOOR)
+
+
+def g(n: int) -> float:
+    """Accumulation factor of a float32 sum of ``n`` terms (``sqrt(n)``, 0 for one term)."""
+    return float(np.sqrt(n)) if n > 1 else 0.0
+
+
+def abs_conv(a: np.ndarray, kernel_abs: np.ndarray) -> np.ndarray:
+    """``|a| * |w|``-style 3x3 SAME convolution of non-negative arrays, in float32 BLAS
+    (a bound needs no float64 accuracy: its relative error ~1e-7 is far inside ``S``).
+    ``a`` may carry extra leading axes (several error vectors at once)."""
+    a = np.asarray(a, np.float32)
+    k = np.asarray(kernel_abs, np.float32)
+    *lead, h, w, c = a.shape
+    pad = [(0, 0)] * len(lead) + [(1, 1), (1, 1), (0, 0)]
+    ap = np.pad(a, pad)
+    out = np.zeros((*lead, h, w, k.shape[-1]), np.float32)
+    for i in range(3):
+        for j in range(3):
+            out += ap[..., i:i + h, j:j + w, :] @ k[i, j]
+    return out.astype(np.float64)
+
+
+def _conv(a, e_a, s_a, kernel, bias):
+    """Budgets (e, s) of a convolution's output from its input's value and budgets."""
+    k_terms = 9 * a.shape[-1] + 1
+    gk = g(k_terms)
+    stacked = np.stack([e_a + U * gk * np.abs(a), s_a + 2.0 * np.abs(a)])
+    e_c, s_c = abs_conv(stacked, np.abs(kernel))
+    e_c = e_c + U * gk * np.abs(bias)
+    return e_c, s_c
+
+
+def _batch_norm(c, e_c, s_c, scale, beta, z, mean_in, var_in):
+    """Budgets of a training-mode BatchNorm's output and of its two running stats."""
+    axes = (0, 1, 2)
+    n = c.shape[0] * c.shape[1] * c.shape[2]
+    mean = c.mean(axis=axes)
+    var = np.square(c - mean).mean(axis=axes)
+    sig2 = var + EPSILON
+    inv = scale / np.sqrt(sig2)
+    zg = (c - mean) * inv  # scale * zhat
+    if n > 1:
+        gn = g(n)
+        abs_mean = np.abs(c).mean(axis=axes)
+        d_mean = U * (gn * abs_mean + np.abs(mean))
+        d_var = U * ((gn + 1.0) * np.square(c).mean(axis=axes)
+                     + 2.0 * np.abs(mean) * (gn * abs_mean + np.abs(mean))
+                     + mean * mean + var) + D_EPSILON
+    else:
+        d_mean = np.zeros_like(mean)
+        d_var = np.zeros_like(var)
+    dev = np.abs(c - mean)
+
+    def through(e, d_mu, d_v):
+        centred = (1.0 - 2.0 / n) * e + e.mean(axis=axes)
+        return np.abs(inv) * (centred + d_mu) + np.abs(zg) * (d_v / (2.0 * sig2))
+
+    dv_in_e = 2.0 * (dev * e_c).mean(axis=axes)
+    dv_in_s = 2.0 * (dev * s_c).mean(axis=axes)
+    local = U * (2.0 * np.abs(zg) + np.abs(c * inv) + 2.0 * np.abs(mean * inv)
+                 + np.abs(beta) + 2.0 * np.abs(z) + 3.0 * np.abs(zg))
+    e_z = through(e_c, d_mean, d_var + dv_in_e) + local
+    s_z = through(s_c, 0.0, dv_in_s)
+
+    m = MOMENTUM
+    new_mean = m * mean_in + (1.0 - m) * mean
+    new_var = m * var_in + (1.0 - m) * var
+    e_mean = ((1.0 - m) * (e_c.mean(axis=axes) + d_mean)
+              + U * (2.0 * np.abs(m * mean_in) + 2.0 * np.abs((1.0 - m) * mean)
+                     + np.abs(new_mean))
+              + D_MOMENTUM * np.abs(mean_in) + D_ONE_MINUS_MOMENTUM * np.abs(mean))
+    e_var = ((1.0 - m) * (d_var + dv_in_e)
+             + U * (2.0 * np.abs(m * var_in) + 4.0 * (1.0 - m) * var + np.abs(new_var))
+             + D_MOMENTUM * np.abs(var_in) + D_ONE_MINUS_MOMENTUM * var)
+    s_mean = (1.0 - m) * s_c.mean(axis=axes)
+    s_var = (1.0 - m) * dv_in_s
+    return (e_z, s_z), (e_mean, s_mean), (e_var, s_var)
+
+
+def raw_budgets(x, params, batch_stats, stages: dict) -> tuple[dict, dict]:
+    """The unscaled model: ``(e, s)`` dicts over :data:`TENSORS` (float64)."""
+    f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+    x = f64(x)
+    p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
+    st = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in batch_stats.items()}
+    zero = np.zeros_like(x)
+    e, s = {}, {}
+    e["conv1"], s["conv1"] = _conv(x, zero, zero, p["Conv_0"]["kernel"], p["Conv_0"]["bias"])
+    (e["bn1"], s["bn1"]), em0, ev0 = _batch_norm(
+        stages["conv1"], e["conv1"], s["conv1"], p["BatchNorm_0"]["scale"],
+        p["BatchNorm_0"]["bias"], stages["bn1"], st["BatchNorm_0"]["mean"],
+        st["BatchNorm_0"]["var"])
+    e["relu1"], s["relu1"] = e["bn1"], s["bn1"]
+    e["conv2"], s["conv2"] = _conv(stages["relu1"], e["relu1"], s["relu1"],
+                                   p["Conv_1"]["kernel"], p["Conv_1"]["bias"])
+    (e["bn2"], s["bn2"]), em1, ev1 = _batch_norm(
+        stages["conv2"], e["conv2"], s["conv2"], p["BatchNorm_1"]["scale"],
+        p["BatchNorm_1"]["bias"], stages["bn2"], st["BatchNorm_1"]["mean"],
+        st["BatchNorm_1"]["var"])
+    e["sum"] = e["bn2"] + U * np.abs(stages["sum"])
+    s["sum"] = s["bn2"]
+    e["output"], s["output"] = e["sum"], s["sum"]
+    for name, (ee, ss) in (("BatchNorm_0/mean", em0), ("BatchNorm_0/var", ev0),
+                           ("BatchNorm_1/mean", em1), ("BatchNorm_1/var", ev1)):
+        e[name], s[name] = ee, ss
+    return e, s
+
+
+def budgets(x, params, batch_stats, stages: dict) -> Budgets:
+    """Stored budgets of a case: ``S e`` and ``S s`` as float32, rounded up."""
+    e, s = raw_budgets(x, params, batch_stats, stages)
+    up = 1.0 + 2.0 ** -22
+
+    def f32(a):
+        return (np.asarray(a, np.float64) * (SAFETY * up)).astype(np.float32)
+
+    return Budgets(fp32={k: f32(v) for k, v in e.items()},
+                   conv={k: f32(v) for k, v in s.items()})
