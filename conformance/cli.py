@@ -27,11 +27,13 @@ import click
               show_default=True)
 @click.option("--json-report", type=click.Path(dir_okay=False), help="Write a JSON report.")
 @click.option("--junit", type=click.Path(dir_okay=False), help="Write JUnit XML.")
+@click.option("--html", type=click.Path(dir_okay=False),
+              help="Write a self-contained HTML report with error maps (needs resblock[html]).")
 @click.option("--timeout", type=float, default=None,
               help="Seconds per case; runs the implementation in a worker process.")
 @click.option("--no-diagnose", is_flag=True, help="Skip naming pitfalls for failures.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress line.")
-def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_report, junit,
+def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_report, junit, html,
           timeout, no_diagnose, quiet):
     """Check an implementation against the float64 oracle of every golden case."""
     from resblock.conformance import invoke, report
@@ -49,9 +51,12 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise HarnessError(f"{opt} {path}: the folder {os.path.dirname(path)!r} does not "
                                "exist")
+    if html:
+        html = _html_path(html)
     config = CheckConfig(target=impl or exec_, api=api, layout=layout, profile=profile,
                          keyword=keyword, xfail=xfail, timeout=timeout,
-                         diagnose=not no_diagnose, program=bool(exec_))
+                         diagnose=not no_diagnose, program=bool(exec_),
+                         details=MAX_DETAILED if html or json_report else 0)
     if not goldens:
         from resblock.golden.cli import default_goldens
 
@@ -88,4 +93,65 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
                 f.write(report.junit_xml(run))
     except OSError as e:
         raise HarnessError(f"could not write the report: {e}") from None
+    if html:
+        from resblock.conformance import html as html_page
+
+        try:
+            html_page.write_html(html_page.render_report(report.json_report(run)), html)
+        except OSError as e:
+            raise HarnessError(f"could not write the HTML report: {e}") from None
     sys.exit(0 if run.conforms else 1)
+
+
+MAX_DETAILED = 12  # failing cases whose error maps a JSON or HTML report carries
+
+
+def _html_path(path: str) -> str:
+    """Check before the run that an HTML report can be written: the folder exists and
+    the ``html`` extra is installed (imported here only, never by a plain check)."""
+    import importlib.util
+    import os
+
+    from resblock.errors import HarnessError
+
+    path = os.path.abspath(path)
+    if not os.path.isdir(os.path.dirname(path)):
+        raise HarnessError(f"--html {path}: the folder {os.path.dirname(path)!r} does not exist")
+    if importlib.util.find_spec("jinja2") is None:
+        raise HarnessError("--html needs Jinja2: pip install 'resblock[html]'")
+    return path
+
+
+@click.command("report")
+@click.argument("report_json", metavar="REPORT.json", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The HTML file to write.")
+@click.option("--coverage", "coverage_json", type=click.Path(dir_okay=False),
+              help="Add the detection matrix of a `resblock coverage` JSON document.")
+def report_cmd(report_json, output, coverage_json):
+    """Render a saved `resblock check --json-report` as a self-contained HTML page."""
+    import json
+
+    from resblock.conformance import html as html_page
+    from resblock.errors import HarnessError
+    from resblock.schemas import validate
+
+    output = _html_path(output)
+    docs = []
+    for path in filter(None, (report_json, coverage_json)):
+        try:
+            with open(path, encoding="utf-8") as f:
+                docs.append(json.load(f))
+        except (OSError, ValueError) as e:
+            raise HarnessError(f"{path}: not a readable JSON file ({e})") from None
+    validate(docs[0], "check-report", where=report_json)
+    coverage = docs[1] if coverage_json else None
+    if coverage is not None and (not isinstance(coverage, dict)
+                                 or coverage.get("kind") != "resblock-coverage"):
+        raise HarnessError(f"{coverage_json}: not a `resblock coverage` document "
+                           "(expected kind 'resblock-coverage')")
+    try:
+        html_page.write_html(html_page.render_report(docs[0], coverage), output)
+    except OSError as e:
+        raise HarnessError(f"could not write the HTML report: {e}") from None
+    click.echo(f"wrote {output}")

@@ -34,12 +34,12 @@ def cli():
 
 
 def _register():
-    from resblock.conformance.cli import check
+    from resblock.conformance.cli import check, report_cmd
     from resblock.generator.cli import generate
     from resblock.golden.cli import diff, list_cases, merge, show, verify
     from resblock.spec.cli import spec
 
-    for cmd in (generate, verify, list_cases, show, spec, check, merge, diff):
+    for cmd in (generate, verify, list_cases, show, spec, check, report_cmd, merge, diff):
         cli.add_command(cmd)
 
 
