@@ -112,6 +112,7 @@ def derive_from_text(fields: dict):
          "lowamp": lambda: np.float32(1e-3) * N("x", xs),
          "large": lambda: np.float32(1e3) * N("x", xs),
          "offset": lambda: N("x", xs) + U("x/offset", (c,), -64, 64)}[fields["inputs"]]()
+    amplitude = {"lowamp": 1e-3, "large": 1e3}.get(fields["inputs"], 1.0)
     if fields["family"] == "seeded":
         return x, None, None
     params, stats = {}, {}
@@ -119,7 +120,7 @@ def derive_from_text(fields: dict):
         conv, bn = f"Conv_{i}", f"BatchNorm_{i}"
         params[conv] = {
             "kernel": N(f"{conv}/kernel", (3, 3, c, f)) / np.float32(np.sqrt(9.0 * c)),
-            "bias": np.float32(0.5) * N(f"{conv}/bias", (f,))}
+            "bias": np.float32(0.5 * (amplitude if i == 0 else 1.0)) * N(f"{conv}/bias", (f,))}
         params[bn] = {"scale": U(f"{bn}/scale", (f,), 0.25, 2.0),
                       "bias": np.float32(0.5) * N(f"{bn}/bias", (f,))}
         stats[bn] = {"mean": np.float32(0.5) * N(f"batch_stats/{bn}/mean", (f,)),
