@@ -34,7 +34,7 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 def find_browser() -> str | None:
     env = os.environ.get("RESBLOCK_CHROMIUM")
     if env:
-        return env
+        return shutil.which(env)
     for name in BROWSERS:
         path = shutil.which(name)
         if path:

@@ -1,5 +1,7 @@
 """Fixtures of the conformance tests: a headless Chromium for the HTML report (cdp.py)."""
 
+import os
+
 import pytest
 from cdp import BROWSERS, Chromium, find_browser
 
@@ -9,14 +11,20 @@ def chromium():
     """A running headless Chromium, or a skip that says how to get one."""
     exe = find_browser()
     if exe is None:
+        if os.environ.get("RESBLOCK_REQUIRE_BROWSER"):  # set by .ci/run
+            pytest.fail("no Chromium found, and RESBLOCK_REQUIRE_BROWSER is set: "
+                        "`apt-get install -y chromium`")
         pytest.skip("no Chromium found (tried " + ", ".join(BROWSERS) + " and "
                     "$RESBLOCK_CHROMIUM): install Debian's package with "
                     "`apt-get install -y chromium` to run the HTML report's browser tests")
-    browser = Chromium(exe)
+    browser = None
     try:
+        browser = Chromium(exe)
         browser.send("Browser.getVersion")
     except Exception as e:  # noqa: BLE001 - a browser that cannot start is a skip reason
-        browser.close()
-        pytest.skip(f"{exe} did not start headless: {e}")
+        if browser is not None:
+            browser.close()
+        (pytest.fail if os.environ.get("RESBLOCK_REQUIRE_BROWSER") else pytest.skip)(
+            f"{exe} did not start headless: {e}")
     yield browser
     browser.close()
