@@ -52,9 +52,27 @@ def frozen_tree(tree: dict) -> dict:
 
 
 def as_numpy(obj, what: str) -> np.ndarray:
-    """Convert NumPy, JAX, PyTorch (CPU/GPU), ``__array__`` or DLPack objects."""
+    """Convert NumPy, JAX, PyTorch (CPU/GPU), ``__array__`` or DLPack objects.
+
+    Raises:
+      ContractError: the object is not an array, or converting it failed (a torch
+        bfloat16 or meta tensor, an ``__array__`` that raises, ...).
+    """
     if isinstance(obj, np.ndarray):
         return obj
+    try:
+        return _as_numpy(obj, what)
+    except ContractError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the object's own conversion may raise anything
+        hint = ""
+        if "BFloat16" in str(e) or "bfloat16" in str(e):
+            hint = " (return float32: .float() or .astype(np.float32))"
+        raise ContractError(f"{what}: converting the {type(obj).__name__} to a NumPy array "
+                            f"failed: {type(e).__name__}: {e}{hint}") from None
+
+
+def _as_numpy(obj, what: str) -> np.ndarray:
     mod = type(obj).__module__
     if mod.startswith("torch") and hasattr(obj, "detach"):
         return obj.detach().cpu().numpy()

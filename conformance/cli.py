@@ -30,11 +30,14 @@ import click
 @click.option("--html", type=click.Path(dir_okay=False),
               help="Write a self-contained HTML report with error maps (needs resblock[html]).")
 @click.option("--timeout", type=float, default=None,
-              help="Seconds per case; runs the implementation in a worker process.")
+              help="Seconds per case before the worker process is killed (default: none).")
+@click.option("--in-process", is_flag=True,
+              help="Run the implementation in the checker's own process (for a debugger); "
+                   "an implementation that exits or crashes then ends the run.")
 @click.option("--no-diagnose", is_flag=True, help="Skip naming pitfalls for failures.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress line.")
 def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_report, junit, html,
-          timeout, no_diagnose, quiet):
+          timeout, in_process, no_diagnose, quiet):
     """Check an implementation against the float64 oracle of every golden case."""
     from resblock.conformance import invoke, report
     from resblock.conformance.runner import CheckConfig, run_check
@@ -45,10 +48,15 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
     if exec_ and (api != "functional" or layout != "nhwc"):
         raise click.UsageError("--exec programs use the NHWC functional protocol; "
                                "drop --api/--layout")
+    if in_process and (exec_ or timeout is not None):
+        raise click.UsageError("--in-process runs an --impl without a worker process: it "
+                               "cannot apply --timeout or --exec")
     import os
 
+    # Resolved now: the implementation may change the working directory.
+    json_report, junit = (os.path.abspath(p) if p else None for p in (json_report, junit))
     for opt, path in (("--json-report", json_report), ("--junit", junit)):
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        if path and not os.path.isdir(os.path.dirname(path)):
             raise HarnessError(f"{opt} {path}: the folder {os.path.dirname(path)!r} does not "
                                "exist")
     if html:
@@ -63,12 +71,12 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
         goldens = default_goldens()
     if exec_:
         invoker = invoke.Program(exec_, timeout)
-    elif timeout is not None:
-        invoker = invoke.Worker(impl, api, layout, timeout)
-    else:
+    elif in_process:
         from resblock.conformance.targets import load_target
 
         invoker = invoke.InProcess(load_target(impl), api, layout)
+    else:
+        invoker = invoke.Worker(impl, api, layout, timeout)
 
     err = click.get_text_stream("stderr")
     live = not quiet and err.isatty()

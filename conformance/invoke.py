@@ -46,8 +46,25 @@ def _plain(obj):
         return obj
 
 
-def call_once(fn, api: str, layout: str, inputs: dict) -> Outcome:
-    """Run the implementation on fresh read-only copies; report exceptions and mutation."""
+_CONTROL = {c: f"\\x{c:02x}" for c in range(32) if c not in (9, 10)} | {127: "\\x7f"}
+
+
+def clean_text(text: str) -> str:
+    """Text from an implementation made safe to print and to put in XML: control
+    characters (NUL, ESC, ...) and lone surrogates become visible escapes."""
+    text = str(text).translate(_CONTROL)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+IN_PROCESS_CATCH = (Exception, SystemExit, GeneratorExit)
+
+
+def call_once(fn, api: str, layout: str, inputs: dict, catch=IN_PROCESS_CATCH) -> Outcome:
+    """Run the implementation on fresh read-only copies; report exceptions and mutation.
+
+    ``catch``: what counts as the implementation's failure (in a worker process,
+    everything, ``KeyboardInterrupt`` included; in-process, the user's Ctrl-C still stops
+    the run)."""
     x, params = to_user_layout(inputs["x"], inputs["params"], layout)
     xf, pf, sf = frozen_copy(x), frozen_tree(params), frozen_tree(inputs["stats"])
     t0 = time.perf_counter()
@@ -57,14 +74,21 @@ def call_once(fn, api: str, layout: str, inputs: dict) -> Outcome:
         else:
             result = fn(xf, pf, sf)
         result = _plain(result)
-    except (Exception, SystemExit) as e:  # noqa: BLE001 - the implementation may raise anything
-        tb = traceback.format_exc(limit=-3).rstrip().splitlines()
-        msg = f"raised {type(e).__name__}: {e}"
+    except catch as e:  # noqa: BLE001 - the implementation may raise anything
+        try:
+            tb = traceback.format_exc(limit=-3).rstrip().splitlines()
+        except Exception:  # noqa: BLE001 - a broken interpreter (sys.modules cleared, ...)
+            tb = []
+        try:
+            text = str(e)
+        except Exception:  # noqa: BLE001 - __str__ itself raises
+            text = "<the exception's message cannot be printed>"
+        msg = f"raised {type(e).__name__}: {text}"
         if isinstance(e, SystemExit):
             msg = f"called sys.exit({e.code!r}); an implementation must return, not exit"
-        if "read-only" in str(e):
+        if "read-only" in text:
             msg += " (inputs are read-only: the implementation must not modify them in place)"
-        return Outcome(error=msg + "\n    " + "\n    ".join(tb[-4:]),
+        return Outcome(error=clean_text(msg + "\n    " + "\n    ".join(tb[-4:])),
                        seconds=time.perf_counter() - t0)
     seconds = time.perf_counter() - t0
     mutated = []
@@ -89,69 +113,176 @@ class InProcess:
         pass
 
 
-def _worker_main(conn, target, api, layout):  # runs in the worker process
-    from resblock.conformance.targets import load_target
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process when the checker dies, even by SIGKILL."""
+    import sys
 
-    try:
-        fn = load_target(target)
-    except Exception as e:  # noqa: BLE001
-        conn.send(("load_error", str(e)))
+    if not sys.platform.startswith("linux"):
         return
-    conn.send(("ready", None))
-    while True:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - best effort
+        pass
+
+
+def _worker_main(conn, target, api, layout, parent_pid):  # runs in the worker process
+    """Load the target, then answer one case per message until told to stop.
+
+    The worker leads its own process group (so the checker can kill it together with any
+    process the implementation started), ignores the terminal's signals (the checker
+    decides when it ends) and never returns into the caller's code: it ends by
+    ``os._exit``, whatever the implementation did to the interpreter.
+    """
+    import os
+
+    code = 0
+    try:
         try:
-            inputs = conn.recv()
-        except EOFError:
-            return
-        if inputs is None:
-            return
-        out = call_once(fn, api, layout, inputs)
+            os.setpgid(0, 0)
+        except OSError:
+            pass
+        _die_with_parent()
+        if os.getppid() != parent_pid:  # the checker died before the line above
+            os._exit(1)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        from resblock.conformance.targets import load_target
+
         try:
-            conn.send(("ok", out))
-        except Exception as e:  # noqa: BLE001 - unpicklable result
-            conn.send(("ok", Outcome(error=f"returned an object that cannot be sent back "
-                                            f"from the worker: {e}")))
+            fn = load_target(target)
+        except BaseException as e:  # noqa: BLE001 - TargetError, or anything user code raises
+            conn.send(("load_error", clean_text(str(e)) or type(e).__name__))
+            return
+        conn.send(("ready", None))
+        while True:
+            try:
+                inputs = conn.recv()
+            except (EOFError, OSError):
+                return
+            if inputs is None:
+                return
+            try:
+                out = call_once(fn, api, layout, inputs, catch=BaseException)
+                conn.send(("ok", out))
+            except BaseException as e:  # noqa: BLE001 - unpicklable result, broken interpreter
+                conn.send(("error", clean_text(f"returned an object that cannot be sent back "
+                                               f"from the worker: {type(e).__name__}: {e}")))
+    except BaseException:  # noqa: BLE001 - the pipe broke or the interpreter is unusable
+        code = 70
+    finally:
+        os._exit(code)
+
+
+def _use_fork() -> bool:
+    """Fork (cheap, inherits the loaded kit) on Linux when nothing multithreaded runs."""
+    import sys
+    import threading
+
+    return (sys.platform.startswith("linux") and threading.active_count() == 1
+            and not any(m in sys.modules for m in ("jax", "torch", "tensorflow")))
+
+
+def exit_description(code) -> str:
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
 
 
 class Worker:
-    """The implementation in a separate process: bounded by ``timeout``, crash-proof."""
+    """The implementation in a separate process (the default of ``resblock check``).
 
-    def __init__(self, target, api, layout, timeout):
+    A case that exits, crashes, is killed by a signal or outlives ``timeout`` becomes
+    that case's error; the worker is then restarted for the next case. The worker is
+    forked after the goldens are open (Linux, single-threaded caller), so it costs
+    milliseconds; elsewhere it is spawned. It and its process group are killed when the
+    run ends, whatever ends it.
+    """
+
+    poll_s = 0.25  # how often a waiting checker looks whether the worker still lives
+
+    def __init__(self, target, api, layout, timeout=None):
         import multiprocessing as mp
 
-        self.ctx = mp.get_context("spawn")
+        self.ctx = mp.get_context("fork" if _use_fork() else "spawn")
         self.target, self.api, self.layout, self.timeout = target, api, layout, timeout
         self.proc = self.conn = None
+        self.busy = False  # a case is in the worker's hands
 
     def _start(self):
+        import os
+        import sys
+
         from resblock.errors import TargetError
 
+        sys.stdout.flush()
+        sys.stderr.flush()
         parent, child = self.ctx.Pipe()
-        self.proc = self.ctx.Process(target=_worker_main,
-                                     args=(child, self.target, self.api, self.layout),
-                                     daemon=True)
+        self.proc = self.ctx.Process(target=_worker_main, daemon=True,
+                                     args=(child, self.target, self.api, self.layout,
+                                           os.getpid()))
         self.proc.start()
+        try:
+            os.setpgid(self.proc.pid, self.proc.pid)  # also done by the child: no race
+        except OSError:
+            pass
         child.close()
         self.conn = parent
-        if not parent.poll(max(60.0, self.timeout or 0)):
+        msg = self._receive(max(60.0, self.timeout or 0))
+        if msg is None or msg[0] != "ready":
+            why = (msg[1] if msg and msg[0] == "load_error" else
+                   "the worker did not start within 60 s" if msg is None else
+                   f"the worker process ended while loading the target "
+                   f"({exit_description(msg[1])})")
             self._kill()
-            raise TargetError(f"--impl {self.target}: the worker did not start within 60 s")
-        try:
-            kind, payload = parent.recv()
-        except (EOFError, OSError):
-            self.proc.join(5)
-            code = self.proc.exitcode
-            self._kill()
-            raise TargetError(f"--impl {self.target}: the worker process died while loading "
-                              f"the target (exit status {code})") from None
-        if kind == "load_error":
-            self._kill()
-            raise TargetError(payload)
+            raise TargetError(why if msg and msg[0] == "load_error"
+                              else f"--impl {self.target}: {why}")
+
+    def _receive(self, timeout):
+        """The worker's next message, ``("died", exitcode)``, or None after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = self.poll_s if deadline is None else min(self.poll_s,
+                                                             deadline - time.monotonic())
+            try:
+                if self.conn.poll(max(0.0, left)):
+                    return self.conn.recv()
+            except (EOFError, OSError):
+                return self._died()
+            if not self.proc.is_alive():
+                try:
+                    if self.conn.poll(0):
+                        return self.conn.recv()
+                except (EOFError, OSError):
+                    pass
+                return self._died()
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def _died(self):
+        self.proc.join(5)
+        return ("died", self.proc.exitcode)
 
     def _kill(self):
+        import os
+
         if self.proc is not None:
-            self.proc.kill()
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            if self.proc.exitcode is None:
+                self.proc.kill()
             self.proc.join()
+            self.conn.close()
         self.proc = self.conn = None
 
     def run(self, gcs):
@@ -160,37 +291,45 @@ class Worker:
             if self.proc is None:
                 self._start()
             t0 = time.perf_counter()
+            self.busy = True
             try:
                 self.conn.send(case_inputs(gc))
-                ready = self.conn.poll(self.timeout)
-                if ready:
-                    kind, out = self.conn.recv()
-                    outs.append(out)
-                    continue
+            except OSError:
+                msg = self._died()
+            else:
+                msg = self._receive(self.timeout)
+            self.busy = False
+            seconds = time.perf_counter() - t0
+            if msg is None:
                 self._kill()
-                outs.append(Outcome(error=f"timed out after {self.timeout:g} s "
-                                          "(--timeout); the worker was killed",
-                                    seconds=time.perf_counter() - t0))
-            except (EOFError, BrokenPipeError, ConnectionResetError):
-                code = self.proc.exitcode if self.proc is not None else None
-                if self.proc is not None:
-                    self.proc.join(5)
-                    code = self.proc.exitcode
-                why = (f"killed by signal {signal.Signals(-code).name}" if code and code < 0
-                       else f"exit status {code}")
+                outs.append(Outcome(error=f"timed out after {self.timeout:g} s (--timeout); "
+                                          "the worker was killed",
+                                    seconds=seconds))
+            elif msg[0] == "ok":
+                outs.append(msg[1])
+            elif msg[0] == "error":
+                outs.append(Outcome(error=msg[1], seconds=seconds))
+            else:
+                code = msg[1]
                 self._kill()
-                outs.append(Outcome(error=f"the implementation crashed the worker process "
-                                          f"({why})", seconds=time.perf_counter() - t0))
+                how = ("ended the worker process with exit status 0 (os._exit? an "
+                       "implementation must return its result)" if code == 0 else
+                       f"crashed the worker process ({exit_description(code)})")
+                outs.append(Outcome(error=f"the implementation {how}", seconds=seconds))
         return outs
 
     def close(self):
+        """End the worker: politely when it is idle, at once when the run was interrupted
+        in the middle of a case; then kill its process group (what the implementation
+        started)."""
         if self.proc is not None:
-            try:
-                self.conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
-            self.proc.join(5)
-            self._kill()
+            if not self.busy:
+                try:
+                    self.conn.send(None)
+                    self.proc.join(2)
+                except OSError:
+                    pass
+            self._kill()  # also any process the implementation left in its group
 
 
 class Program:

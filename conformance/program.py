@@ -194,35 +194,95 @@ def run_program(argv_template, cases, timeout=None, workdir=None) -> BatchResult
         return BatchResult(results, **context)
 
 
+OUTPUT_KEEP_BYTES = 256 * 1024  # of stdout and of stderr each: the end is kept
+
+
+class _Tail:
+    """Drain a pipe in a thread, keeping only its last ``keep`` bytes: a program that
+    writes gigabytes costs no memory, and a full pipe never blocks it."""
+
+    def __init__(self, pipe, keep: int = OUTPUT_KEEP_BYTES):
+        import threading
+
+        self.pipe, self.keep = pipe, keep
+        self.data, self.dropped = bytearray(), 0
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+        self.thread.start()
+
+    def _drain(self):
+        fd = self.pipe.fileno()
+        try:
+            while chunk := os.read(fd, 1 << 16):
+                self.data += chunk
+                if len(self.data) > 2 * self.keep:
+                    cut = len(self.data) - self.keep
+                    self.dropped += cut
+                    del self.data[:cut]
+        except OSError:
+            pass
+
+    def text(self, wait_s: float) -> str:
+        """What was kept, once EOF came or ``wait_s`` passed (a process that escaped the
+        program's group may hold the pipe open: it is not waited for)."""
+        self.thread.join(wait_s)
+        data = bytes(self.data[-self.keep:])
+        dropped = self.dropped + len(self.data) - len(data)
+        head = f"[... {dropped} earlier bytes not kept ...]\n" if dropped else ""
+        return head + _decode(data)
+
+
+def _wait_unreaped(proc: subprocess.Popen, timeout) -> bool:
+    """Wait until the program exits, without reaping it (its process group id stays
+    valid for the kill that follows). False on timeout."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = 0.0005
+    while True:
+        try:
+            info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        if info is not None and info.si_pid:
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(pause if deadline is None else min(pause, max(0.0, deadline -
+                                                                  time.monotonic())))
+        pause = min(pause * 2, 0.02)
+
+
 def _run(argv: list[str], timeout) -> tuple[int | None, str, str, float, bool]:
     """``subprocess.run(argv, timeout=..., capture_output=True)`` without a shell, except
-    that the program runs in its own process group, which is killed as a whole on a
-    timeout or an interrupt: a wrapper script's children cannot outlive it.
+    that the program runs in its own process group, which is killed as a whole when the
+    program exits, times out or the checker is interrupted: a wrapper script's children
+    cannot outlive it, nor keep the checker waiting by holding stdout open. Only the
+    last :data:`OUTPUT_KEEP_BYTES` of stdout and of stderr are kept.
 
     Returns ``(returncode, stdout, stderr, wall_s, timed_out)``; returncode is None when
     the program timed out.
     """
     start = time.monotonic()
-    with subprocess.Popen(
+    proc = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
-    ) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            try:  # the group is dead, so the pipes reach EOF at once
-                out, err = proc.communicate(timeout=5)
-            except subprocess.TimeoutExpired:  # a descendant escaped the group
-                out, err = b"", b""
-            return None, _decode(out), _decode(err), time.monotonic() - start, True
-        except BaseException:
-            _kill_group(proc)
-            raise
-    return proc.returncode, _decode(out), _decode(err), time.monotonic() - start, False
+    )
+    out, err = _Tail(proc.stdout), _Tail(proc.stderr)
+    timed_out = False
+    try:
+        timed_out = not _wait_unreaped(proc, timeout)
+    finally:
+        _kill_group(proc)  # also on exit: nothing the program started survives it
+        proc.wait()
+        stdout, stderr = out.text(2.0), err.text(2.0)
+        for pipe in (proc.stdout, proc.stderr):
+            if not out.thread.is_alive() and not err.thread.is_alive():
+                pipe.close()
+    wall_s = time.monotonic() - start
+    if timed_out:
+        return None, stdout, stderr, wall_s, True
+    return proc.returncode, stdout, stderr, wall_s, False
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

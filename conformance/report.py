@@ -100,6 +100,10 @@ def terminal_summary(run, max_cases: int = 10) -> str:
     n = len(run.results)
     verdict = "CONFORMS" if run.conforms else "DOES NOT CONFORM"
     lines.append("")
+    if run.results and not run.conforms and not any(r.status in ("fail", "error")
+                                                    for r in run.results):
+        lines.append("no case passed: every selected case is listed in --xfail, so nothing "
+                     "was checked")
     lines.append(f"{verdict}: {run.count('pass')} passed, "
                  f"{run.count('fail') + run.count('error')} failed "
                  f"({run.count('error')} errors), {run.count('xfail')} xfailed, "

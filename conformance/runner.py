@@ -21,6 +21,7 @@ from resblock.errors import GoldenFormatError, HarnessError
 from resblock.spec import tolerance
 
 APIS = ("functional", "seeded")
+MAX_TIMEOUT_S = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,9 @@ class CheckConfig:
         if self.profile not in tolerance.PROFILES:
             raise HarnessError(f"--profile {self.profile!r}: expected one of "
                                f"{', '.join(tolerance.PROFILES)}")
-        if self.timeout is not None and self.timeout <= 0:
-            raise HarnessError(f"--timeout must be positive, got {self.timeout}")
+        if self.timeout is not None and not 0 < self.timeout <= MAX_TIMEOUT_S:
+            raise HarnessError(f"--timeout must be positive and at most {MAX_TIMEOUT_S:g} s "
+                               f"(one week), got {self.timeout}")
 
 
 @dataclass
@@ -66,8 +68,10 @@ class RunResult:
 
     @property
     def conforms(self) -> bool:
-        return bool(self.results) and not any(r.status in ("fail", "error")
-                                              for r in self.results)
+        """No case failed and at least one passed: a run in which every case was an
+        expected failure checked nothing, so it does not conform."""
+        return (any(r.status in ("pass", "xpass") for r in self.results)
+                and not any(r.status in ("fail", "error") for r in self.results))
 
 
 def open_goldens(paths):
@@ -90,7 +94,23 @@ def open_goldens(paths):
 
 
 def judge(gc, outcome, config: CheckConfig, prof) -> CaseResult:
-    """Turn one Outcome into a CaseResult (pass / fail / error)."""
+    """Turn one Outcome into a CaseResult (pass / fail / error).
+
+    Whatever the implementation returned, a malformed result is that case's error, never
+    the run's (a dict of intermediates holding non-arrays, objects that refuse conversion).
+    """
+    try:
+        return _judge(gc, outcome, config, prof)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
+        from resblock.conformance.invoke import clean_text
+
+        return CaseResult(id=gc.id, family=gc.case.family, status="error",
+                          seconds=outcome.seconds,
+                          message=clean_text(f"the result breaks the contract "
+                                             f"({type(e).__name__}: {e})"))
+
+
+def _judge(gc, outcome, config: CheckConfig, prof) -> CaseResult:
     res = CaseResult(id=gc.id, family=gc.case.family, status="error", seconds=outcome.seconds)
     if outcome.error is not None:
         res.message = outcome.error
@@ -109,9 +129,15 @@ def judge(gc, outcome, config: CheckConfig, prof) -> CaseResult:
                                      f"is the implementation {other.upper()}? "
                                      f"try --layout {other}")
             y = adapters.output_from_user_layout(y, config.layout)
+        if stats is None and config.api != "seeded":
+            raise ContractError("forward returned no new batch_stats (None); the functional "
+                                "contract is (y, new_batch_stats): the running statistics "
+                                "are checked too")
         stats_flat = None if stats is None else adapters.check_stats(stats, c.features)
     except ContractError as e:
-        res.message = str(e)
+        from resblock.conformance.invoke import clean_text
+
+        res.message = clean_text(str(e))
         return res
     res.tensors = compare_case(gc, y, stats_flat, prof, config.layout)
     if inter:

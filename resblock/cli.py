@@ -25,6 +25,37 @@ class _Group(click.Group):
         except (HarnessError, SpecError) as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt as e:
+            import signal
+
+            name = signal.Signals(getattr(e, "signum", signal.SIGINT)).name
+            click.echo(f"Error: interrupted by {name}; nothing was concluded (temporary "
+                       "files removed, worker processes ended)", err=True)
+            sys.exit(2)
+        except MemoryError:
+            click.echo("Error: out of memory; the input is larger than this machine can "
+                       "hold (see the estimate options of the command)", err=True)
+            sys.exit(2)
+        except OSError as e:
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            click.echo(f"Error: {e.strerror or e}{where}", err=True)
+            sys.exit(2)
+
+
+def _raise_interrupted(signum, frame):
+    from resblock.errors import Interrupted
+
+    raise Interrupted(signum)
+
+
+def install_signal_handlers():
+    """SIGTERM and SIGHUP unwind like Ctrl-C (cleanup in ``finally`` blocks, exit 2);
+    a signal the caller set to be ignored (``nohup``) stays ignored."""
+    import signal
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
+            signal.signal(sig, _raise_interrupted)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,11 +66,13 @@ def cli():
 
 def _register():
     from resblock.conformance.cli import check, report_cmd
+    from resblock.conformance.coverage_cli import coverage_cmd
     from resblock.generator.cli import generate
     from resblock.golden.cli import diff, list_cases, merge, show, verify
     from resblock.spec.cli import spec
 
-    for cmd in (generate, verify, list_cases, show, spec, check, report_cmd, merge, diff):
+    for cmd in (generate, verify, list_cases, show, spec, check, report_cmd, coverage_cmd,
+                merge, diff):
         cli.add_command(cmd)
 
 
@@ -53,6 +86,7 @@ def main():
     import os
 
     code = 0
+    install_signal_handlers()
     try:
         cli(prog_name="resblock")
     except SystemExit as e:

@@ -31,3 +31,13 @@ class SchemaError(GoldenFormatError):
 
 class TargetError(HarnessError):
     """An implementation target cannot be imported or called."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP arrived: unwind (removing temporary files, killing
+    workers) exactly as for Ctrl-C, then exit with code 2. A ``KeyboardInterrupt``
+    subclass so that no ``except Exception`` in user or library code swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
