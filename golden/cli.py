@@ -120,7 +120,10 @@ def merge(output, inputs, allow_gaps, force):
 @click.argument("b", type=click.Path(dir_okay=False))
 @click.option("--profile", default="fp32", show_default=True,
               type=click.Choice(["fp32", "tf32", "bf16"]))
-def diff(a, b, profile):
+@click.option("--subset", is_flag=True,
+              help="The sets may hold different cases: compare the common ones only "
+                   "(default: a case missing on either side means DISAGREE).")
+def diff(a, b, profile, subset):
     """Compare two golden sets case by case; exit 0 when they agree.
 
     Inputs must be bit-identical; outputs are judged with the spec's tolerance rule
@@ -128,6 +131,6 @@ def diff(a, b, profile):
     """
     from resblock.golden.diff import diff_files, format_diff
 
-    res = diff_files(a, b, profile)
+    res = diff_files(a, b, profile, subset=subset)
     click.echo(format_diff(res))
     sys.exit(0 if res.agree else 1)

@@ -46,10 +46,16 @@ class DiffResult:
     cases: list[CaseDiff] = field(default_factory=list)
     input_reason: str | None = None
     profile: str = "fp32"
+    subset: bool = False  # cases missing on either side are expected (``--subset``)
+
+    @property
+    def missing(self) -> bool:
+        """Cases of one file that the other lacks, and ``--subset`` was not given."""
+        return not self.subset and bool(self.only_a or self.only_b)
 
     @property
     def agree(self) -> bool:
-        return bool(self.cases) and all(c.ok for c in self.cases)
+        return bool(self.cases) and all(c.ok for c in self.cases) and not self.missing
 
 
 def _score(got, ref, prof) -> float:
@@ -79,12 +85,17 @@ def input_difference_reason(meta_a: dict, meta_b: dict) -> str:
                                   "be identical; one file was derived differently (a bug)")
 
 
-def diff_files(path_a, path_b, profile: str = "fp32") -> DiffResult:
+def diff_files(path_a, path_b, profile: str = "fp32", subset: bool = False) -> DiffResult:
+    """Compare two golden files case by case.
+
+    ``subset``: cases present in one file only are listed but do not prevent agreement
+    (default: False, they do; a set missing cases says nothing about them).
+    """
     from resblock.errors import GoldenFormatError
     from resblock.golden.reader import GoldenFile
 
     prof = tolerance.profile(profile)
-    res = DiffResult(str(path_a), str(path_b), profile=profile)
+    res = DiffResult(str(path_a), str(path_b), profile=profile, subset=subset)
     with GoldenFile(path_a) as fa, GoldenFile(path_b) as fb:
         for f in (fa, fb):
             problems = f.hash_problems()
@@ -126,5 +137,10 @@ def format_diff(res: DiffResult, max_cases: int = 10) -> str:
     if worst_b > 1.0 and not bad_inputs:
         lines.append("  B's float32 results are out of tolerance against A's oracle: was B "
                      "computed with reduced-precision (TF32/bf16) convolutions?")
+    if res.missing:
+        lines.append(f"  {len(res.only_a)} cases only in A and {len(res.only_b)} only in B were "
+                     "not compared; pass --subset if one set is meant to hold part of the other")
+    if not res.cases:
+        lines.append("  no case in common: nothing was compared")
     lines.append("AGREE" if res.agree else "DISAGREE")
     return "\n".join(lines)

@@ -77,4 +77,10 @@ def test_only_in_one_set_reported(smoke_golden, tmp_path):
     generate(preset_cases("smoke")[:2], b, jobs=1)
     res = diff_files(path, b)
     assert len(res.cases) == 2 and len(res.only_a) == 3 and res.only_b == []
-    assert res.agree
+    assert not res.agree  # three cases were never compared
+    assert diff_files(path, b, subset=True).agree
+    r = CliRunner().invoke(cli, ["diff", str(path), str(b)])
+    assert r.exit_code == 1 and "pass --subset" in r.output, r.output
+    assert r.output.strip().endswith("DISAGREE")
+    r = CliRunner().invoke(cli, ["diff", "--subset", str(b), str(path)])
+    assert r.exit_code == 0 and r.output.strip().endswith("AGREE"), r.output
