@@ -49,6 +49,8 @@ def verify(paths, profile, verbose):
                            f"{c.max_abs_dev:9.3g}  score {c.score:8.3g}")
         for p in v.problems:
             click.echo(f"FAIL {p}")
+        for note in v.notes:
+            click.echo(f"note {note}")
     sys.exit(0 if ok else 1)
 
 

@@ -131,12 +131,13 @@ class GoldenFile:
 
     def hash_problems(self) -> list[str]:
         """Recompute every case hash and the content hash; describe each mismatch."""
-        from resblock.golden.store import CASE_ARRAYS, case_sha256, content_sha256
+        from resblock.golden.store import CASE_ARRAYS, case_sha256, content_sha256, index_fields
 
         problems = []
         for e in self.entries:
             arrays = self._group_arrays(e["group"])
-            got = case_sha256(e["id"], {k: arrays[k][e["row"]] for k in CASE_ARRAYS})
+            got = case_sha256(e["id"], {k: arrays[k][e["row"]] for k in CASE_ARRAYS},
+                              index_fields(e))
             if got != e["sha256"]:
                 problems.append(f"case {e['id']}: content hash mismatch (data was modified)")
         if content_sha256(self.entries) != self.metadata["content_sha256"]:

@@ -81,9 +81,25 @@ def expected_dtype(name: str) -> np.dtype:
     return np.dtype("<f8") if name.startswith("oracle/") else np.dtype("<f4")
 
 
-def case_sha256(case_id: str, arrays: dict[str, np.ndarray]) -> str:
-    """SHA-256 over the case id and every array (name, dtype, shape, LE C-order bytes)."""
+# Index fields a case hash does not cover: where the case's rows are (checked against
+# /groups/<group>/case_ids when a file is opened) and the hash itself.
+INDEX_UNHASHED = ("group", "row", "sha256")
+
+
+def index_fields(entry: dict) -> dict:
+    """The fields of an index entry that its case hash covers: every number that can
+    change a verdict (kappa, ref_score, whatever an error model adds), not its location."""
+    return {k: v for k, v in entry.items() if k not in INDEX_UNHASHED}
+
+
+def case_sha256(case_id: str, arrays: dict[str, np.ndarray], fields: dict | None = None) -> str:
+    """SHA-256 over the case id, its index ``fields`` (canonical JSON; golden files always
+    pass them, see :func:`index_fields`) and every array (name, dtype, shape, LE C-order
+    bytes)."""
     h = hashlib.sha256(case_id.encode("utf-8") + b"\0")
+    if fields is not None:
+        h.update(b"index\0" + json.dumps(fields, sort_keys=True, separators=(",", ":"))
+                 .encode("utf-8") + b"\0")
     for name in sorted(arrays):
         a = np.ascontiguousarray(arrays[name])
         a = a.astype(a.dtype.newbyteorder("<"), copy=False)
@@ -145,11 +161,10 @@ class GoldenWriter:
                 raise GoldenFormatError(f"{first.group}/{name}: shape {a.shape}, expected {want}")
             g.create_dataset(name, data=a, track_times=False)
         for row, (case, extra) in enumerate(zip(cases, extras, strict=True)):
-            digest = case_sha256(case.id, {k: arrays[k][row] for k in CASE_ARRAYS})
-            self.entries.append(
-                {"id": case.id, **case.to_dict(), "group": case.group, "row": row,
-                 **extra, "sha256": digest}
-            )
+            entry = {"id": case.id, **case.to_dict(), "group": case.group, "row": row, **extra}
+            entry["sha256"] = case_sha256(case.id, {k: arrays[k][row] for k in CASE_ARRAYS},
+                                          index_fields(entry))
+            self.entries.append(entry)
         self.groups.append(
             {"name": first.group, "n": n, "h": h, "w": w, "features": f, "size": len(cases)}
         )
@@ -157,7 +172,11 @@ class GoldenWriter:
     def copy_group(self, cases: list[Case], rows: list[GoldenCase]) -> None:
         """Write stored cases (read from another golden file) as one shape group."""
         arrays = {k: np.stack([r.arrays[k] for r in rows]) for k in CASE_ARRAYS}
-        extras = [{"kappa": r.entry["kappa"], "ref_score": r.entry["ref_score"]} for r in rows]
+        # Every index field but those the case id and its place determine: kappa,
+        # ref_score and whatever else the generator recorded travel with the case.
+        own = ("id", "group", "row", "sha256")
+        extras = [{k: v for k, v in r.entry.items() if k not in own and k not in
+                   r.case.to_dict()} for r in rows]
         self.write_group(cases, arrays, extras)
 
     def finish(self, metadata: dict) -> dict:

@@ -23,14 +23,16 @@ class FileVerdict:
     path: str
     problems: list[str] = field(default_factory=list)
     cases: list[CaseVerdict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what could not be checked, and why
 
     @property
     def ok(self) -> bool:
         return not self.problems and all(c.ok for c in self.cases)
 
 
-def verify_file(path, profile: str = "fp32") -> FileVerdict:
-    """Schema, structure, hashes, then the float32 reference against the float64 oracle.
+def verify_file(path, profile: str = "fp32", derive: bool = True) -> FileVerdict:
+    """Schema, structure, hashes, the inputs re-derived from the case ids (``derive``,
+    when JAX is installed), then the float32 reference against the float64 oracle.
 
     A golden whose float32 outputs deviate from its own oracle by more than the profile
     allows (e.g. regenerated with TF32 convolutions) fails, with a message saying so.
@@ -48,6 +50,13 @@ def verify_file(path, profile: str = "fp32") -> FileVerdict:
         return verdict
     with gf:
         verdict.problems.extend(f"{path}: {p}" for p in gf.hash_problems())
+        if not gf.entries:
+            verdict.problems.append(f"{path}: the file holds no case: there is nothing to "
+                                    "check against; regenerate it")
+        if derive:
+            problems, notes = input_problems(gf)
+            verdict.problems.extend(f"{path}: {p}" for p in problems)
+            verdict.notes.extend(f"{path}: {n}" for n in notes)
         for gc in gf.iter_cases():
             problem = oracle_problem(gc)
             if problem:
@@ -69,6 +78,55 @@ def verify_file(path, profile: str = "fp32") -> FileVerdict:
                     f"differs from the recomputed {score:.6g}"
                 )
     return verdict
+
+
+DERIVE_CHUNK = 64  # cases derived per call: bounds the memory of a large file
+
+
+def input_problems(gf) -> tuple[list[str], list[str]]:
+    """Re-derive every case's inputs from its id and compare them bit for bit.
+
+    Catches a file whose inputs were replaced and whose oracle, outputs, kappa and
+    hashes were recomputed to match. Returns ``(problems, notes)``: a note says why the
+    inputs could not be checked (JAX absent; the file was derived by another JAX version
+    or PRNG configuration, whose bits may legitimately differ).
+    """
+    try:
+        import jax
+
+        from resblock.generator.batched import derive_cases
+        from resblock.spec.derivation import prng_config
+    except ImportError as e:
+        return [], [f"inputs not re-derived from the case ids: JAX is not installed ({e}); "
+                    "pip install 'resblock[jax]' to check them"]
+    from resblock.golden.store import INPUT_ARRAYS
+    from resblock.spec.cases import Case
+
+    env, prng = gf.metadata["environment"], gf.metadata["computation"].get("prng")
+    same = env.get("jax") == jax.__version__ and prng == prng_config()
+    entries = sorted(gf.entries, key=lambda e: (e["group"], e["row"]))
+    differing = []
+    for i in range(0, len(entries), DERIVE_CHUNK):
+        chunk = entries[i:i + DERIVE_CHUNK]
+        derived = derive_cases([Case.from_id(e["id"]) for e in chunk])
+        for e, (x, params, stats) in zip(chunk, derived, strict=True):
+            fresh = {"x": x}
+            fresh.update({f"params/{k}/{kk}": v for k, d in params.items() for kk, v in d.items()})
+            fresh.update({f"batch_stats_in/{k}/{kk}": v for k, d in stats.items()
+                          for kk, v in d.items()})
+            stored = gf.case(e["id"]).arrays
+            first = next((n for n in INPUT_ARRAYS
+                          if not np.array_equal(np.asarray(fresh[n]), stored[n])), None)
+            if first is not None:
+                differing.append((e["id"], first))
+    if not differing:
+        return [], []
+    if not same:
+        return [], [f"the inputs of {len(differing)} cases differ from those this JAX "
+                    f"({jax.__version__}, {prng_config()}) derives from their ids, but the "
+                    f"file was made with JAX {env.get('jax')} ({prng}): inputs not verified"]
+    return [f"case {cid}: stored {name} differs from the input derived from the case id: "
+            "the file's inputs were replaced" for cid, name in differing], []
 
 
 def oracle_problem(gc) -> str | None:

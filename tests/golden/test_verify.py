@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from resblock.cli import cli
 from resblock.golden.reader import GoldenFile
-from resblock.golden.store import CASE_ARRAYS, case_sha256, content_sha256
+from resblock.golden.store import CASE_ARRAYS, case_sha256, content_sha256, index_fields
 from resblock.golden.verify import verify_file
 
 TARGET = "functional-normal-n2-4x4-f4-s0"
@@ -56,7 +56,8 @@ def _rehash(path, meta, rewrite_metadata):
     with GoldenFile(path) as gf:
         for e in meta["cases"]:
             rows = gf._group_arrays(e["group"])
-            e["sha256"] = case_sha256(e["id"], {k: rows[k][e["row"]] for k in CASE_ARRAYS})
+            e["sha256"] = case_sha256(e["id"], {k: rows[k][e["row"]] for k in CASE_ARRAYS},
+                                      index_fields(e))
     meta["content_sha256"] = content_sha256(meta["cases"])
     rewrite_metadata(path, meta)
 
@@ -83,10 +84,13 @@ def test_tf32_like_golden_fails_even_with_valid_hashes(golden, rewrite_metadata)
 def test_recorded_score_that_disagrees_is_reported(golden, rewrite_metadata):
     path, meta = golden
     e = next(e for e in meta["cases"] if e["id"] == TARGET)
-    e["ref_score"] = e["ref_score"] + 0.25  # not covered by the hashes
+    e["ref_score"] = e["ref_score"] + 0.25
     rewrite_metadata(path, meta)
-    v = verify_file(path)
+    v = verify_file(path)  # the case hash covers the index entry
     assert not v.ok
+    assert v.problems[0] == f"{path}: case {TARGET}: content hash mismatch (data was modified)"
+    _rehash(path, meta, rewrite_metadata)  # hashes made consistent: the score still differs
+    v = verify_file(path)
     assert len(v.problems) == 1 and f"case {TARGET}: recorded ref_score" in v.problems[0]
 
 
