@@ -32,6 +32,7 @@ CLOSEST = 10  # a conforming run lists this many cases closest to the bound
 _COOL = ((0x14, 0x1e, 0x3c), (0x3b, 0x55, 0x8c), (0x8f, 0xa8, 0xd8))  # within the bound
 _HOT = ((0xd7, 0x30, 0x1f), (0xfc, 0x8d, 0x59), (0xff, 0xf2, 0xb0))  # beyond it
 ERROR_COLOUR = "#9a9a9a"
+NOT_RUN_COLOUR = "#ececec"  # a coverage cell with no score (the row does not apply there)
 
 
 # --- colour scale --------------------------------------------------------------------
@@ -81,7 +82,7 @@ def _cells_svg(levels, rows: int, cols: int, px: int, lo: int, hi: int, attrs: s
     paths: dict[str, list[str]] = defaultdict(list)
     for k, lv in enumerate(levels):
         r, c = divmod(k, cols)
-        paths[colour(lv, lo, hi)].append(f"M{c} {r}h1v1h-1z")
+        paths[NOT_RUN_COLOUR if lv is None else colour(lv, lo, hi)].append(f"M{c} {r}h1v1h-1z")
     body = "".join(f'<path fill="{fill}" d="{"".join(d)}"/>' for fill, d in sorted(paths.items()))
     t = f"<title>{_esc(title)}</title>" if title else ""
     return (f'<svg viewBox="0 0 {cols} {rows}" '
@@ -391,7 +392,8 @@ def coverage_context(cov: dict) -> dict:
     rows = []
     for row in cov["rows"]:
         kind = row["kind"]
-        scores = [_float(s) for s in row["scores"]]
+        # None: the row was not run on that case (it does not apply there).
+        scores = [None if s is None else _float(s) for s in row["scores"]]
         # A pitfall row should be caught (score > 1): a column shows its weakest
         # detection. A zoo row (a correct alternative algorithm) or the reference should
         # stay within the bound: a column shows its worst score.
@@ -399,22 +401,25 @@ def coverage_context(cov: dict) -> dict:
         pick = max if within else min
         cell = [None] * n_cols
         for col, s in zip(cols, scores, strict=True):
+            if s is None:
+                continue
             s = math.inf if math.isnan(s) else s
             cell[col] = s if cell[col] is None else pick(cell[col], s)
-        lv = [level_of(s) for s in cell]
+        lv = [None if s is None else level_of(s) for s in cell]
         named = row.get("named")
-        caught = sum(s > 1 for s in scores)
+        run_on = [s for s in scores if s is not None]
+        caught = sum(s > 1 for s in run_on)
         if within:
-            summary = f"within the bound on {len(scores) - caught}/{len(scores)}"
+            summary = f"within the bound on {len(run_on) - caught}/{len(run_on)}"
             ok = caught == 0
         else:
-            summary = f"caught on {caught}/{len(scores)}"
+            summary = f"caught on {caught}/{len(run_on)}"
             ok = caught > 0
             if named is not None:
-                summary += f", named on {sum(map(bool, named))}/{len(named)}"
+                summary += f", named on {sum(map(bool, named))}/{len(run_on)}"
         svg = _cells_svg(lv, 1, n_cols, px, 1, GRID_SPAN,
                          f'class="cov-strip" data-kind="{_esc(kind)}" '
-                         f'data-levels="{",".join(map(str, lv))}"',
+                         f'data-levels="{",".join("na" if v is None else str(v) for v in lv)}"',
                          f"{row['name']} ({row['profile']})")
         if named is not None and not by_group:
             dots = "".join(f'<circle cx="{i + 0.5}" cy="0.5" r="0.18" fill="#000"/>'

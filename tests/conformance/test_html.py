@@ -42,7 +42,8 @@ def coverage_doc(n_cases: int = 6) -> dict:
          "scores": [1e4] * n_cases, "named": [True] * n_cases},
         {"kind": "pitfall", "name": "epsilon_1e3", "profile": "bf16",
          "scores": [0.5] + [30.0] * (n_cases - 1), "named": [False] + [True] * (n_cases - 1)},
-        {"kind": "zoo", "name": "winograd_f32", "profile": "fp32", "scores": [0.2] * n_cases},
+        {"kind": "zoo", "name": "winograd_f32", "profile": "fp32",
+         "scores": [None] + [0.2] * (n_cases - 1)},  # None: not run on that case
         {"kind": "reference", "name": "flax", "profile": "fp32",
          "scores": [0.01] * (n_cases - 1) + ["inf"]},
     ]
@@ -87,6 +88,8 @@ def test_coverage_matrix_rows_say_what_was_caught_and_named():
     assert "caught on 6/6, named on 6/6" in page
     assert "caught on 5/6, named on 5/6" in page
     assert "within the bound on 5/6" in page  # the reference row's inf is a miss
+    assert "within the bound on 5/5" in page  # the zoo row was not run on one case
+    assert html.NOT_RUN_COLOUR in page
     assert page.count('class="cov-strip"') == 4
     assert page.count("<circle") == 11  # one dot per named case
 
