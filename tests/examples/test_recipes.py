@@ -1,0 +1,78 @@
+"""Each recipe in examples/recipes/ conforms on a slice of the committed golden set.
+
+A recipe whose library is not installed is skipped with the package to install
+(``pip install -e ".[recipes]"`` installs them all). The slice holds the three cases with
+one value per channel (where PyTorch's BatchNorm2d raises), a batch-2 functional case, a
+low-amplitude and an offset case: cheap, and the cases where library defaults bite.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+from resblock.conformance.invoke import InProcess
+from resblock.conformance.runner import CheckConfig, run_check
+from resblock.golden.manifest import committed_paths
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "examples" / "recipes"
+KEYWORD = ("n1-1x1 or functional-normal-n2-4x4-f4-s0 or stress-lowamp-n2-8x8-f4-s0 "
+           "or stress-offset-n2-6x6-f4-s0")
+# JAX libraries compile every op per new shape (10-20 s for the slice above): 3 shapes.
+JAX_KEYWORD = ("seeded-normal-n1-1x1-f4 or functional-normal-n2-4x4-f4-s0 "
+               "or stress-lowamp-n2-8x8-f4-s0")
+
+# recipe -> (modules it imports, the pip package to install, the -k slice)
+RECIPES = {
+    "recipe_torch_batchnorm2d": (("torch",), "torch", KEYWORD),
+    "recipe_torchvision_basicblock": (("torch",), "torch", KEYWORD),
+    "recipe_keras": (("keras", "jax"), "keras", JAX_KEYWORD),
+    "recipe_flax_nnx": (("flax.nnx",), "flax", JAX_KEYWORD),
+    "recipe_equinox": (("equinox",), "equinox", JAX_KEYWORD),
+    "recipe_haiku": (("haiku",), "dm-haiku", JAX_KEYWORD),
+    "recipe_onnxruntime": (("torch", "onnx", "onnxruntime", "onnxscript"),
+                           "onnxruntime onnx onnxscript torch", KEYWORD),
+}
+
+
+def _require(modules, package):
+    for m in modules:
+        if importlib.util.find_spec(m.split(".")[0]) is None:
+            pytest.skip(f"{m} is not installed (pip install {package}, or the [recipes] extra)")
+        if "." in m:
+            pytest.importorskip(m, reason=f"{m} is not available (pip install {package})")
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"resblock_recipe_{name}",
+                                                  RECIPES_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_recipe_is_listed():
+    assert {p.stem for p in RECIPES_DIR.glob("recipe_*.py")} == set(RECIPES)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_conforms_on_committed_goldens(name):
+    modules, package, keyword = RECIPES[name]
+    _require(modules, package)
+    fn = _load(name).forward
+    cfg = CheckConfig(target=f"examples/recipes/{name}.py:forward", keyword=keyword)
+    run = run_check(cfg, InProcess(fn, cfg.api, cfg.layout), committed_paths())
+    assert len(run.results) >= 4
+    bad = [(r.id, r.status, r.message) for r in run.results if r.status != "pass"]
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_documents_its_command_and_does_not_shadow_its_library(name):
+    doc = (RECIPES_DIR / f"{name}.py").read_text("utf-8")
+    assert f"resblock check --impl examples/recipes/{name}.py:forward" in doc
+    imported = set(re.findall(r"^(?:import|from) (\w+)", doc, flags=re.M))
+    assert name not in imported  # a file named like a package shadows it (keras.py)
