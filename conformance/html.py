@@ -265,8 +265,9 @@ def _case_key(case_id: str):
     return (c.family, (c.h * c.w, c.h, c.w, c.n, c.features, c.inputs, c.seed))
 
 
-def grid_rows(cases: list[dict]) -> list[dict]:
-    """The grid at a glance: one row per family, cells sorted by shape, batch, features."""
+def grid_rows(cases: list[dict], linked: set | None = None) -> list[dict]:
+    """The grid at a glance: one row per family, cells sorted by shape, batch, features.
+    A cell links to its case when the case is on the page (``linked``; default all)."""
     rows: dict[str, list] = defaultdict(list)
     for case in cases:
         fam, key = _case_key(case["id"])
@@ -283,7 +284,7 @@ def grid_rows(cases: list[dict]) -> list[dict]:
             if case.get("pitfall"):
                 tip += f", matches {case['pitfall']}"
             cells.append({"id": case["id"], "status": st, "fill": fill, "title": tip,
-                          "level": level_of(case["worst_score"]) if st != "error" else ""})
+                          "linked": linked is None or case["id"] in linked})
         out.append({"family": fam, "cells": cells})
     return out
 
@@ -319,7 +320,7 @@ def report_context(doc: dict) -> dict:
         "doc": doc,
         "conforms": conforms,
         "exit_status": 0 if conforms else 1,
-        "grid": grid_rows(cases),
+        "grid": grid_rows(cases, {c["id"] for c in worst_first[:MAX_TABLE_ROWS]}),
         "detailed": detailed,
         "undetailed": undetailed[:50],
         "n_undetailed": len(undetailed),
