@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,12 @@ import numpy as np
 from resblock.errors import GoldenFormatError, GridError
 from resblock.spec.cases import Case
 from resblock.spec.constants import FORMAT_VERSION
+
+METADATA_MAX_BYTES = 64 * 2**20  # /metadata is JSON text: a few hundred kB per 1000 cases
+# HDF5's own filters (deflate, shuffle, fletcher32, szip, nbit, scaleoffset): anything else
+# needs a plugin, which would run foreign code on read.
+KNOWN_FILTERS = frozenset({1, 2, 3, 4, 5, 6, 32000})  # and LZF, built into h5py
+MAX_COMPRESSION = 100  # declared bytes per stored byte of a filtered dataset (zip bombs)
 
 
 def open_golden(path) -> GoldenFile:
@@ -26,8 +34,14 @@ class GoldenFile:
         import h5py
 
         self.path = Path(path)
-        if not self.path.is_file():
-            raise GoldenFormatError(f"{self.path}: no such golden file")
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            raise GoldenFormatError(f"{self.path}: no such golden file") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise GoldenFormatError(f"{self.path}: not a regular file (a FIFO, device or "
+                                    "folder); a golden file is a plain HDF5 file")
+        self.file_size = st.st_size
         try:
             self._f = h5py.File(self.path, "r")
         except OSError as e:
@@ -36,12 +50,14 @@ class GoldenFile:
                 "Restore it from git or regenerate it with `resblock generate`."
             ) from None
         try:
+            self._check_links()
             self.metadata = self._read_metadata()
             self._check_structure()
         except GoldenFormatError:
             self._f.close()
             raise
-        except (OSError, RuntimeError, KeyError, ValueError) as e:
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError,
+                MemoryError) as e:
             self._f.close()
             raise GoldenFormatError(f"{self.path}: damaged HDF5 structure ({type(e).__name__}: "
                                     f"{e}); restore it from git or regenerate it") from None
@@ -63,18 +79,100 @@ class GoldenFile:
     def _fail(self, what: str):
         raise GoldenFormatError(f"{self.path}: {what}")
 
+    def _check_links(self):
+        """Every object is reached by hard links: no external link (data in, or a hang
+        on, another file), no soft link. Walks the link table without following links."""
+        import h5py
+
+        bad = []
+
+        def visit(name, info):
+            if info.type != h5py.h5l.TYPE_HARD:
+                bad.append(name.decode("utf-8", "replace"))
+                return 1  # stop
+            return None
+
+        self._f.id.links.visit(visit, info=True)
+        if bad:
+            link = self._f.get(bad[0], getlink=True)
+            what = (f"an external link to {link.filename}:{link.path}"
+                    if isinstance(link, h5py.ExternalLink) else
+                    f"a soft link to {link.path}" if isinstance(link, h5py.SoftLink) else
+                    "a user-defined link")
+            self._fail(f"/{bad[0]} is {what}; a golden file holds all its data itself "
+                       "(refusing to follow links)")
+
+    def _dataset(self, path: str, want_shape: tuple | None = None):
+        """The dataset at ``path`` (a low-level ``DatasetID``), checked before a byte of
+        it is read: a dataset (not a group), the expected shape, stored in this file (not
+        virtual, no external raw storage), no unknown filter, and as many stored bytes as
+        it declares (so a forged size cannot make a reader allocate gigabytes)."""
+        import h5py
+
+        try:
+            ds = h5py.h5o.open(self._f.id, path.encode("utf-8"))
+        except KeyError:
+            self._fail(f"dataset /{path} is missing")
+        if not isinstance(ds, h5py.h5d.DatasetID):
+            kind = "group" if isinstance(ds, h5py.h5g.GroupID) else "named datatype"
+            self._fail(f"/{path} is a {kind} where a dataset is expected")
+        if want_shape is not None and ds.shape != want_shape:
+            return ds  # the caller names the shape mismatch
+        dcpl = ds.get_create_plist()
+        if dcpl.get_layout() == h5py.h5d.VIRTUAL:
+            self._fail(f"/{path} is a virtual dataset (its data lives in other files); "
+                       "refusing to read it")
+        if dcpl.get_external_count():
+            name = dcpl.get_external(0)[0].decode("utf-8", "replace")
+            self._fail(f"/{path} keeps its data in the external file {name!r}; refusing to "
+                       "read it")
+        n_filters = dcpl.get_nfilters()
+        unknown = [f for f in (dcpl.get_filter(i)[0] for i in range(n_filters))
+                   if f not in KNOWN_FILTERS]
+        if unknown:
+            self._fail(f"/{path} uses the unknown HDF5 filter {unknown[0]} (a plugin); golden "
+                       "files use HDF5's built-in filters only")
+        dtype = ds.dtype
+        if dtype.kind == "O":
+            return ds  # variable-length strings live in the heap: bounded after reading
+        declared = int(np.prod(ds.shape, dtype=np.int64)) * dtype.itemsize
+        stored = ds.get_storage_size()
+        if stored > self.file_size or (not n_filters and stored != declared) or \
+                declared > MAX_COMPRESSION * max(stored, 1):
+            self._fail(f"/{path} declares {ds.shape} {dtype} ({declared} bytes) but stores "
+                       f"{stored} bytes in a {self.file_size}-byte file; the file is damaged "
+                       "or forged")
+        return ds
+
     def _read_metadata(self) -> dict:
+        import h5py
+
         from resblock.schemas import errors
 
         if "metadata" not in self._f:
             self._fail("no /metadata dataset; this is not a resblock golden file")
-        raw = self._f["metadata"][()]
+        ds = self._dataset("metadata")
+        if ds.shape != () or h5py.check_string_dtype(ds.dtype) is None:
+            self._fail(f"/metadata is {ds.shape} {ds.dtype}; expected one string")
+        if ds.dtype.itemsize > METADATA_MAX_BYTES:
+            self._fail(f"/metadata declares {ds.dtype.itemsize} bytes, more than "
+                       f"{METADATA_MAX_BYTES}; refusing to read it")
+        raw = h5py.Dataset(ds)[()]
+        if len(raw) > METADATA_MAX_BYTES:
+            self._fail(f"/metadata holds {len(raw)} bytes, more than {METADATA_MAX_BYTES}")
         text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
         try:
             meta = json.loads(text)
         except json.JSONDecodeError as e:
             self._fail(f"/metadata is not valid JSON ({e}); the file was edited or damaged")
         version = meta.get("format_version", "?") if isinstance(meta, dict) else "?"
+        if str(version).split(".")[0] == "1" and FORMAT_VERSION.split(".")[0] == "2":
+            self._fail(
+                f"format version {version} predates the per-element error model: it has no "
+                "budget/ datasets, so no bound can be applied to it. Regenerate it with this "
+                "kit (`resblock generate` with the same grid; `resblock list FILE` shows it), "
+                "or check against the committed goldens"
+            )
         if str(version).split(".")[0] != FORMAT_VERSION.split(".")[0]:
             self._fail(
                 f"format version {version}, but this kit reads format {FORMAT_VERSION}; "
@@ -87,6 +185,8 @@ class GoldenFile:
         return meta
 
     def _check_structure(self):
+        import h5py
+
         from resblock.golden.store import CASE_ARRAYS, expected_dtype, expected_shape
 
         groups = {g["name"]: g for g in self.metadata["groups"]}
@@ -95,11 +195,15 @@ class GoldenFile:
             grp = self._f.get(path)
             if grp is None:
                 self._fail(f"group /{path} listed in metadata is missing")
+            if not isinstance(grp, h5py.Group):
+                self._fail(f"/{path} is a dataset where a group is expected")
+            ids = self._dataset(f"{path}/case_ids", (g["size"],))
+            if ids.shape != (g["size"],) or h5py.check_string_dtype(ids.dtype) is None:
+                self._fail(f"/{path}/case_ids is {ids.shape} {ids.dtype}; expected "
+                           f"({g['size']},) strings")
             for name in CASE_ARRAYS:
-                ds = grp.get(name)
-                if ds is None:
-                    self._fail(f"dataset /{path}/{name} is missing")
                 want = (g["size"],) + expected_shape(name, g["n"], g["h"], g["w"], g["features"])
+                ds = self._dataset(f"{path}/{name}", want)
                 if ds.shape != want or ds.dtype != expected_dtype(name):
                     self._fail(f"/{path}/{name} has shape {ds.shape} dtype {ds.dtype}; "
                                f"expected {want} {expected_dtype(name)}")

@@ -1,0 +1,178 @@
+"""Hostile golden files (issue 12): golden/reader.py reads only what is in the file itself,
+checks every declared size before reading, and names each refusal in one line.
+
+The fixture below builds each hostile file from a copy of the smoke golden: one dataset
+(``x`` of the first group, or ``/metadata``) replaced by a link, a virtual dataset,
+external raw storage, an unknown filter, an unallocated dataset that declares more bytes
+than the file holds, or a group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from resblock.errors import GoldenFormatError
+from resblock.golden.reader import GoldenFile
+
+
+def _first_x(path) -> str:
+    with h5py.File(path, "r") as f:
+        meta = json.loads(f["metadata"][()])
+    return f"groups/{meta['groups'][0]['name']}/x"
+
+
+def _external_link(f, name, x, tmp):
+    other = tmp / "other.h5"
+    with h5py.File(other, "w") as o:
+        o["x"] = x
+    f[name] = h5py.ExternalLink(str(other), "/x")
+
+
+def _fifo_link(f, name, x, tmp):
+    fifo = tmp / "fifo.h5"
+    os.mkfifo(fifo)
+    f[name] = h5py.ExternalLink(str(fifo), "/x")
+
+
+def _soft_link(f, name, x, tmp):
+    f[name] = h5py.SoftLink("/" + name.rsplit("/", 1)[0] + "/y")
+
+
+def _virtual(f, name, x, tmp):
+    other = tmp / "other.h5"
+    with h5py.File(other, "w") as o:
+        o["x"] = x
+    layout = h5py.VirtualLayout(shape=x.shape, dtype=x.dtype)
+    layout[...] = h5py.VirtualSource(str(other), "x", shape=x.shape)
+    f.create_virtual_dataset(name, layout)
+
+
+def _external_storage(f, name, x, tmp):
+    f.create_dataset(name, shape=x.shape, dtype=x.dtype,
+                     external=[("/etc/passwd", 0, x.nbytes)])
+
+
+def _unknown_filter(f, name, x, tmp):
+    f.create_dataset(name, data=x, chunks=x.shape, compression=32123, allow_unknown_filter=True)
+
+
+def _unallocated(f, name, x, tmp):
+    f.create_dataset(name, shape=x.shape, dtype=x.dtype, chunks=True)  # no byte written
+
+
+def _group(f, name, x, tmp):
+    f.create_group(name)
+
+
+HOSTILE = {
+    "external_link": (_external_link, "is an external link to"),
+    "external_link_to_fifo": (_fifo_link, "is an external link to"),
+    "soft_link": (_soft_link, "is a soft link to"),
+    "virtual_dataset": (_virtual, "is a virtual dataset"),
+    "external_storage": (_external_storage, "keeps its data in the external file '/etc/passwd'"),
+    "unknown_filter": (_unknown_filter, "uses the unknown HDF5 filter 32123"),
+    "unallocated": (_unallocated, "but stores 0 bytes"),
+    "group_for_dataset": (_group, "is a group where a dataset is expected"),
+}
+
+
+def _make_hostile(golden, tmp_path, kind):
+    path, _ = golden
+    make, message = HOSTILE[kind]
+    name = _first_x(path)
+    with h5py.File(path, "r+") as f:
+        x = f[name][()]
+        del f[name]
+        make(f, name, x, tmp_path)
+    return path, message
+
+
+@pytest.fixture(params=sorted(HOSTILE))
+def hostile(request, golden, tmp_path):
+    """``(path, expected message)``: a copy of the smoke golden made hostile."""
+    return _make_hostile(golden, tmp_path, request.param)
+
+
+# Every command, in a fresh process, on the kinds that used to hang or to traceback (the
+# others share their code path: GoldenFile's open, tested above for each kind).
+@pytest.fixture(params=["external_link_to_fifo", "group_for_dataset"])
+def hostile_for_commands(request, golden, tmp_path):
+    return _make_hostile(golden, tmp_path, request.param)
+
+
+def test_hostile_files_are_refused_on_open(hostile):
+    path, message = hostile
+    with pytest.raises(GoldenFormatError) as e:
+        GoldenFile(path)
+    assert message in str(e.value) and str(e.value).startswith(str(path))
+    assert "\n" not in str(e.value)
+
+
+def test_every_command_refuses_a_hostile_file_in_one_line(hostile_for_commands, tmp_path):
+    path, message = hostile_for_commands
+    for args in (["list", path], ["verify", path], ["show", path, "x"],
+                 ["check", "-q", "--impl", "x.py:forward", "--goldens", path],
+                 ["diff", path, path], ["merge", tmp_path / "m.h5", path]):
+        r = subprocess.run([sys.executable, "-m", "resblock", *map(str, args)], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60)
+        out = r.stdout + r.stderr
+        assert r.returncode in (1, 2) and message in out, (args, out)
+        assert "Traceback" not in out, (args, out)
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_metadata_replaced_by_a_group(golden):
+    path, _ = golden
+    with h5py.File(path, "r+") as f:
+        del f["metadata"]
+        f.create_group("metadata")
+    with pytest.raises(GoldenFormatError, match="/metadata is a group where a dataset is"):
+        GoldenFile(path)
+
+
+def test_oversized_metadata_is_not_read(golden, monkeypatch):
+    path, _ = golden
+    with h5py.File(path, "r+") as f:
+        text = f["metadata"][()]
+        del f["metadata"]
+        f.create_dataset("metadata", data=np.array(text, dtype=f"S{len(text) + 1000}"))
+    import resblock.golden.reader as reader
+
+    monkeypatch.setattr(reader, "METADATA_MAX_BYTES", len(text))
+    with pytest.raises(GoldenFormatError, match="/metadata declares .* bytes, more than"):
+        GoldenFile(path)
+
+
+def test_only_regular_files_are_opened(tmp_path):
+    fifo = tmp_path / "golden.h5"
+    os.mkfifo(fifo)
+    with pytest.raises(GoldenFormatError, match="not a regular file"):
+        GoldenFile(fifo)
+    with pytest.raises(GoldenFormatError, match="not a regular file"):
+        GoldenFile(tmp_path)
+
+
+def test_a_forged_shape_is_refused_before_reading(golden, rewrite_metadata):
+    # Metadata claims a 20000x20000 group; the datasets are what they are: a shape
+    # mismatch, found without allocating anything.
+    path, meta = golden
+    meta["groups"][0].update(h=20000, w=20000)
+    rewrite_metadata(path, meta)
+    with pytest.raises(GoldenFormatError, match="expected"):
+        GoldenFile(path)
+
+
+def test_a_clean_copy_still_opens(golden, tmp_path):
+    path, _ = golden
+    copy = tmp_path / "again.h5"
+    shutil.copyfile(path, copy)
+    with GoldenFile(copy) as gf:
+        assert gf.entries and not gf.hash_problems()
