@@ -27,8 +27,9 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--disable-extensions",
          "--disable-default-apps", "--no-first-run", "--no-default-browser-check",
-         "--mute-audio", "--hide-scrollbars", "--proxy-server=127.0.0.1:9",
-         "--proxy-bypass-list=<-loopback>", "--remote-debugging-pipe")
+         "--mute-audio", "--hide-scrollbars", "--disable-dev-shm-usage",
+         "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
+         "--remote-debugging-pipe")
 
 
 def find_browser() -> str | None:
