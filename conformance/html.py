@@ -97,7 +97,7 @@ def _esc(text) -> str:
 
 
 def _map_px(rows: int, cols: int) -> int:
-    return max(3, min(14, 200 // max(rows, cols)))
+    return max(3, min(12, 160 // max(rows, cols)))  # 16x16: 10 px cells, five maps a row
 
 
 def tensor_maps_html(tm: dict) -> str:
