@@ -275,7 +275,8 @@ def grid_rows(cases: list[dict], linked: set | None = None) -> list[dict]:
     out = []
     for fam in sorted(rows):
         cells = []
-        for _, case in sorted(rows[fam], key=lambda t: t[0]):
+        shape = None
+        for key, case in sorted(rows[fam], key=lambda t: t[0]):
             st = case["status"]
             fill = ERROR_COLOUR if st == "error" else colour(level_of(case["worst_score"]))
             tip = f"{case['id']}: {st}"
@@ -284,7 +285,9 @@ def grid_rows(cases: list[dict], linked: set | None = None) -> list[dict]:
             if case.get("pitfall"):
                 tip += f", matches {case['pitfall']}"
             cells.append({"id": case["id"], "status": st, "fill": fill, "title": tip,
-                          "linked": linked is None or case["id"] in linked})
+                          "linked": linked is None or case["id"] in linked,
+                          "new_shape": shape is not None and key[:3] != shape})
+            shape = key[:3]
         out.append({"family": fam, "cells": cells})
     return out
 

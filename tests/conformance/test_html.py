@@ -59,7 +59,8 @@ def test_conforming_page_shows_verdict_margin_and_grid():
     for section in ("summary", "grid", "margin", "cases"):
         assert f'data-section="{section}"' in page
     assert 'data-section="failures"' not in page
-    assert page.count('class="cell st-pass"') == doc["summary"]["total"]
+    assert page.count('class="cell st-pass') == doc["summary"]["total"]
+    assert page.count('class="cell st-pass gap"') >= 1  # 4x4 and 16x16 shapes apart
     assert Path(GOLDENS[0]).name in page and doc["cases"][0]["id"] in page
 
 
