@@ -177,3 +177,23 @@ def test_plain_check_imports_no_html_dependency(tmp_path, with_html):
     last = proc.stdout.strip().splitlines()[-1].split()
     assert last[:2] == ["MODULES", "0"], proc.stdout + proc.stderr
     assert last[2:] == (list(HTML_DEPS) if with_html else []), "imported: " + " ".join(last[2:])
+
+
+def test_html_report_of_a_generated_grid(smoke_golden, tmp_path):
+    path, _ = smoke_golden
+    out = tmp_path / "smoke.html"
+    res = CliRunner().invoke(cli, ["check", "--impl", f"{EXAMPLES / 'numpy_float32.py'}:forward",
+                                   "--goldens", str(path), "-q", "--html", str(out)])
+    assert res.exit_code == 0, res.output
+    page = out.read_text()
+    assert "preset smoke" in page and 'data-section="margin"' in page
+
+
+def test_large_maps_say_they_are_pooled():
+    import numpy as np
+
+    from resblock.conformance.details import tensor_maps
+
+    scores = np.full((1, 100, 40, 3), 2.0)
+    part = html.tensor_maps_html(tensor_maps("output", scores))
+    assert "max-pooled by 4x2" in part and 'data-rows="25" data-cols="20"' in part
