@@ -35,6 +35,9 @@ class Pitfall:
       affects: results of the contract that differ (default: both).
       families: case families where the mistake can happen (default: all); an init
         mistake exists only where the implementation initialises (``seeded``).
+      min_values: fewest values per channel (N*H*W) at which the mistake can leave the
+        error model's envelope (default 1); below it the mistake is a correct float32
+        algorithm and the checker must accept it.
       match_profile: tolerance profile under which a result is compared with the twin
         when naming it (default "fp32"); a rounding mistake (TF32, bf16) is reproduced
         by its twin only to within that format's own rounding.
@@ -48,6 +51,7 @@ class Pitfall:
     stage: str
     affects: tuple[str, ...] = RESULTS
     families: tuple[str, ...] = ("seeded", "functional", "stress")
+    min_values: int = 1
     match_profile: str = "fp32"
 
     def __post_init__(self):
@@ -340,6 +344,53 @@ PITFALLS: tuple[Pitfall, ...] = (
         "Sum pairwise or in blocks (NumPy/torch reductions do), merge chunked Welford "
         "results with Chan's formula, or accumulate in float64.",
         "bn1",
+        min_values=2**16,
+    ),
+    _row(
+        "equinox_ema_mode",
+        "Equinox BatchNorm in its default mode='ema'",
+        "eqx.nn.BatchNorm's default mode='ema' normalises with the running averages after "
+        "this batch's update (0.99 * running + 0.01 * batch), not with the batch "
+        "statistics; with loaded statistics the output is close to inference mode (only "
+        "the very first call of a fresh model uses the batch statistics).",
+        "Construct eqx.nn.BatchNorm(..., mode=\"batch\"): training then normalises with "
+        "the batch mean and variance, and the state keeps the running averages.",
+        "bn1",
+    ),
+    _row(
+        "haiku_zero_debias",
+        "Haiku moving averages zero-debiased from counter 0",
+        "hk.BatchNorm keeps its statistics in hk.ExponentialMovingAverage states that "
+        "return hidden / (1 - decay**counter); statistics loaded into hidden/average with "
+        "counter 0 come back as (0.99 * old + 0.01 * batch) / 0.01, 100x too large.",
+        "When loading statistics into the mean_ema/var_ema state, set hidden = average = "
+        "the statistic and counter to a large value (e.g. 10_000, where 1 - 0.99**counter "
+        "== 1 in float32), so the average is not debiased.",
+        "batch_stats",
+        _STATS,
+    ),
+    _row(
+        "biased_running_var_converted",
+        "PyTorch's running-var conversion applied to a biased variance",
+        "The running variance was converted with PyTorch's unbiased-to-biased factor "
+        "(n - 1) / n (n = N*H*W) although it was biased already, as ONNX Runtime's "
+        "BatchNormalization (training_mode=1) computes it: the batch term is too small.",
+        "Convert only PyTorch's own running_var (nn.BatchNorm2d, F.batch_norm); take ONNX "
+        "Runtime's running_var output (BatchNormalization output 2) as it is.",
+        "batch_stats",
+        _STATS,
+    ),
+    _row(
+        "torch_one_value_per_channel",
+        "PyTorch BatchNorm refuses one value per channel",
+        "nn.BatchNorm2d and F.batch_norm(training=True) raise 'Expected more than 1 value "
+        "per channel when training' when N*H*W == 1 (batch 1 at 1x1). The spec defines "
+        "it: the variance is 0, each BatchNorm outputs its bias, the block outputs "
+        "relu(x + BatchNorm_1 bias).",
+        "Handle N*H*W == 1 before calling BatchNorm2d: output = bias, running_mean = 0.99 * "
+        "running_mean + 0.01 * value, running_var = 0.99 * running_var (see "
+        "examples/recipes/recipe_torch_batchnorm2d.py, SpecBatchNorm2d).",
+        "bn1",
     ),
 )
 
@@ -361,6 +412,11 @@ def lookup(name: str) -> Pitfall:
         raise KeyError(
             f"unknown pitfall {name!r}.{hint} Known pitfalls: {', '.join(sorted(_BY_NAME))}"
         ) from None
+
+
+def applies(p: Pitfall, case) -> bool:
+    """Whether mistake ``p`` can show on ``case`` (its family, its values per channel)."""
+    return case.family in p.families and case.n * case.h * case.w >= p.min_values
 
 
 def names() -> tuple[str, ...]:

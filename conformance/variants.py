@@ -85,6 +85,11 @@ class Variant:
     float16_activations: bool = False
     # Memory layout.
     layout_confusion: bool = False
+    # Library defaults (examples/recipes/ shows each library set up right).
+    equinox_ema_mode: bool = False
+    haiku_zero_debias: bool = False
+    biased_running_var_converted: bool = False
+    torch_one_value_per_channel: bool = False
 
     def __post_init__(self):
         if self.dtype not in ("float32", "float64"):
@@ -318,6 +323,17 @@ def _batch_norm(v: Variant, y, bn, stats):
             norm_var = norm_var * unbiased
     if v.eval_mode_bn:  # PyTorch model.eval(): running averages, stats left unchanged
         norm_mean, norm_var = stats["mean"], stats["var"]
+    if v.torch_one_value_per_channel and n == 1:
+        # nn.BatchNorm2d / F.batch_norm(training=True) refuse it; the message is PyTorch's.
+        nchw = (y.shape[0], c) + y.shape[1:3]
+        raise ValueError("Expected more than 1 value per channel when training, got input "
+                         f"size torch.Size({list(nchw)})")
+    if v.equinox_ema_mode:
+        # eqx.nn.BatchNorm(mode="ema"), Equinox's default: normalise with the running
+        # averages after this batch's update (they are also what it stores).
+        k = np.asarray(MOMENTUM, dt)
+        norm_mean = k * stats["mean"] + (1 - k) * batch_mean
+        norm_var = k * stats["var"] + (1 - k) * batch_var
     eps = np.asarray(1e-3 if v.epsilon_1e3 else 1e-4 if v.epsilon_1e4
                      else 1e-6 if v.epsilon_1e6 else EPSILON, dt)
     if v.epsilon_outside_sqrt:
@@ -334,11 +350,16 @@ def _batch_norm(v: Variant, y, bn, stats):
     if v.torch_unbiased_running_var:
         with np.errstate(invalid="ignore"):
             stat_var = batch_var * unbiased
+    if v.biased_running_var_converted:  # PyTorch's (n-1)/n applied to a biased variance
+        stat_var = batch_var * (np.asarray(n - 1, dt) / np.asarray(n, dt))
     keep, take = np.asarray(keep, dt), np.asarray(1.0 - keep, dt)
     new = {
         "mean": keep * stats["mean"] + take * batch_mean,
         "var": keep * stats["var"] + take * stat_var,
     }
+    if v.haiku_zero_debias:
+        # hk.ExponentialMovingAverage after one step from counter 0: hidden / (1 - decay).
+        new = {k: a / (1 - keep) for k, a in new.items()}
     return out, new
 
 

@@ -48,6 +48,24 @@ def _raise_interrupted(signum, frame):
     raise Interrupted(signum)
 
 
+def _redeliver_swallowed(unraisable, _default=sys.unraisablehook):
+    """A signal that arrives while Python runs a ``__del__`` or a gc callback raises
+    there, where the exception is printed and dropped; deliver it again a moment later,
+    so that the run still stops."""
+    from resblock.errors import Interrupted
+
+    if isinstance(unraisable.exc_value, Interrupted):
+        import os
+        import threading
+
+        signum = unraisable.exc_value.signum
+        timer = threading.Timer(0.01, os.kill, (os.getpid(), signum))
+        timer.daemon = True
+        timer.start()
+        return
+    _default(unraisable)
+
+
 def install_signal_handlers():
     """SIGTERM and SIGHUP unwind like Ctrl-C (cleanup in ``finally`` blocks, exit 2);
     a signal the caller set to be ignored (``nohup``) stays ignored."""
@@ -56,6 +74,7 @@ def install_signal_handlers():
     for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
             signal.signal(sig, _raise_interrupted)
+    sys.unraisablehook = _redeliver_swallowed
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

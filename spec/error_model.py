@@ -16,7 +16,12 @@ The model, stage by stage (first order in ``u = 2^-24``; every quantity is float
   3x3 convolution of absolute values (TOSA's ``bnd``). An error ``e_a`` already in the
   input propagates as ``e_a * |w|``. Both are one convolution: ``(e_a + u g(K+1)|a|) * |w|``.
   Reduced-precision convolutions (TF32, bf16) round both operands of every product to
-  ``u_conv``: sensitivity ``s_c = (s_a + 2|a|) * |w|`` per unit ``u_conv``.
+  ``u_conv``: a relative error ``d_a + d_w`` per product, the two roundings independent
+  and uniform on ``[-u_conv, u_conv]`` (standard deviation ``sqrt(2/3) u_conv``); they add
+  up like a random walk (the probabilistic argument of the sums, with the same ``S``):
+  sensitivity ``s_c = s_a * |w| + sqrt(2/3) sqrt(a^2 * w^2)`` per unit ``u_conv``. A bias
+  of the rounding (truncation instead of round-to-nearest) scales every product alike and
+  is divided out again by the BatchNorm that follows.
 * **Batch statistics** over the ``n = N*H*W`` values of a channel, in float32, single
   pass (the spec's formula; two-pass, Welford and pairwise forms err less):
   ``d_mean = u (g(n) mean|c| + |mean|)`` and
@@ -65,6 +70,7 @@ D_ONE_MINUS_MOMENTUM = max(abs(1.0 - float(np.float32(MOMENTUM)) - (1.0 - MOMENT
                            abs(float(np.float32(1.0 - MOMENTUM)) - (1.0 - MOMENTUM)))
 D_EPSILON = abs(float(np.float32(EPSILON)) - EPSILON)
 
+ROUNDING_STD = float(np.sqrt(2.0 / 3.0))  # std of d_a + d_w per unit u_conv
 STAGE_TENSORS = ("conv1", "bn1", "relu1", "conv2", "bn2", "sum")
 TENSORS = ("output",) + STAGE_TENSORS + STAT_NAMES
 
@@ -112,8 +118,8 @@ def _conv(a, e_a, s_a, kernel, bias):
     """Budgets (e, s) of a convolution's output from its input's value and budgets."""
     k_terms = 9 * a.shape[-1] + 1
     gk = g(k_terms)
-    stacked = np.stack([e_a + U * gk * np.abs(a), s_a + 2.0 * np.abs(a)])
-    e_c, s_c = abs_conv(stacked, np.abs(kernel))
+    e_c, s_c = abs_conv(np.stack([e_a + U * gk * np.abs(a), s_a]), np.abs(kernel))
+    s_c = s_c + ROUNDING_STD * np.sqrt(abs_conv(a * a, kernel * kernel))
     e_c = e_c + U * gk * np.abs(bias)
     return e_c, s_c
 

@@ -1,8 +1,8 @@
 """Tests of conformance/compare.py: per-tensor reports and the first diverging stage.
 
-``compare_tensor`` is checked on hand-made arrays with a hand-made term row
-(``atol 0.25, rtol 0.5``, no global terms: ``bound = 0.25 + 0.5*|ref|``, exact in binary),
-so every expected number below is worked out by hand. ``first_diverging_stage`` is
+``compare_tensor`` is checked on hand-made arrays with a hand-made bound
+(``bound = 0.25 + 0.5*|ref|``, exact in binary), so every expected number below is
+worked out by hand. ``first_diverging_stage`` is
 checked on a committed golden case with its own float64 stages perturbed at one stage.
 """
 
@@ -17,14 +17,17 @@ from resblock.golden.reader import GoldenFile
 from resblock.spec import tolerance
 
 FP32 = tolerance.profile("fp32")
-SIMPLE = tolerance.Terms(atol=0.25, rtol=0.5, kappa_factor=0.0, conv_factor=0.0)
+
+
+def simple(ref):
+    return 0.25 + 0.5 * np.abs(np.asarray(ref, dtype=np.float64))
 
 
 def test_counts_errors_and_worst_element_by_hand():
     ref = np.array([0.0, 1.0, 2.0, -4.0])  # bound [0.25, 0.75, 1.25, 2.25]
     got = np.array([0.125, 2.25, 2.0, -6.5])  # err [0.125, 1.25, 0, 2.5]
     # scores [0.5, 5/3, 0, 10/9]: two out of bound, the worst is element 1.
-    t = compare_tensor("BatchNorm_0/mean", got, ref, 1.0, SIMPLE, FP32)
+    t = compare_tensor("BatchNorm_0/mean", got, ref, simple(ref))
     assert not t.ok
     assert (t.size, t.n_bad) == (4, 2)
     assert t.share_bad == 0.5
@@ -38,7 +41,7 @@ def test_counts_errors_and_worst_element_by_hand():
 def test_max_rel_ignores_exact_zeros():
     ref = np.array([0.0, 2.0, -8.0])
     got = np.array([0.0, 3.0, -9.0])  # rel [0 (0/0 counts as exact), 0.5, 0.125]
-    t = compare_tensor("BatchNorm_0/var", got, ref, 1.0, SIMPLE, FP32)
+    t = compare_tensor("BatchNorm_0/var", got, ref, simple(ref))
     assert t.max_rel == 0.5
     assert t.max_abs == 1.0
     # bounds [0.25, 1.25, 4.25]: scores [0, 0.8, 1/4.25] -> all within.
@@ -47,27 +50,44 @@ def test_max_rel_ignores_exact_zeros():
 
 
 def test_score_exactly_one_is_within_the_bound():
-    t = compare_tensor("BatchNorm_1/mean", np.array([0.25, 1.75]), np.array([0.0, 1.0]), 1.0,
-                       SIMPLE, FP32)
+    ref = np.array([0.0, 1.0])
+    t = compare_tensor("BatchNorm_1/mean", np.array([0.25, 1.75]), ref, simple(ref))
     assert t.ok and t.n_bad == 0 and t.worst_score == 1.0
 
 
 def test_identical_arrays():
     ref = np.arange(6.0).reshape(1, 1, 2, 3)
-    t = compare_tensor("output", ref.astype(np.float32), ref, 1.0, FP32.output, FP32)
+    t = compare_tensor("output", ref.astype(np.float32), ref, np.full(ref.shape, 1e-30))
     assert t.ok and t.n_bad == 0 and t.max_abs == 0.0 and t.max_rel == 0.0
     assert t.worst_score == 0.0
 
 
-def test_real_fp32_bound_by_hand():
+def test_bound_is_per_element_and_floored():
     ref = np.array([2.0, -1.0, 0.0])
-    # fp32 stats terms, kappa 3: bound[1] = 1e-6 + 1e-4*1 + 100*2^-24*3*2
-    b1 = 1e-6 + 1e-4 + 600 * 2.0**-24
-    got = ref + np.array([0.0, 3 * b1, 0.0])
-    t = compare_tensor("BatchNorm_1/var", got, ref, 3.0, FP32.stats, FP32)
-    assert t.bound == pytest.approx(b1, rel=1e-12)
+    from resblock.spec.error_model import bound_from
+
+    # a zero budget is floored at float32's smallest normal number (1.18e-38)
+    bound = bound_from(np.array([1e-3, 2e-6, 0.0]), np.zeros(3), 0.0)
+    assert bound[2] == np.finfo(np.float32).tiny
+    got = ref + np.array([0.0, 3 * 2e-6, 1e-40])
+    t = compare_tensor("BatchNorm_1/var", got, ref, bound)
+    assert t.bound == 2e-6
     assert t.worst_score == pytest.approx(3.0, rel=1e-9)
     assert t.worst_index == (1,) and t.n_bad == 1 and not t.ok
+
+
+def test_committed_case_bound_is_its_stored_budget(gc):
+    """compare_case's bound is budget + u_conv * budget_conv from the file, per element."""
+    from resblock.conformance.compare import compare_case
+
+    y = gc.reference("output").copy()
+    b = gc.arrays["budget/y"].astype(np.float64)
+    y.flat[3] += 0.5 * b.flat[3]
+    (t_out,) = compare_case(gc, y, None, FP32)
+    assert t_out.ok and t_out.worst_score == pytest.approx(0.5, rel=1e-6)
+    tf32 = tolerance.profile("tf32")
+    want = b.flat[3] + 2.0**-11 * float(gc.arrays["budget_conv/y"].flat[3])
+    assert gc.bound("output", tf32).flat[3] == pytest.approx(want, rel=1e-12)
 
 
 @pytest.mark.parametrize("layout, want", [("nhwc", (0, 1, 2, 3)), ("nchw", (0, 3, 1, 2))])
@@ -75,21 +95,21 @@ def test_output_worst_index_in_the_implementations_layout(layout, want):
     ref = np.ones((1, 2, 3, 4))  # NHWC, as the runner passes it after converting back
     got = ref.copy()
     got[0, 1, 2, 3] = 10.0
-    t = compare_tensor("output", got, ref, 1.0, SIMPLE, FP32, layout)
+    t = compare_tensor("output", got, ref, simple(ref), layout)
     assert t.worst_index == want
     assert (t.expected, t.got, t.n_bad) == (1.0, 10.0, 1)
 
 
 def test_stat_index_is_not_converted_under_nchw():
     got = np.array([0.0, 0.0, 5.0])
-    t = compare_tensor("BatchNorm_0/mean", got, np.zeros(3), 1.0, SIMPLE, FP32, "nchw")
+    t = compare_tensor("BatchNorm_0/mean", got, np.zeros(3), simple(np.zeros(3)), "nchw")
     assert t.worst_index == (2,)
 
 
 def test_nan_and_inf_score_inf():
     ref = np.array([0.0, 1.0, 2.0, 3.0])
     got = np.array([0.0, np.nan, 2.0, np.inf])
-    t = compare_tensor("BatchNorm_0/mean", got, ref, 1.0, FP32.stats, FP32)
+    t = compare_tensor("BatchNorm_0/mean", got, ref, simple(ref))
     assert not t.ok
     assert t.n_bad == 2
     assert t.worst_score == np.inf
@@ -104,8 +124,9 @@ def test_nan_and_inf_score_inf():
 
 
 def test_case_result_worst_score_and_failing_tensors():
-    ok = compare_tensor("BatchNorm_0/mean", np.zeros(2), np.zeros(2), 1.0, SIMPLE, FP32)
-    bad = compare_tensor("BatchNorm_0/var", np.array([0.0, 1.0]), np.zeros(2), 1.0, SIMPLE, FP32)
+    z = np.zeros(2)
+    ok = compare_tensor("BatchNorm_0/mean", z, z, simple(z))
+    bad = compare_tensor("BatchNorm_0/var", np.array([0.0, 1.0]), z, simple(z))
     r = CaseResult(id="x", family="seeded", status="fail", tensors=[ok, bad])
     assert r.worst_score == 4.0  # 1 / 0.25
     assert r.failing_tensors == [bad]

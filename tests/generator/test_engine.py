@@ -6,7 +6,12 @@ import jax
 import numpy as np
 import pytest
 
-from resblock.generator.engine import ReferenceRunner, compute_group, reference_score
+from resblock.generator.engine import (
+    ReferenceRunner,
+    budget_arrays,
+    compute_group,
+    reference_score,
+)
 from resblock.golden.store import CASE_ARRAYS, expected_dtype, expected_shape
 from resblock.spec import oracle, tolerance
 from resblock.spec.cases import Case
@@ -63,7 +68,10 @@ def test_rows_are_the_derived_inputs_reference_and_oracle(computed, runner):
             np.testing.assert_array_equal(arrays[f"oracle/stages/{stage}"][row], a)
         assert extras[row]["kappa"] == ref.kappa
         row_arrays = {k: v[row] for k, v in arrays.items()}
-        assert extras[row]["ref_score"] == reference_score(row_arrays, ref.kappa, prof)
+        fresh = budget_arrays(x, params, stats, ref.stages)
+        for name, a in fresh.items():
+            np.testing.assert_array_equal(arrays[name][row], a)
+        assert extras[row]["ref_score"] == reference_score(case, row_arrays, prof)
         assert 0 <= extras[row]["ref_score"] <= 1
 
 
@@ -88,11 +96,11 @@ def test_reference_score_sees_output_and_stats_errors(computed):
     arrays, extras = computed
     prof = tolerance.profile("fp32")
     row = {k: v[0].copy() for k, v in arrays.items()}
-    kappa = extras[0]["kappa"]
-    base = reference_score(row, kappa, prof)
+    case = GROUP[0]
+    base = reference_score(case, row, prof)
     bad_y = dict(row, y=row["y"] * np.float32(1.01))
-    assert reference_score(bad_y, kappa, prof) > 1
+    assert reference_score(case, bad_y, prof) > 1
     key = "batch_stats_out/BatchNorm_1/var"
     bad_stats = dict(row, **{key: row[key] * np.float32(1.01)})
-    assert reference_score(bad_stats, kappa, prof) > 1
+    assert reference_score(case, bad_stats, prof) > 1
     assert base <= 1

@@ -114,9 +114,16 @@ def test_metadata_with_bad_hash(golden, rewrite_metadata):
 
 def test_newer_format_version(golden, rewrite_metadata):
     path, meta = golden
-    meta["format_version"] = "2.0.0"
+    meta["format_version"] = "3.0.0"
     rewrite_metadata(path, meta)
-    _open_fails(path, "format version 2.0.0, but this kit reads format 1.0.0")
+    _open_fails(path, "format version 3.0.0, but this kit reads format 2.0.0")
+
+
+def test_format_1_files_get_a_regeneration_message(golden, rewrite_metadata):
+    path, meta = golden
+    meta["format_version"] = "1.0.0"
+    rewrite_metadata(path, meta)
+    _open_fails(path, "predates the per-element error model")
 
 
 def test_entry_disagreeing_with_its_id(golden, rewrite_metadata):

@@ -17,9 +17,30 @@ from resblock.spec.cases import Case
 
 def test_array_tables():
     assert store.CASE_ARRAYS[0] == "x"
-    assert len(store.CASE_ARRAYS) == len(set(store.CASE_ARRAYS)) == 1 + 8 + 4 + 1 + 4 + 1 + 4 + 6
+    assert len(store.CASE_ARRAYS) == len(set(store.CASE_ARRAYS)) == (
+        1 + 8 + 4 + 1 + 4 + 1 + 4 + 6 + 2 * (1 + 4 + 6))
     assert "oracle/stages/sum" in store.ORACLE_ARRAYS
     assert "oracle/stages/output" not in store.ORACLE_ARRAYS  # that is oracle/y
+    # every checked tensor of the oracle has a budget and a conv budget of the same shape
+    for name in store.ORACLE_ARRAYS:
+        t = name[len("oracle/"):]
+        assert f"budget/{t}" in store.BUDGET_ARRAYS and f"budget_conv/{t}" in store.BUDGET_ARRAYS
+        assert store.expected_shape(f"budget/{t}", 2, 3, 5, 4) == store.expected_shape(
+            name, 2, 3, 5, 4)
+        assert store.expected_dtype(f"budget/{t}") == np.dtype("<f4")
+
+
+@pytest.mark.parametrize("name, path", [
+    ("output", "y"), ("conv1", "stages/conv1"), ("sum", "stages/sum"),
+    ("BatchNorm_1/var", "batch_stats_out/BatchNorm_1/var"),
+])
+def test_tensor_path(name, path):
+    assert store.tensor_path(name) == path
+
+
+def test_tensor_path_refuses_unknown_names():
+    with pytest.raises(KeyError, match="no checked tensor named 'x'"):
+        store.tensor_path("x")
 
 
 @pytest.mark.parametrize("name, shape", [
@@ -71,8 +92,8 @@ def test_content_sha256_by_hand():
 def test_file_layout(smoke_golden):
     path, meta = smoke_golden
     with h5py.File(path, "r") as f:
-        assert f.attrs["format_version"] == "1.0.0" == meta["format_version"]
-        assert f.attrs["spec_version"] == "1.0.0"
+        assert f.attrs["format_version"] == "2.0.0" == meta["format_version"]
+        assert f.attrs["spec_version"] == "2.0.0"
         assert json.loads(f["metadata"][()]) == meta
         assert sorted(f["groups"]) == sorted(g["name"] for g in meta["groups"])
         g = f["groups/n2_h4_w4_f4"]
@@ -80,6 +101,8 @@ def test_file_layout(smoke_golden):
         assert g["x"].shape == (1, 2, 4, 4, 4) and g["x"].dtype == np.dtype("<f4")
         assert g["params/Conv_0/kernel"].shape == (1, 3, 3, 4, 4)
         assert g["oracle/stages/conv2"].dtype == np.dtype("<f8")
+        assert g["budget/stages/conv2"].shape == (1, 2, 4, 4, 4)
+        assert g["budget_conv/batch_stats_out/BatchNorm_0/var"].shape == (1, 4)
         # no creation timestamps in the objects: files are reproducible byte for byte
         seen = []
         f.visit(seen.append)
