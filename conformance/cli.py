@@ -97,8 +97,7 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
         if json_report:
             report.write_json(run, json_report)
         if junit:
-            with open(junit, "w", encoding="utf-8") as f:
-                f.write(report.junit_xml(run))
+            report.write_text_atomic(junit, report.junit_xml(run))
     except OSError as e:
         raise HarnessError(f"could not write the report: {e}") from None
     if html:

@@ -12,6 +12,7 @@ from collections import Counter
 from xml.etree import ElementTree as ET
 
 from resblock import __version__
+from resblock.conformance.invoke import clean_text
 from resblock.spec.constants import SPEC_VERSION
 
 ORDER = {"error": 0, "fail": 1, "xpass": 2, "xfail": 3, "pass": 4}
@@ -150,9 +151,28 @@ def write_json(run, path) -> None:
 
     doc = json_report(run)
     validate(doc, "check-report", where="the JSON report")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
+    write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write ``path`` whole or not at all: a full disk, a signal or a crash leaves the
+    previous file (or none), never a truncated report; the temporary file is removed."""
+    import os
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def junit_xml(run) -> str:
@@ -163,7 +183,7 @@ def junit_xml(run) -> str:
     props = ET.SubElement(suite, "properties")
     for k, v in (("target", run.config.target), ("profile", run.config.profile),
                  ("api", run.config.api), ("spec_version", SPEC_VERSION)):
-        ET.SubElement(props, "property", name=k, value=str(v))
+        ET.SubElement(props, "property", name=k, value=clean_text(str(v)))
     for r in run.results:
         tc = ET.SubElement(suite, "testcase", classname=f"resblock.{r.family}", name=r.id,
                            time=f"{r.seconds:.6f}")
@@ -172,11 +192,12 @@ def junit_xml(run) -> str:
                            + [f"repro: {repro_line(run, r.id)}"])
         if r.pitfall:
             detail += f"\nmatches pitfall {r.pitfall}: {_pitfall_fix(r.pitfall)}"
+        detail = clean_text(detail)  # XML 1.0 cannot hold NUL, ESC, lone surrogates, ...
+        first = clean_text(r.message.splitlines()[0]) if r.message else ""
         if r.status == "fail":
-            ET.SubElement(tc, "failure", message=r.message.splitlines()[0] if r.message
-                          else "out of tolerance").text = detail
+            ET.SubElement(tc, "failure", message=first or "out of tolerance").text = detail
         elif r.status == "error":
-            ET.SubElement(tc, "error", message=r.message.splitlines()[0]).text = detail
+            ET.SubElement(tc, "error", message=first or "error").text = detail
         elif r.status == "xfail":
             ET.SubElement(tc, "skipped", message=f"xfail: {r.xfail_reason}")
         elif r.status == "xpass":

@@ -130,7 +130,9 @@ class GoldenWriter:
                 f"{self.path} already exists; refusing to overwrite a golden file. "
                 "Pass --force to replace it, or choose another output path."
             )
+        self.force = force
         self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        _remove_stale_tmp(self.path)
         self.entries: list[dict] = []
         self.groups: list[dict] = []
         self._f = None
@@ -138,8 +140,12 @@ class GoldenWriter:
     def __enter__(self):
         import h5py
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = h5py.File(self.tmp, "w", track_order=False)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = h5py.File(self.tmp, "w", track_order=False)
+        except OSError as e:
+            self._remove_tmp()
+            raise GoldenFormatError(f"cannot write {self.path}: {os_reason(e)}") from None
         return self
 
     def write_group(self, cases: list[Case], arrays: dict[str, np.ndarray], extras: list[dict]):
@@ -149,6 +155,7 @@ class GoldenWriter:
         missing = set(CASE_ARRAYS) - set(arrays)
         if missing:
             raise GoldenFormatError(f"group {first.group}: missing arrays {sorted(missing)}")
+        self._check_space(sum(np.asarray(arrays[k]).nbytes for k in CASE_ARRAYS))
         g = self._f.create_group(f"groups/{first.group}")
         g.create_dataset(
             "case_ids", data=np.array([c.id for c in cases], dtype=object),
@@ -190,22 +197,121 @@ class GoldenWriter:
         meta = dict(metadata, groups=self.groups, cases=self.entries,
                     content_sha256=content_sha256(self.entries))
         validate(meta, "golden-metadata", where=f"metadata for {self.path}")
+        text = json.dumps(meta, indent=1, sort_keys=True)
+        self._check_space(len(text.encode("utf-8")))
         self._f.attrs["format_version"] = meta["format_version"]
         self._f.attrs["spec_version"] = meta["spec_version"]
-        self._f.create_dataset("metadata", data=json.dumps(meta, indent=1, sort_keys=True),
-                               dtype=_str_dtype(), track_times=False)
+        self._f.create_dataset("metadata", data=text, dtype=_str_dtype(), track_times=False)
         self._f.close()
         self._f = None
-        os.replace(self.tmp, self.path)
+        publish(self.tmp, self.path, force=self.force)
         return meta
 
-    def __exit__(self, exc_type, exc, tb):
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-        if self.tmp.exists():
+    def _check_space(self, nbytes: int) -> None:
+        """Refuse a write that cannot fit (free space, the file size limit) before HDF5
+        hits the wall: HDF5 reports failed writes late, as printed warnings, and can
+        crash while closing such a file, so a full disk must be seen coming."""
+        import resource
+
+        st = os.statvfs(self.tmp.parent)
+        free = st.f_bavail * st.f_frsize
+        size = self.tmp.stat().st_size if self.tmp.exists() else 0
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        room = free if limit == resource.RLIM_INFINITY else min(free, limit - size)
+        need = nbytes + nbytes // 10 + 2048 * len(CASE_ARRAYS) + 2**16  # and HDF5's headers
+        if need > room:
+            raise GoldenFormatError(
+                f"cannot write {self.path}: the next write needs about {need / 1e6:.2f} "
+                f"MB and only {max(room, 0) / 1e6:.2f} MB can be written there (free disk "
+                "space or file size limit); free some space or choose another output path")
+
+    def _remove_tmp(self):
+        try:
             self.tmp.unlink()
+        except OSError:  # never created (no folder, a file in the way)
+            pass
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if self._f is not None:
+                if exc is not None:
+                    self._discard_writes()
+                self._f.close()
+                self._f = None
+        except Exception:  # noqa: BLE001 - closing a file on a full disk fails again
+            self._f = None
+        finally:
+            self._remove_tmp()
+        if isinstance(exc, (OSError, RuntimeError)):  # disk full, quota: one line, no tmp
+            raise GoldenFormatError(f"writing {self.path} failed: {os_reason(exc)}; the "
+                                    "temporary file was removed") from None
         return False
+
+    def _discard_writes(self):
+        """Point HDF5's file descriptor at /dev/null: the file is abandoned, and closing it
+        must not retry writes that fail (HDF5 can crash closing a file on a full disk)."""
+        try:
+            fd = self._f.id.get_vfd_handle()
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, fd)
+            os.close(null)
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+
+
+def os_reason(e: OSError) -> str:
+    """The one-line reason of an OSError (h5py's messages carry HDF5's error stack)."""
+    if getattr(e, "errno", None) is not None and getattr(e, "strerror", None):
+        where = f" ({e.filename})" if e.filename else ""
+        return f"{e.strerror}{where}"
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    import re
+
+    m = re.search(r"errno = (\d+)", text)
+    return os.strerror(int(m.group(1))) if m else text
+
+
+def _remove_stale_tmp(path: Path) -> None:
+    """Remove the temporary files of writers of ``path`` that died (SIGKILL, a crash in
+    HDF5): ``.NAME.tmp-PID`` whose process no longer exists."""
+    import glob
+
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            stale.unlink(missing_ok=True)
+        except OSError:  # alive, someone else's
+            pass
+
+
+def publish(tmp: Path, path: Path, *, force: bool) -> None:
+    """Move a finished temporary file to ``path``. Without ``force`` the move is
+    exclusive: if another process created ``path`` meanwhile (two writers started before
+    either finished), this one fails instead of silently replacing that file."""
+    if force:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # atomic, and fails if path exists
+    except FileExistsError:
+        raise GoldenFormatError(
+            f"{path} was created by another process while this one was writing; refusing "
+            "to replace it. Pass --force to replace it, or choose another output path."
+        ) from None
+    except OSError:  # a file system without hard links: reserve the name, then replace
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            raise GoldenFormatError(
+                f"{path} was created by another process while this one was writing; "
+                "refusing to replace it. Pass --force to replace it.") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 def _str_dtype():

@@ -67,13 +67,15 @@ def _redeliver_swallowed(unraisable, _default=sys.unraisablehook):
 
 
 def install_signal_handlers():
-    """SIGTERM and SIGHUP unwind like Ctrl-C (cleanup in ``finally`` blocks, exit 2);
-    a signal the caller set to be ignored (``nohup``) stays ignored."""
+    """SIGINT, SIGTERM and SIGHUP unwind (cleanup in ``finally`` blocks, exit 2); a signal
+    the caller set to be ignored (``nohup``) stays ignored."""
     import signal
 
     for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
             signal.signal(sig, _raise_interrupted)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _raise_interrupted)
     sys.unraisablehook = _redeliver_swallowed
 
 

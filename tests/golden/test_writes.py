@@ -1,0 +1,104 @@
+"""Clean writes (issue 12): golden files and reports appear whole or not at all, a
+concurrent writer cannot replace a file without --force, and a write that fails (full
+disk, file size limit, a path under a file) is one line and leaves no temporary file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from resblock.errors import GoldenFormatError
+from resblock.golden.reader import GoldenFile
+from resblock.golden.store import GoldenWriter
+
+
+def _copy_into(writer, src):
+    """Write every group of golden ``src`` through ``writer``; return its metadata."""
+    with GoldenFile(src) as gf:
+        groups: dict = {}
+        for e in gf.entries:
+            groups.setdefault(e["group"], []).append(gf.case(e["id"]))
+        for rows in groups.values():
+            writer.copy_group([r.case for r in rows], rows)
+        meta = {k: gf.metadata[k] for k in ("format_version", "spec_version", "kit_version",
+                                            "environment", "computation", "created", "grid")}
+    return meta
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_a_concurrent_writer_cannot_replace_the_file(smoke_golden, tmp_path):
+    src, _ = smoke_golden
+    out = tmp_path / "out.h5"
+    first, second = GoldenWriter(out), GoldenWriter(out)  # both pass the existence check
+    second.tmp = second.tmp.with_name(second.tmp.name + "-b")  # as another process would
+    with first:
+        meta = _copy_into(first, src)
+        first.finish(meta)
+    before = out.read_bytes()
+    with pytest.raises(GoldenFormatError, match="created by another process"):
+        with second:
+            second.finish(_copy_into(second, src))
+    assert out.read_bytes() == before and _leftovers(tmp_path) == []
+    with GoldenWriter(out, force=True) as w:  # --force still replaces it
+        w.finish(_copy_into(w, src))
+
+
+def test_an_output_under_a_file_is_one_line(smoke_golden, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(GoldenFormatError, match=r"^cannot write .*file/out\.h5: ") as e:
+        with GoldenWriter(tmp_path / "file" / "out.h5") as w:
+            w.finish({})
+    assert "\n" not in str(e.value)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(smoke_golden, tmp_path):
+    # RLIMIT_FSIZE makes writes past 20 kB fail with EFBIG, as a full disk fails them; the
+    # writer sees it coming (HDF5 itself would crash closing the file).
+    src, _ = smoke_golden
+    code = ("import resource, signal, sys\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
+            "from resblock.cli import main\n"
+            f"sys.argv = ['resblock', 'merge', 'out.h5', {str(src)!r}]\n"
+            "main()\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith("Error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "can be written there" in r.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_temporary_files_of_dead_writers_are_removed(smoke_golden, tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".out.h5.tmp-{dead}"
+    stale.write_bytes(b"partial")
+    with GoldenWriter(tmp_path / "out.h5") as w:
+        w.finish(_copy_into(w, smoke_golden[0]))
+    assert not stale.exists() and os.listdir(tmp_path) == ["out.h5"]
+
+
+def test_reports_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from resblock.conformance import report
+
+    target = tmp_path / "report.json"
+    target.write_text("old")
+
+    def broken_replace(a, b):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        report.write_text_atomic(target, "new")
+    monkeypatch.undo()
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["report.json"]
+    report.write_text_atomic(target, "new")
+    assert target.read_text() == "new" and os.listdir(tmp_path) == ["report.json"]
