@@ -198,6 +198,12 @@ def run_check(config: CheckConfig, invoker, golden_paths, progress=None) -> RunR
             gcs = [f.case(e["id"]) for f, e in members]
             for gc, outcome in zip(gcs, invoker.run(gcs), strict=True):
                 res = judge(gc, outcome, config, prof)
+                if outcome.error is not None and config.diagnose:
+                    from resblock.conformance.diagnose import diagnose_error
+
+                    res.pitfall = diagnose_error(gc, outcome.error)
+                    if res.pitfall:
+                        run.pitfalls[res.pitfall] += 1
                 xf = xfail_for(gc.id, xfails)
                 if xf is not None:
                     used_xfail.add(xf.line)

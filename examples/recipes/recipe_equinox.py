@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+BN_MODE = "batch"  # Equinox's default, "ema", is the pitfall equinox_ema_mode
+
 
 class BasicBlock(eqx.Module):
     conv0: eqx.nn.Conv2d
@@ -30,10 +32,10 @@ class BasicBlock(eqx.Module):
     conv1: eqx.nn.Conv2d
     bn1: eqx.nn.BatchNorm
 
-    def __init__(self, features, key):
+    def __init__(self, features, key, mode="batch"):
         k0, k1 = jax.random.split(key)
         conv = dict(kernel_size=3, padding=1, use_bias=True)
-        bn = dict(axis_name="batch", momentum=0.99, eps=1e-5, mode="batch")
+        bn = dict(axis_name="batch", momentum=0.99, eps=1e-5, mode=mode)
         self.conv0 = eqx.nn.Conv2d(features, features, key=k0, **conv)
         self.bn0 = eqx.nn.BatchNorm(features, **bn)
         self.conv1 = eqx.nn.Conv2d(features, features, key=k1, **conv)
@@ -58,13 +60,19 @@ def load(model, state, params, batch_stats):
             (jnp.transpose(p["kernel"], (3, 2, 0, 1)), jnp.asarray(p["bias"])[:, None, None],
              jnp.asarray(b["scale"]), jnp.asarray(b["bias"])))
         s = batch_stats[flax_bn]
-        state = state.set(getattr(model, bn).batch_state_index,
-                          (jnp.asarray(s["mean"]), jnp.asarray(s["var"])))
+        stats = (jnp.asarray(s["mean"]), jnp.asarray(s["var"]))
+        layer = getattr(model, bn)
+        if layer.mode == "batch":
+            state = state.set(layer.batch_state_index, stats)
+        else:  # "ema": the loaded averages, and not a first call (which would drop them)
+            state = state.set(layer.ema_state_index, stats)
+            state = state.set(layer.ema_first_time_index, jnp.array(False))
     return model, state
 
 
 def forward(x, params, batch_stats):
-    model, state = eqx.nn.make_with_state(BasicBlock)(x.shape[-1], jax.random.PRNGKey(0))
+    model, state = eqx.nn.make_with_state(BasicBlock)(x.shape[-1], jax.random.PRNGKey(0),
+                                                      mode=BN_MODE)
     model, state = load(model, state, params, batch_stats)
     x_nchw = jnp.transpose(jnp.asarray(x), (0, 3, 1, 2))
     run = jax.vmap(model, axis_name="batch", in_axes=(0, None), out_axes=(0, None))
@@ -72,6 +80,8 @@ def forward(x, params, batch_stats):
         y, state = run(x_nchw, state)
     stats = {}
     for bn, flax_bn in (("bn0", "BatchNorm_0"), ("bn1", "BatchNorm_1")):
-        mean, var = state.get(getattr(model, bn).batch_state_index)
+        layer = getattr(model, bn)
+        index = layer.batch_state_index if layer.mode == "batch" else layer.ema_state_index
+        mean, var = state.get(index)
         stats[flax_bn] = {"mean": np.asarray(mean), "var": np.asarray(var)}
     return np.asarray(jnp.transpose(y, (0, 2, 3, 1))), stats

@@ -76,3 +76,58 @@ def test_recipe_documents_its_command_and_does_not_shadow_its_library(name):
     assert f"resblock check --impl examples/recipes/{name}.py:forward" in doc
     imported = set(re.findall(r"^(?:import|from) (\w+)", doc, flags=re.M))
     assert name not in imported  # a file named like a package shadows it (keras.py)
+
+
+# --- each library's default, kept, is named by the checker -----------------------------
+
+STATS_SLICE = "functional-normal-n2-4x4-f4-s0 or stress-normal-n2-2x2-f2-s0"
+
+
+def _named(fn, keyword):
+    cfg = CheckConfig(target="t", keyword=keyword)
+    run = run_check(cfg, InProcess(fn, cfg.api, cfg.layout), committed_paths())
+    assert not run.conforms
+    assert run.pitfalls, [(r.id, r.status, r.message) for r in run.results]
+    return run.pitfalls.most_common(1)[0][0], run
+
+
+def test_plain_batchnorm2d_at_one_value_per_channel_is_named():
+    _require(("torch",), "torch")
+    import torch
+
+    module = _load("recipe_torch_batchnorm2d")
+    module.SpecBatchNorm2d = torch.nn.BatchNorm2d  # PyTorch's own layer, which raises
+    name, run = _named(module.forward, "n1-1x1")
+    assert name == "torch_one_value_per_channel"
+    assert all(r.status == "error" and "Expected more than 1 value per channel" in r.message
+               for r in run.results)
+
+
+def test_equinox_default_ema_mode_is_named():
+    _require(("equinox",), "equinox")
+    module = _load("recipe_equinox")
+    module.BN_MODE = "ema"
+    assert _named(module.forward, STATS_SLICE)[0] == "equinox_ema_mode"
+
+
+def test_haiku_zero_debias_from_counter_zero_is_named():
+    _require(("haiku",), "dm-haiku")
+    module = _load("recipe_haiku")
+    module.SETTLED_COUNTER = 0
+    assert _named(module.forward, STATS_SLICE)[0] == "haiku_zero_debias"
+
+
+def test_torch_conversion_applied_to_onnxruntime_running_var_is_named():
+    _require(("torch", "onnx", "onnxruntime", "onnxscript"), "onnxruntime onnx onnxscript")
+    from resblock.conformance import convert
+
+    module = _load("recipe_onnxruntime")
+
+    def converted_twice(x, params, batch_stats):
+        y, stats = module.forward(x, params, batch_stats)
+        n = x.shape[0] * x.shape[1] * x.shape[2]
+        for bn, s in stats.items():
+            s["var"] = convert.spec_running_var(batch_stats[bn]["var"], s["var"], n)
+        return y, stats
+
+    assert _named(converted_twice, STATS_SLICE)[0] == "biased_running_var_converted"
