@@ -59,7 +59,7 @@ def examples() -> dict:
 
 def _run_example(fn, layout, gc):
     from resblock.conformance import adapters
-    from resblock.conformance.invoke import case_inputs, call_once
+    from resblock.conformance.invoke import call_once, case_inputs
 
     out = call_once(fn, "functional", layout, case_inputs(gc))
     if out.error:
