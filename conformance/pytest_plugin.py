@@ -26,7 +26,7 @@ class ResblockItem(pytest.Item):
         self.state = state
 
     def runtest(self):
-        from resblock.conformance.diagnose import diagnose_case
+        from resblock.conformance.diagnose import diagnose_case, diagnose_error
         from resblock.conformance.runner import judge
 
         cfg, prof, files, invoker = self.state
@@ -40,12 +40,15 @@ class ResblockItem(pytest.Item):
             from resblock.conformance.report import _tensor_line
 
             lines = [res.message] + [_tensor_line(t, cfg.layout) for t in res.failing_tensors]
+            pit = None
             if res.tensors:
                 pit = diagnose_case(gc, outcome.result, cfg, prof)
-                if pit:
-                    from resblock.conformance.pitfalls import lookup
+            elif outcome.error is not None:
+                pit = diagnose_error(gc, outcome.error)
+            if pit:
+                from resblock.conformance.pitfalls import lookup
 
-                    lines.append(f"matches pitfall {pit}: {lookup(pit).fix}")
+                lines.append(f"matches pitfall {pit}: {lookup(pit).fix}")
             raise ResblockFailure("\n".join(lines))
 
     def repr_failure(self, excinfo, style=None):

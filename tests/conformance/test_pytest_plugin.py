@@ -104,3 +104,18 @@ def test_bad_target_is_a_usage_error_not_an_internal_error(pytester):
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "expected MODULE:FUNCTION" in result.stderr.str()
+
+
+def test_refusal_is_named_from_the_exception(pytester):
+    """PyTorch's refusal at one value per channel: an error item that names the pitfall."""
+    target = variant_file(pytester, "torch_one_value_per_channel")
+    result = pytester.runpytest_subprocess("--resblock-impl", target, "-q", "-p", "resblock",
+                                           "-k", "n1-1x1")
+    with GoldenFile(default_goldens()[0]) as gf:
+        single = sum(e["n"] * e["h"] * e["w"] == 1 for e in gf.entries)
+    assert single >= 3
+    result.assert_outcomes(failed=single)
+    out = result.stdout.str()
+    assert "Expected more than 1 value per channel when training" in out
+    fix = lookup("torch_one_value_per_channel").fix
+    assert f"matches pitfall torch_one_value_per_channel: {fix}" in out
