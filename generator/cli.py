@@ -18,7 +18,9 @@ class IntList(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
-        out: list[int] = []
+        from resblock.generator.resources import MAX_AXIS_VALUES, axis_count
+
+        ranges: list[tuple[int, int]] = []
         for part in str(value).split(","):
             m = re.fullmatch(r"\s*(-?\d+)\s*(?:-\s*(\d+)\s*)?", part)
             if not m:
@@ -28,8 +30,12 @@ class IntList(click.ParamType):
             if lo < self.minimum or hi < lo:
                 self.fail(f"{part!r}: values must be >= {self.minimum} and ranges "
                           "ascending", param, ctx)
-            out.extend(range(lo, hi + 1))
-        return tuple(dict.fromkeys(out))
+            ranges.append((lo, hi))
+        count = axis_count(ranges)  # counted before anything is expanded
+        if count > MAX_AXIS_VALUES:
+            self.fail(f"{value!r} expands to {count} values, more than {MAX_AXIS_VALUES}",
+                      param, ctx)
+        return tuple(dict.fromkeys(v for lo, hi in ranges for v in range(lo, hi + 1)))
 
 
 class Shapes(click.ParamType):
@@ -109,10 +115,13 @@ def _preset_names():
               help="JAX persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR); "
                    "warm runs skip compilation.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--memory-limit", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="GB", help="Refuse a grid whose largest shape group needs more memory "
+                                 "than this (default: 80% of this machine's memory).")
 @click.pass_context
 def generate(ctx, output, preset, families, inputs, seeds, shapes, features, batch, device,
              jobs, shard, distributed, coordinator, num_processes, process_id, precision,
-             cache_dir, force):
+             cache_dir, force, memory_limit):
     """Run the reference block over a grid of cases and write an HDF5 golden file."""
     import os
 
@@ -126,12 +135,29 @@ def generate(ctx, output, preset, families, inputs, seeds, shapes, features, bat
         raise click.UsageError(f"--preset cannot be combined with axis options ({explicit})")
     if os.path.exists(output) and not force:
         raise click.UsageError(f"{output} exists; pass --force to replace it")
+    from resblock.generator import resources
+
     try:
+        if not preset:
+            resources.check_grid_size({"families": families, "inputs": inputs,
+                                       "batches": batch, "shapes": shapes,
+                                       "features": features, "seeds": seeds})
         cases = grid.preset_cases(preset) if preset else grid.axes_cases(
             families=families, inputs=inputs, batches=batch, shapes=shapes,
             features=features, seeds=seeds)
+        resources.check_memory(cases, memory_limit)
     except GridError as e:
         raise click.UsageError(str(e)) from None
+    import importlib.util
+
+    missing = [m for m in ("jax", "flax") if importlib.util.find_spec(m) is None]
+    if missing:
+        from resblock.errors import HarnessError
+
+        raise HarnessError(f"generate runs the Flax reference, and {' and '.join(missing)} "
+                           f"{'is' if len(missing) == 1 else 'are'} not installed: "
+                           "pip install 'resblock[jax]' (checking an implementation needs "
+                           "neither)")
 
     if shard and distributed:
         raise click.UsageError("--shard and --distributed are exclusive (--distributed takes "

@@ -1,0 +1,68 @@
+"""generator/resources.py: what a grid costs is known before it runs (issue 12)."""
+
+from __future__ import annotations
+
+import h5py
+import pytest
+from click.testing import CliRunner
+
+from resblock.cli import cli
+from resblock.errors import GridError
+from resblock.generator import resources
+from resblock.spec.cases import Case
+
+
+def generate(*args):
+    return CliRunner().invoke(cli, ["generate", "-o", "never.h5", *args])
+
+
+def test_case_bytes_is_what_a_golden_file_stores(smoke_golden):
+    path, meta = smoke_golden
+    with h5py.File(path, "r") as f:
+        for g in meta["groups"]:
+            stored = []
+
+            def add(name, obj, stored=stored):
+                if isinstance(obj, h5py.Dataset) and name != "case_ids":
+                    stored.append(obj.nbytes)
+
+            f[f"groups/{g['name']}"].visititems(add)
+            want = g["size"] * resources.case_bytes(g["n"], g["h"], g["w"], g["features"])
+            assert sum(stored) == want, g["name"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0-999999999"], "expands to 1000000000 values, more than 100000"),
+    (["--family", "functional", "--batch", "1-50000", "--seeds", "0-9"],
+     "the grid has up to 500000 cases"),
+    (["--shapes", "10000x10000"], "needs about 240.0 GB while it is computed"),
+    (["--shapes", "600x600", "--memory-limit", "0.5"],
+     "more than the limit of 0.5 GB (--memory-limit)"),
+])
+def test_oversized_grids_are_refused_before_anything_runs(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    r = generate(*args)
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_limit_is_the_largest_group():
+    small = [Case("functional", "normal", 1, 4, 4, 4, s) for s in range(3)]
+    big = Case("functional", "normal", 2, 64, 64, 8, 0)
+    ((group, k, need), *_) = resources.group_memory(small + [big])
+    assert group == big.group and k == 1
+    assert need == resources.WORKING_FACTOR * resources.case_bytes(2, 64, 64, 8)
+    resources.check_memory(small + [big], need / 1e9 + 1)
+    with pytest.raises(GridError, match=big.group):
+        resources.check_memory(small + [big], need / 1e9 / 2)
+
+
+def test_generate_without_jax_names_the_install_line(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "flax" else real(name, *a))
+    monkeypatch.chdir(tmp_path)
+    r = generate("--preset", "smoke")
+    assert r.exit_code == 2 and "pip install 'resblock[jax]'" in r.output, r.output
