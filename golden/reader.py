@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 from pathlib import Path
@@ -102,29 +103,37 @@ class GoldenFile:
             self._fail(f"/{bad[0]} is {what}; a golden file holds all its data itself "
                        "(refusing to follow links)")
 
-    def _dataset(self, path: str, want_shape: tuple | None = None):
-        """The dataset at ``path`` (a low-level ``DatasetID``), checked before a byte of
-        it is read: a dataset (not a group), the expected shape, stored in this file (not
-        virtual, no external raw storage), no unknown filter, and as many stored bytes as
-        it declares (so a forged size cannot make a reader allocate gigabytes)."""
+    def _dataset(self, path: str, want_shape: tuple | None = None, want_type=None,
+                 loc=None, name: str | None = None):
+        """The dataset at ``path`` (a low-level ``DatasetID``; opened as ``name`` relative
+        to the group ``loc`` when given, which is faster), checked before a byte of it is
+        read: a dataset (not a group), stored in this file (not virtual, no external raw
+        storage), no unknown filter, and as many stored bytes as it declares (so a forged
+        size cannot make a reader allocate gigabytes). A shape other than ``want_shape``
+        or a type other than ``want_type`` (an HDF5 type) is returned for the caller to
+        describe."""
         import h5py
 
         try:
-            ds = h5py.h5o.open(self._f.id, path.encode("utf-8"))
+            ds = (h5py.h5o.open(self._f.id, path.encode("utf-8")) if loc is None
+                  else h5py.h5o.open(loc, name.encode("utf-8")))
         except KeyError:
             self._fail(f"dataset /{path} is missing")
         if not isinstance(ds, h5py.h5d.DatasetID):
             kind = "group" if isinstance(ds, h5py.h5g.GroupID) else "named datatype"
             self._fail(f"/{path} is a {kind} where a dataset is expected")
         if want_shape is not None and ds.shape != want_shape:
-            return ds  # the caller names the shape mismatch
+            return ds
+        tid = ds.get_type()
+        if want_type is not None and not tid.equal(want_type):
+            return ds
         dcpl = ds.get_create_plist()
         if dcpl.get_layout() == h5py.h5d.VIRTUAL:
             self._fail(f"/{path} is a virtual dataset (its data lives in other files); "
                        "refusing to read it")
         if dcpl.get_external_count():
-            name = dcpl.get_external(0)[0].decode("utf-8", "replace")
-            self._fail(f"/{path} keeps its data in the external file {name!r}; refusing to "
+            ext = dcpl.get_external(0)[0].decode("utf-8", "replace")
+            self._fail(f"/{path} keeps its data in the external file {ext!r}; refusing to "
                        "read it")
         n_filters = dcpl.get_nfilters()
         unknown = [f for f in (dcpl.get_filter(i)[0] for i in range(n_filters))
@@ -132,14 +141,13 @@ class GoldenFile:
         if unknown:
             self._fail(f"/{path} uses the unknown HDF5 filter {unknown[0]} (a plugin); golden "
                        "files use HDF5's built-in filters only")
-        dtype = ds.dtype
-        if dtype.kind == "O":
+        if want_type is None and tid.get_class() == h5py.h5t.STRING and tid.is_variable_str():
             return ds  # variable-length strings live in the heap: bounded after reading
-        declared = int(np.prod(ds.shape, dtype=np.int64)) * dtype.itemsize
+        declared = math.prod(ds.shape) * tid.get_size()
         stored = ds.get_storage_size()
         if stored > self.file_size or (not n_filters and stored != declared) or \
                 declared > MAX_COMPRESSION * max(stored, 1):
-            self._fail(f"/{path} declares {ds.shape} {dtype} ({declared} bytes) but stores "
+            self._fail(f"/{path} declares {ds.shape} {ds.dtype} ({declared} bytes) but stores "
                        f"{stored} bytes in a {self.file_size}-byte file; the file is damaged "
                        "or forged")
         return ds
@@ -189,24 +197,29 @@ class GoldenFile:
 
         from resblock.golden.store import CASE_ARRAYS, expected_dtype, expected_shape
 
+        types = {np.dtype("<f4"): h5py.h5t.IEEE_F32LE, np.dtype("<f8"): h5py.h5t.IEEE_F64LE}
+        self._datasets = {}  # (group, array name) -> the checked DatasetID
         groups = {g["name"]: g for g in self.metadata["groups"]}
         for g in groups.values():
             path = f"groups/{g['name']}"
-            grp = self._f.get(path)
-            if grp is None:
+            try:
+                grp = h5py.h5o.open(self._f.id, path.encode("utf-8"))
+            except KeyError:
                 self._fail(f"group /{path} listed in metadata is missing")
-            if not isinstance(grp, h5py.Group):
+            if not isinstance(grp, h5py.h5g.GroupID):
                 self._fail(f"/{path} is a dataset where a group is expected")
-            ids = self._dataset(f"{path}/case_ids", (g["size"],))
+            ids = self._dataset(f"{path}/case_ids", (g["size"],), loc=grp, name="case_ids")
             if ids.shape != (g["size"],) or h5py.check_string_dtype(ids.dtype) is None:
                 self._fail(f"/{path}/case_ids is {ids.shape} {ids.dtype}; expected "
                            f"({g['size']},) strings")
             for name in CASE_ARRAYS:
                 want = (g["size"],) + expected_shape(name, g["n"], g["h"], g["w"], g["features"])
-                ds = self._dataset(f"{path}/{name}", want)
-                if ds.shape != want or ds.dtype != expected_dtype(name):
+                want_type = types[expected_dtype(name)]
+                ds = self._dataset(f"{path}/{name}", want, want_type, loc=grp, name=name)
+                if ds.shape != want or not ds.get_type().equal(want_type):
                     self._fail(f"/{path}/{name} has shape {ds.shape} dtype {ds.dtype}; "
                                f"expected {want} {expected_dtype(name)}")
+                self._datasets[(g["name"], name)] = ds
         seen = set()
         for e in self.metadata["cases"]:
             if e["id"] in seen:
@@ -262,13 +275,19 @@ class GoldenFile:
             ) from None
 
     def _group_arrays(self, group: str) -> dict[str, np.ndarray]:
-        from resblock.golden.store import CASE_ARRAYS
+        import h5py
+
+        from resblock.golden.store import CASE_ARRAYS, expected_dtype
 
         arrays = self._cache.get(group)
         if arrays is None:
-            try:
-                g = self._f[f"groups/{group}"]
-                arrays = {name: g[name][()] for name in CASE_ARRAYS}
+            try:  # through the datasets checked on open: low-level reads, ~6x faster
+                arrays = {}
+                for name in CASE_ARRAYS:
+                    ds = self._datasets[(group, name)]
+                    a = np.empty(ds.shape, dtype=expected_dtype(name))
+                    ds.read(h5py.h5s.ALL, h5py.h5s.ALL, a)
+                    arrays[name] = a
             except (OSError, RuntimeError, KeyError, ValueError) as e:
                 raise GoldenFormatError(f"{self.path}: damaged data in group {group} "
                                         f"({type(e).__name__}: {e})") from None
