@@ -43,37 +43,42 @@ def twin_outputs(gc) -> dict:
 
 
 def match_scores(gc, y, stats, prof, twins: dict) -> dict:
-    """How closely ``(y, stats)`` reproduces each twin: worst score against the twin's
-    results under the case's bounds (the pitfall's own ``match_profile`` when looser)."""
+    """How closely ``(y, stats)`` reproduces each twin: ``{name: (score, match)}``, the
+    worst score against the twin's results under the case's bounds for ``prof`` (one
+    yardstick for every twin), and under the pitfall's own ``match_profile`` when that
+    is looser (a rounding twin reproduces a port only to within its format's rounding)."""
     from resblock.conformance.pitfalls import lookup
 
     out = {}
     for name, (vy, vstats) in twins.items():
-        want = lookup(name).match_profile
-        p = prof if tolerance.PROFILES.index(want) <= tolerance.PROFILES.index(prof.name) \
-            else tolerance.profile(want)
         if not np.all(np.isfinite(vy)) and not np.all(np.isfinite(y)):
-            out[name] = 0.0 if np.array_equal(np.isnan(vy), np.isnan(y)) else np.inf
+            same = 0.0 if np.array_equal(np.isnan(vy), np.isnan(y)) else np.inf
+            out[name] = (same, same)
+            continue
+        score = tolerance.worst_score(gc, y, stats, prof, ref_y=vy, ref_stats=vstats)
+        want = lookup(name).match_profile
+        if tolerance.PROFILES.index(want) > tolerance.PROFILES.index(prof.name):
+            match = tolerance.worst_score(gc, y, stats, tolerance.profile(want), ref_y=vy,
+                                          ref_stats=vstats)
         else:
-            out[name] = tolerance.worst_score(gc, y, stats, p, ref_y=vy, ref_stats=vstats)
+            match = score
+        out[name] = (score, match)
     return out
 
 
 def best_match(d_ref: float, scores: dict) -> str | None:
-    """The pitfall named for a result whose own score is ``d_ref``: the closest twin,
-    when it matches within tolerance or ten times more closely than the oracle."""
-    from resblock.conformance.pitfalls import lookup
-
+    """The pitfall named for a result whose own score is ``d_ref``: among the twins it
+    matches within tolerance, the closest on the common yardstick; failing that, the
+    closest twin when it is ten times closer than the oracle."""
     if not scores:
         return None
-    within = [k for k in scores if scores[k] <= 1.0]
+    within = [k for k in scores if scores[k][1] <= 1.0]
     if within:
-        # Several twins can match within tolerance when one is compared under a looser
-        # profile (bf16's bound also holds a TF32 result): the most precise one wins.
-        return min(within, key=lambda k: (
-            tolerance.PROFILES.index(lookup(k).match_profile), scores[k]))
-    best = min(scores, key=lambda k: scores[k])
-    if scores[best] * CLOSER_BY <= d_ref:
+        # bf16's bound also holds a TF32 result and the reverse can hold too: several
+        # twins may match; the one nearest on the common yardstick explains the result.
+        return min(within, key=lambda k: scores[k][0])
+    best = min(scores, key=lambda k: scores[k][0])
+    if scores[best][0] * CLOSER_BY <= d_ref:
         return best
     return None
 
