@@ -109,7 +109,7 @@ def efficiency(lines):
     from jax import lax
 
     from resblock.generator.batched import derive_cases
-    from resblock.spec import oracle
+    from resblock.spec import error_model, oracle
     from resblock.spec.cases import Case
     from resblock.spec.reference import apply_block, full_precision
 
@@ -143,8 +143,47 @@ def efficiency(lines):
     lines.append(f"  56x56x64 forward: {t_fwd * 1e3:.2f} ms = {fwd_rate / 1e9:.1f} GFLOP/s; one "
                  f"XLA conv alone: {conv_rate / 1e9:.1f} GFLOP/s -> forward at "
                  f"{fwd_rate / conv_rate:.0%} of XLA conv throughput")
+    ref = oracle.forward(x, p, s)
+    t0 = time.perf_counter()
+    error_model.budgets(x, p, s, ref.stages)
+    t_budget = time.perf_counter() - t0
     lines.append(f"  float64 oracle (NumPy) for the same case: {t_oracle * 1e3:.1f} ms "
-                 f"({t_oracle / t_fwd:.1f}x the float32 forward)")
+                 f"({t_oracle / t_fwd:.1f}x the float32 forward); error-model budgets "
+                 f"{t_budget * 1e3:.1f} ms ({t_budget / t_oracle:.2f}x the oracle)")
+
+
+def shares(preset: str, lines):
+    """Where in-process generation time goes: the reference forward (with its compile),
+    the float64 oracle, and the error model's budgets (same cases, one process)."""
+    from resblock.generator.batched import derive_cases
+    from resblock.generator.engine import ReferenceRunner
+    from resblock.generator.grid import group_cases, preset_cases
+    from resblock.spec import error_model, oracle
+
+    groups = group_cases(preset_cases(preset))
+    t = dict.fromkeys(("derive", "reference", "oracle", "budgets"), 0.0)
+    t0 = time.perf_counter()
+    inputs = derive_cases([c for g in groups for c in g])
+    t["derive"] = time.perf_counter() - t0
+    runner = ReferenceRunner()
+    it = iter(inputs)
+    for g in groups:
+        for _ in g:
+            x, p, s = next(it)
+            t0 = time.perf_counter()
+            runner(x, p, s)
+            t1 = time.perf_counter()
+            ref = oracle.forward(x, p, s)
+            t2 = time.perf_counter()
+            error_model.budgets(x, p, s, ref.stages)
+            t3 = time.perf_counter()
+            t["reference"] += t1 - t0
+            t["oracle"] += t2 - t1
+            t["budgets"] += t3 - t2
+    total = sum(t.values())
+    lines.append(f"  {preset:8s} in-process {total:6.2f} s: " + ", ".join(
+        f"{k} {v:.2f} s ({v / total:.0%})" for k, v in t.items())
+        + f"; budgets / oracle {t['budgets'] / t['oracle']:.2f}x")
 
 
 def check_overhead(repeats: int, lines):
@@ -222,8 +261,10 @@ def main(argv=None):
         for preset in (("bench",) if args.quick else ("bench", "default", "large")):
             generation(preset, repeats if preset != "large" else 1, tmp, lines)
             print("\n".join(lines[-4:]), flush=True)
-        lines.append("2. efficiency at large shapes")
+        lines.append("2. efficiency at large shapes; where generation time goes")
         efficiency(lines)
+        for preset in (("bench",) if args.quick else ("bench", "large")):
+            shares(preset, lines)
         lines.append("3. check overhead")
         check_overhead(repeats, lines)
         lines.append("4. memory")

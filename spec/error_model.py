@@ -99,9 +99,12 @@ def g(n: int) -> float:
 
 
 def abs_conv(a: np.ndarray, kernel_abs: np.ndarray) -> np.ndarray:
-    """``|a| * |w|``-style 3x3 SAME convolution of non-negative arrays, in float32 BLAS
-    (a bound needs no float64 accuracy: its relative error ~1e-7 is far inside ``S``).
-    ``a`` may carry extra leading axes (several error vectors at once)."""
+    """``|a| * |w|``-style 3x3 SAME convolution of non-negative arrays, in float32 BLAS.
+
+    The whole model is evaluated in float32 where it only adds non-negative terms (its
+    relative error, a few 1e-7, is far inside ``S``; budgets are rounded up when
+    stored), and in float64 where it subtracts (``c - mean``). ``a`` may carry extra
+    leading axes (several error vectors at once)."""
     a = np.asarray(a, np.float32)
     k = np.asarray(kernel_abs, np.float32)
     *lead, h, w, c = a.shape
@@ -111,75 +114,97 @@ def abs_conv(a: np.ndarray, kernel_abs: np.ndarray) -> np.ndarray:
     for i in range(3):
         for j in range(3):
             out += ap[..., i:i + h, j:j + w, :] @ k[i, j]
-    return out.astype(np.float64)
+    return out
+
+
+def _f32(a):
+    return np.asarray(a, dtype=np.float32)
 
 
 def _conv(a, e_a, s_a, kernel, bias):
-    """Budgets (e, s) of a convolution's output from its input's value and budgets."""
-    k_terms = 9 * a.shape[-1] + 1
-    gk = g(k_terms)
-    e_c, s_c = abs_conv(np.stack([e_a + U * gk * np.abs(a), s_a]), np.abs(kernel))
-    s_c = s_c + ROUNDING_STD * np.sqrt(abs_conv(a * a, kernel * kernel))
-    e_c = e_c + U * gk * np.abs(bias)
+    """Budgets (e, s) of a convolution's output from its input's value and budgets
+    (``e_a``/``s_a`` None: an exact input)."""
+    gk = np.float32(U * g(9 * a.shape[-1] + 1))
+    abs_a = _f32(np.abs(a))
+    kernel = np.asarray(kernel, np.float64)
+    if e_a is None:
+        e_c = gk * abs_conv(abs_a, np.abs(kernel))
+        s_c = np.float32(ROUNDING_STD) * np.sqrt(abs_conv(abs_a * abs_a, kernel * kernel))
+    else:
+        e_c, s_c = abs_conv(np.stack([e_a + gk * abs_a, s_a]), np.abs(kernel))
+        s_c += np.float32(ROUNDING_STD) * np.sqrt(abs_conv(abs_a * abs_a, kernel * kernel))
+    e_c += gk * _f32(np.abs(bias))
     return e_c, s_c
 
 
 def _batch_norm(c, e_c, s_c, scale, beta, z, mean_in, var_in):
-    """Budgets of a training-mode BatchNorm's output and of its two running stats."""
+    """Budgets of a training-mode BatchNorm's output and of its two running stats.
+
+    ``c`` and ``z`` are the float64 stages; per-channel quantities stay float64."""
     axes = (0, 1, 2)
     n = c.shape[0] * c.shape[1] * c.shape[2]
     mean = c.mean(axis=axes)
-    var = np.square(c - mean).mean(axis=axes)
+    centred = c - mean
+    dev = _f32(np.abs(centred))
+    var = np.square(centred).mean(axis=axes)
     sig2 = var + EPSILON
-    inv = scale / np.sqrt(sig2)
-    zg = (c - mean) * inv  # scale * zhat
+    inv = np.abs(scale / np.sqrt(sig2))
+    abs_c = _f32(np.abs(c))
     if n > 1:
         gn = g(n)
-        abs_mean = np.abs(c).mean(axis=axes)
+        abs_mean = abs_c.mean(axis=axes, dtype=np.float64)
         d_mean = U * (gn * abs_mean + np.abs(mean))
-        d_var = U * ((gn + 1.0) * np.square(c).mean(axis=axes)
+        # mean(c^2) = var + mean^2 in exact arithmetic (float64 here: plenty)
+        d_var = U * ((gn + 1.0) * (var + mean * mean)
                      + 2.0 * np.abs(mean) * (gn * abs_mean + np.abs(mean))
                      + mean * mean + var) + D_EPSILON
     else:
         d_mean = np.zeros_like(mean)
         d_var = np.zeros_like(var)
-    dev = np.abs(c - mean)
+    zg = dev * _f32(inv)  # |scale * zhat|
 
     def through(e, d_mu, d_v):
-        centred = (1.0 - 2.0 / n) * e + e.mean(axis=axes)
-        return np.abs(inv) * (centred + d_mu) + np.abs(zg) * (d_v / (2.0 * sig2))
+        e_mean = e.mean(axis=axes, dtype=np.float64)
+        out = e * np.float32(1.0 - 2.0 / n)
+        out += _f32(e_mean + d_mu)
+        out *= _f32(inv)
+        out += zg * _f32(d_v / (2.0 * sig2))
+        return out
 
-    dv_in_e = 2.0 * (dev * e_c).mean(axis=axes)
-    dv_in_s = 2.0 * (dev * s_c).mean(axis=axes)
-    local = U * (2.0 * np.abs(zg) + np.abs(c * inv) + 2.0 * np.abs(mean * inv)
-                 + np.abs(beta) + 2.0 * np.abs(z) + 3.0 * np.abs(zg))
+    dv_in_e = 2.0 * (dev * e_c).mean(axis=axes, dtype=np.float64)
+    dv_in_s = 2.0 * (dev * s_c).mean(axis=axes, dtype=np.float64)
+    local = zg * np.float32(5.0)
+    local += abs_c * _f32(inv)
+    local += _f32(2.0 * np.abs(mean) * inv + np.abs(beta))
+    local += np.float32(2.0) * _f32(np.abs(z))
+    local *= np.float32(U)
     e_z = through(e_c, d_mean, d_var + dv_in_e) + local
     s_z = through(s_c, 0.0, dv_in_s)
 
     m = MOMENTUM
     new_mean = m * mean_in + (1.0 - m) * mean
     new_var = m * var_in + (1.0 - m) * var
-    e_mean = ((1.0 - m) * (e_c.mean(axis=axes) + d_mean)
+    e_mean = ((1.0 - m) * (e_c.mean(axis=axes, dtype=np.float64) + d_mean)
               + U * (2.0 * np.abs(m * mean_in) + 2.0 * np.abs((1.0 - m) * mean)
                      + np.abs(new_mean))
               + D_MOMENTUM * np.abs(mean_in) + D_ONE_MINUS_MOMENTUM * np.abs(mean))
     e_var = ((1.0 - m) * (d_var + dv_in_e)
              + U * (2.0 * np.abs(m * var_in) + 4.0 * (1.0 - m) * var + np.abs(new_var))
              + D_MOMENTUM * np.abs(var_in) + D_ONE_MINUS_MOMENTUM * var)
-    s_mean = (1.0 - m) * s_c.mean(axis=axes)
+    s_mean = (1.0 - m) * s_c.mean(axis=axes, dtype=np.float64)
     s_var = (1.0 - m) * dv_in_s
     return (e_z, s_z), (e_mean, s_mean), (e_var, s_var)
 
 
 def raw_budgets(x, params, batch_stats, stages: dict) -> tuple[dict, dict]:
-    """The unscaled model: ``(e, s)`` dicts over :data:`TENSORS` (float64)."""
+    """The unscaled model: ``(e, s)`` dicts over :data:`TENSORS` (activations float32,
+    stat vectors float64)."""
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
-    x = f64(x)
     p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
     st = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in batch_stats.items()}
-    zero = np.zeros_like(x)
     e, s = {}, {}
-    e["conv1"], s["conv1"] = _conv(x, zero, zero, p["Conv_0"]["kernel"], p["Conv_0"]["bias"])
+    e["conv1"], s["conv1"] = _conv(f64(x), None, None, p["Conv_0"]["kernel"],
+                                   p["Conv_0"]["bias"])
     (e["bn1"], s["bn1"]), em0, ev0 = _batch_norm(
         stages["conv1"], e["conv1"], s["conv1"], p["BatchNorm_0"]["scale"],
         p["BatchNorm_0"]["bias"], stages["bn1"], st["BatchNorm_0"]["mean"],
@@ -191,7 +216,7 @@ def raw_budgets(x, params, batch_stats, stages: dict) -> tuple[dict, dict]:
         stages["conv2"], e["conv2"], s["conv2"], p["BatchNorm_1"]["scale"],
         p["BatchNorm_1"]["bias"], stages["bn2"], st["BatchNorm_1"]["mean"],
         st["BatchNorm_1"]["var"])
-    e["sum"] = e["bn2"] + U * np.abs(stages["sum"])
+    e["sum"] = e["bn2"] + np.float32(U) * _f32(np.abs(stages["sum"]))
     s["sum"] = s["bn2"]
     e["output"], s["output"] = e["sum"], s["sum"]
     for name, (ee, ss) in (("BatchNorm_0/mean", em0), ("BatchNorm_0/var", ev0),
@@ -203,7 +228,7 @@ def raw_budgets(x, params, batch_stats, stages: dict) -> tuple[dict, dict]:
 def budgets(x, params, batch_stats, stages: dict) -> Budgets:
     """Stored budgets of a case: ``S e`` and ``S s`` as float32, rounded up."""
     e, s = raw_budgets(x, params, batch_stats, stages)
-    up = 1.0 + 2.0 ** -22
+    up = 1.0 + 2.0 ** -18  # covers the float32 evaluation of the non-negative sums
 
     def f32(a):
         return (np.asarray(a, np.float64) * (SAFETY * up)).astype(np.float32)

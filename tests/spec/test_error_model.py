@@ -89,7 +89,7 @@ def test_budgets_are_the_safety_factor_times_the_model_rounded_up(smoke_case):
     for name in em.TENSORS:
         assert b.fp32[name].dtype == np.float32
         lo = em.SAFETY * e[name]
-        assert np.all(b.fp32[name] >= lo) and np.all(b.fp32[name] <= lo * (1 + 1e-6) + 1e-45)
+        assert np.all(b.fp32[name] >= lo) and np.all(b.fp32[name] <= lo * (1 + 1e-5) + 1e-45)
         assert np.all(b.conv[name] >= em.SAFETY * s[name])
     # the bound of a reduced-precision profile is linear in its unit roundoff
     u_c = 2.0**-11
