@@ -106,6 +106,10 @@ def check_stats(stats, features: int) -> dict:
     if not isinstance(stats, dict):
         raise ContractError(f"new batch_stats is a {type(stats).__name__}, expected a dict "
                             "{'BatchNorm_0': {'mean', 'var'}, 'BatchNorm_1': {...}}")
+    flat = [k for k in stats if isinstance(k, str) and "/" in k]
+    if flat:
+        raise ContractError(f"new batch_stats has flat keys such as {flat[0]!r}; nest them: "
+                            "{'BatchNorm_0': {'mean': ..., 'var': ...}, 'BatchNorm_1': {...}}")
     out = {}
     for name in STAT_NAMES:
         layer, leaf = name.split("/")

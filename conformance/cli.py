@@ -72,9 +72,11 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
     if exec_:
         invoker = invoke.Program(exec_, timeout)
     elif in_process:
-        from resblock.conformance.targets import load_target
+        from resblock.conformance.targets import check_arity, load_target
 
-        invoker = invoke.InProcess(load_target(impl), api, layout)
+        fn = load_target(impl)
+        check_arity(fn, impl)
+        invoker = invoke.InProcess(fn, api, layout)
     else:
         invoker = invoke.Worker(impl, api, layout, timeout)
 

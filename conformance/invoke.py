@@ -97,7 +97,11 @@ def call_once(fn, api: str, layout: str, inputs: dict, catch=IN_PROCESS_CATCH) -
     for tree_name, got, want in (("params", pf, params), ("batch_stats", sf, inputs["stats"])):
         for layer, leaves in want.items():
             for leaf, a in leaves.items():
-                if not np.array_equal(got[layer][leaf], a):
+                mine = got.get(layer, {}).get(leaf) if isinstance(got.get(layer), dict) \
+                    else None
+                if mine is None:
+                    mutated.append(f"{tree_name}/{layer}/{leaf} (deleted)")
+                elif not np.array_equal(mine, a):
                     mutated.append(f"{tree_name}/{layer}/{leaf}")
     return Outcome(result=result, mutated=tuple(mutated), seconds=seconds)
 
@@ -150,12 +154,20 @@ def _worker_main(conn, target, api, layout, parent_pid):  # runs in the worker p
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        from resblock.conformance.targets import load_target
+        from resblock.conformance.targets import check_arity, load_target
+        from resblock.errors import TargetError
 
         try:
             fn = load_target(target)
-        except BaseException as e:  # noqa: BLE001 - TargetError, or anything user code raises
-            conn.send(("load_error", clean_text(str(e)) or type(e).__name__))
+            check_arity(fn, target)
+        except TargetError as e:
+            conn.send(("load_error", clean_text(str(e))))
+            return
+        except BaseException as e:  # noqa: BLE001 - the target broke the interpreter itself
+            conn.send(("load_error", clean_text(
+                f"--impl {target}: importing it left the worker unable to go on "
+                f"({type(e).__name__}: {e}); does the module clear sys.modules or replace "
+                "builtins?")))
             return
         conn.send(("ready", None))
         while True:
@@ -314,6 +326,8 @@ class Worker:
                 self._kill()
                 how = ("ended the worker process with exit status 0 (os._exit? an "
                        "implementation must return its result)" if code == 0 else
+                       "left the worker process unable to go on (it broke the interpreter: "
+                       "sys.modules, builtins or the standard streams)" if code == 70 else
                        f"crashed the worker process ({exit_description(code)})")
                 outs.append(Outcome(error=f"the implementation {how}", seconds=seconds))
         return outs

@@ -88,6 +88,10 @@ def terminal_summary(run, max_cases: int = 10) -> str:
     if run.pitfalls:
         lines.append("")
         lines.append("named pitfalls (failing results match a known mistake):")
+        failing = sum(r.status in ("fail", "xfail") and bool(r.tensors) for r in run.results)
+        if failing > c.max_diagnosed:
+            lines.append(f"  (only the {c.max_diagnosed} worst of the {failing} failing cases "
+                         "were diagnosed: the counts below are out of those)")
         for name, n in run.pitfalls.most_common():
             p = lookup(name)
             lines.append(f"  {name} ({n} cases): {p.explanation}")
@@ -105,6 +109,13 @@ def terminal_summary(run, max_cases: int = 10) -> str:
                                                     for r in run.results):
         lines.append("no case passed: every selected case is listed in --xfail, so nothing "
                      "was checked")
+    passed = [r for r in run.results if r.status == "pass" and r.tensors]
+    if run.conforms and passed:
+        worst = max(passed, key=lambda r: r.worst_score)
+        margin = (f", a margin of {1 / worst.worst_score:.1f}x" if worst.worst_score > 0
+                  else "")
+        lines.append(f"worst score {worst.worst_score:.3g} of the allowed 1 ({worst.id}"
+                     f"{margin})")
     lines.append(f"{verdict}: {run.count('pass')} passed, "
                  f"{run.count('fail') + run.count('error')} failed "
                  f"({run.count('error')} errors), {run.count('xfail')} xfailed, "

@@ -22,6 +22,7 @@ from resblock.spec import tolerance
 
 APIS = ("functional", "seeded")
 MAX_TIMEOUT_S = 7 * 86400.0
+MAX_TIMEOUT_S = 7 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -110,10 +111,23 @@ def judge(gc, outcome, config: CheckConfig, prof) -> CaseResult:
                                              f"({type(e).__name__}: {e})"))
 
 
+def _layout_hint(error: str, config: CheckConfig) -> str:
+    """A shape error raised inside an NHWC-called implementation is most often a PyTorch
+    port run without --layout nchw: say so next to the framework's own message."""
+    text = error.lower()
+    if config.api == "functional" and config.layout == "nhwc" and not config.program and \
+            ("channels" in text or ("shape" in text and "expected" in text)):
+        return ("\n    (the kit called it with NHWC x and HWIO kernels; if it takes NCHW and "
+                "OIHW, as PyTorch does, pass --layout nchw)")
+    return ""
+
+
 def _judge(gc, outcome, config: CheckConfig, prof) -> CaseResult:
     res = CaseResult(id=gc.id, family=gc.case.family, status="error", seconds=outcome.seconds)
     if outcome.error is not None:
-        res.message = outcome.error
+        from resblock.conformance.invoke import clean_text
+
+        res.message = clean_text(outcome.error) + _layout_hint(outcome.error, config)
         return res
     c = gc.case
     try:
@@ -129,6 +143,10 @@ def _judge(gc, outcome, config: CheckConfig, prof) -> CaseResult:
                                      f"is the implementation {other.upper()}? "
                                      f"try --layout {other}")
             y = adapters.output_from_user_layout(y, config.layout)
+        if stats is None and config.api != "seeded":
+            raise ContractError("forward returned no new batch_stats (None); the functional "
+                                "contract is (y, new_batch_stats): the running statistics "
+                                "are checked too")
         if stats is None and config.api != "seeded":
             raise ContractError("forward returned no new batch_stats (None); the functional "
                                 "contract is (y, new_batch_stats): the running statistics "

@@ -24,11 +24,17 @@ def _word_matches(word: str, case_id: str) -> bool:
     return word in case_id
 
 
+MAX_KEYWORD_TOKENS = 200  # evaluation nests one closure per operator
+
+
 def compile_keyword(expr: str):
     """A predicate ``case_id -> bool`` for a -k expression; HarnessError if malformed."""
     tokens = _TOKEN.findall(expr)
     if not tokens:
         raise HarnessError(f"-k {expr!r}: empty expression")
+    if len(tokens) > MAX_KEYWORD_TOKENS:
+        raise HarnessError(f"-k: {len(tokens)} words and operators, more than "
+                           f"{MAX_KEYWORD_TOKENS}; use an --xfail file or a shorter expression")
     pos = 0
 
     def peek():
@@ -75,7 +81,10 @@ def compile_keyword(expr: str):
             return inner
         return lambda s, w=tok: _word_matches(w, s)
 
-    pred = parse_or()
+    try:
+        pred = parse_or()
+    except RecursionError:
+        raise HarnessError("-k: the expression is nested too deeply") from None
     if pos != len(tokens):
         raise HarnessError(f"-k {expr!r}: unexpected {tokens[pos]!r} at token {pos + 1}")
     return pred
@@ -98,7 +107,14 @@ def read_xfail(path) -> list[XfailEntry]:
     if not p.is_file():
         raise HarnessError(f"--xfail {path}: no such file")
     entries = []
-    for i, raw in enumerate(p.read_text("utf-8").splitlines(), start=1):
+    try:
+        text = p.read_text("utf-8")
+    except UnicodeDecodeError as e:
+        raise HarnessError(f"--xfail {path}: not UTF-8 text (byte {e.start}: "
+                           f"{e.object[e.start:e.start + 1]!r}); save it as UTF-8") from None
+    except OSError as e:
+        raise HarnessError(f"--xfail {path}: cannot read it: {e.strerror or e}") from None
+    for i, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import click
+
+
+class _NoBar:
+    """The progress bar's stand-in when stderr is not a terminal (logs, CI)."""
+
+    def update(self, n):
+        pass
 
 
 class IntList(click.ParamType):
@@ -183,8 +191,13 @@ def generate(ctx, output, preset, families, inputs, seeds, shapes, features, bat
 
     total = shard_size if shard else len(cases)
     click.echo(f"generating {total} cases -> {output}", err=True)
-    with click.progressbar(length=total, label="cases", file=click.get_text_stream("stderr"),
-                           show_pos=True) as bar:
+    if not preset and "seeded" in families and any(b != 1 for b in batch):
+        click.echo("note: seeded cases take batch 1 only (the problem's API); the other "
+                   "--batch values apply to the functional and stress families", err=True)
+    err = click.get_text_stream("stderr")
+    bar_cm = (click.progressbar(length=total, label="cases", file=err, show_pos=True)
+              if err.isatty() else contextlib.nullcontext(_NoBar()))
+    with bar_cm as bar:
         if distributed:
             from resblock.generator.distributed import generate_distributed
 

@@ -63,22 +63,32 @@ def list_cases(path):
     for p in [path] if path else default_goldens():
         with GoldenFile(p) as gf:
             m = gf.metadata
+            grid = m["grid"]["preset"] or "none (explicit axes)"
             click.echo(f"# {p}: format {m['format_version']}, spec {m['spec_version']}, "
-                       f"{len(gf.entries)} cases, preset {m['grid']['preset']}")
+                       f"{len(gf.entries)} cases, preset {grid}")
             for e in gf.entries:
                 click.echo(f"{e['id']:40s} {e['family']:10s} {e['inputs']:7s} "
                            f"kappa {e['kappa']:.3g}")
 
 
 @click.command("show")
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.argument("case_id")
-def show(path, case_id):
-    """Show one case: fields, arrays with shapes, and summary values."""
+@click.argument("args", nargs=-1, required=True, metavar="[FILE] CASE_ID")
+def show(args):
+    """Show one case: fields, arrays with shapes, and summary values (default file: the
+    committed set, as for `list`)."""
     import numpy as np
 
+    from resblock.errors import GoldenFormatError
     from resblock.golden.reader import GoldenFile
 
+    if len(args) > 2:
+        raise click.UsageError("expected [FILE] CASE_ID")
+    case_id = args[-1]
+    paths = [args[0]] if len(args) == 2 else default_goldens()
+    path = next((p for p in paths[:-1] if _has_case(p, case_id)), paths[-1])
+    if len(args) == 1 and not _has_case(path, case_id):
+        raise GoldenFormatError(f"no case {case_id!r} in the committed set; `resblock list` "
+                                "shows the ids (give FILE CASE_ID for another file)")
     with GoldenFile(path) as gf:
         gc = gf.case(case_id)
         for k, v in gc.entry.items():
@@ -86,6 +96,13 @@ def show(path, case_id):
         for name, a in gc.arrays.items():
             click.echo(f"  {name:38s} {str(a.dtype):8s} {str(a.shape):18s} "
                        f"min {np.min(a): .4g}  max {np.max(a): .4g}")
+
+
+def _has_case(path, case_id) -> bool:
+    from resblock.golden.reader import GoldenFile
+
+    with GoldenFile(path) as gf:
+        return any(e["id"] == case_id for e in gf.entries)
 
 
 @click.command("merge")

@@ -39,9 +39,11 @@ class GoldenFile:
             st = os.stat(self.path)
         except OSError:
             raise GoldenFormatError(f"{self.path}: no such golden file") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise GoldenFormatError(f"{self.path}: no such golden file (that is a folder)")
         if not stat.S_ISREG(st.st_mode):
-            raise GoldenFormatError(f"{self.path}: not a regular file (a FIFO, device or "
-                                    "folder); a golden file is a plain HDF5 file")
+            raise GoldenFormatError(f"{self.path}: not a regular file (a FIFO or a device); "
+                                    "a golden file is a plain HDF5 file")
         self.file_size = st.st_size
         try:
             self._f = h5py.File(self.path, "r")

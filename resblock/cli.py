@@ -36,6 +36,11 @@ class _Group(click.Group):
             click.echo("Error: out of memory; the input is larger than this machine can "
                        "hold (see the estimate options of the command)", err=True)
             sys.exit(2)
+        except BrokenPipeError:  # `resblock list | head`: the reader left; say nothing
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(2)
         except OSError as e:
             where = f" ({e.filename})" if getattr(e, "filename", None) else ""
             click.echo(f"Error: {e.strerror or e}{where}", err=True)

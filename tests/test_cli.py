@@ -194,7 +194,7 @@ def test_list(tiny_golden):
     r = run("list", path)
     assert r.exit_code == 0
     lines = r.output.splitlines()
-    assert lines[0] == f"# {path}: format 1.0.0, spec 1.0.0, 3 cases, preset None"
+    assert lines[0] == f"# {path}: format 1.0.0, spec 1.0.0, 3 cases, preset none (explicit axes)"
     assert sorted(line.split()[0] for line in lines[1:]) == [
         "functional-normal-n1-3x5-f2-s0", "functional-normal-n2-3x5-f2-s0",
         "seeded-normal-n1-3x5-f2-s0"]

@@ -66,3 +66,12 @@ def test_generate_without_jax_names_the_install_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = generate("--preset", "smoke")
     assert r.exit_code == 2 and "pip install 'resblock[jax]'" in r.output, r.output
+
+
+def test_no_progress_line_off_a_terminal_and_a_note_on_seeded_batches(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["generate", "-o", "g.h5", "--family", "seeded,functional",
+                                 "--batch", "1,2", "--shapes", "1x1", "--features", "1"])
+    assert r.exit_code == 0, r.output
+    assert "note: seeded cases take batch 1 only" in r.output
+    assert "\ncases" not in r.output and not r.output.startswith("cases")

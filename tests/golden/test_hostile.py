@@ -156,7 +156,7 @@ def test_only_regular_files_are_opened(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(GoldenFormatError, match="not a regular file"):
         GoldenFile(fifo)
-    with pytest.raises(GoldenFormatError, match="not a regular file"):
+    with pytest.raises(GoldenFormatError, match="no such golden file"):
         GoldenFile(tmp_path)
 
 
