@@ -203,17 +203,24 @@ def text_report(cov: dict) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(cov: dict, profile: str = "fp32") -> str:
-    """SPEC's coverage table: per pitfall, cases rejecting it (and naming it) per family."""
+def markdown_table(cov: dict) -> str:
+    """The coverage table of the design document: per pitfall, the cases rejecting it
+    under fp32 per family (of those where it applies), how many of them name it, and
+    the cases rejecting it under the other profiles evaluated."""
     fams = sorted({c["family"] for c in cov["cases"]})
-    lines = ["| pitfall | " + " | ".join(fams) + " | named |",
-             "|---|" + "---|" * (len(fams) + 1)]
-    for s in pitfall_summaries(cov):
-        if s.profile != profile:
+    others = [p for p in cov["profiles"] if p != "fp32"]
+    summ = {(s.name, s.profile): s for s in pitfall_summaries(cov)}
+    lines = ["| pitfall | " + " | ".join(f"{f} (fp32)" for f in fams) + " | named (fp32) | "
+             + " | ".join(others) + (" |" if others else "|"),
+             "|---|" + "---|" * (len(fams) + 1 + len(others))]
+    for (name, prof), s in summ.items():
+        if prof != "fp32":
             continue
         cells = [f"{s.by_family[f][0]}/{s.by_family[f][1]}" if f in s.by_family else "-"
                  for f in fams]
-        lines.append(f"| `{s.name}` | " + " | ".join(cells) + f" | {s.named} |")
+        cells.append(f"{s.named}/{s.applicable}")
+        cells += [f"{summ[(name, p)].rejected}/{summ[(name, p)].applicable}" for p in others]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -26,7 +26,8 @@ import click
               help="Write the matrix as JSON (kind resblock-coverage).")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False),
               help="Write the matrix as a self-contained HTML page (needs resblock[html]).")
-@click.option("--markdown", is_flag=True, help="Print SPEC's coverage table (fp32) only.")
+@click.option("--markdown", is_flag=True,
+              help="Print the design document's coverage table instead of the summary.")
 def coverage_cmd(goldens, profiles, zoo, min_cases, json_out, html_out, markdown):
     """Which case rejects which mistake; every correct algorithm's worst score."""
     import json
