@@ -6,7 +6,8 @@ them to float64, and evaluates the block exactly as spec section 3 defines it, w
 two-pass variance (in float64 the single-pass formula would be fine too; two-pass keeps
 the oracle accurate even when a channel's mean dwarfs its spread). It also returns every
 intermediate stage, so a failing implementation can be told which stage diverges first,
-and kappa, the conditioning number the tolerance rule scales with (spec section 8).
+and kappa, the case's worst channel conditioning ``1 + mean^2 / (var + eps)`` (recorded
+in the case index for information; the rule's budgets come from ``error_model``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def kappa_of(batch_moments, count: int) -> float:
 
     ``count`` is N*H*W, the number of values per channel. With one value per channel
     every variance formula gives exactly 0 (x*x - x*x cancels exactly), so there is no
-    cancellation to bound and kappa is 1 (spec section 8.2).
+    cancellation to bound and kappa is 1.
     """
     if count == 1:
         return 1.0
