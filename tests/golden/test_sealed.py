@@ -105,3 +105,23 @@ def test_verify_fails_a_file_without_cases(golden, rewrite_metadata):
     assert not v.ok and any("holds no case" in p for p in v.problems)
     r = CliRunner().invoke(cli, ["verify", str(path)])
     assert r.exit_code == 1
+
+
+def test_verify_recomputes_the_oracle(golden, rewrite_metadata):
+    # Outputs and oracle edited together and re-hashed: only recomputing the float64
+    # oracle from the stored inputs can see it.
+    path, meta = golden
+    e = meta["cases"][0]
+    with h5py.File(path, "r+") as f:
+        g = f[f"groups/{e['group']}"]
+        for name in ("y", "oracle/y"):
+            a = g[name][()]
+            a[e["row"]] = a[e["row"]] * 0.9
+            g[name][...] = a
+        rows = {k: g[k][e["row"]] for k in CASE_ARRAYS}
+    e["sha256"] = case_sha256(e["id"], rows, index_fields(e))
+    meta["content_sha256"] = content_sha256(meta["cases"])
+    rewrite_metadata(path, meta)
+    v = verify_file(path, derive=False)
+    assert any(p.startswith(f"{path}: case {e['id']}: stored oracle/y differs from the float64 "
+                            "oracle recomputed") for p in v.problems), v.problems
