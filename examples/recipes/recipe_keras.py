@@ -56,6 +56,6 @@ def forward(x, params, batch_stats):
     stats = {}
     for name in ("BatchNorm_0", "BatchNorm_1"):
         layer = model.get_layer(name)
-        stats[name] = {"mean": keras.ops.convert_to_numpy(layer.moving_mean),
-                       "var": keras.ops.convert_to_numpy(layer.moving_variance)}
+        stats[name] = {"mean": keras.ops.convert_to_numpy(layer.moving_mean.value),
+                       "var": keras.ops.convert_to_numpy(layer.moving_variance.value)}
     return np.asarray(keras.ops.convert_to_numpy(y), np.float32), stats
