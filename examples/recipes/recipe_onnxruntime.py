@@ -19,7 +19,8 @@ statistics; the exporter turns PyTorch's ``momentum=0.01`` into ONNX's ``momentu
   ``biased_running_var_converted`` otherwise).
 * One value per channel is fine in ONNX Runtime (variance 0); exporting needs an input
   with more than one value per channel, since PyTorch refuses the other.
-* Export with the legacy exporter (``dynamo=False``), which keeps ``training_mode``.
+* Export with the TorchScript exporter (``dynamo=False``): it writes ``training_mode=1``
+  and needs no ``onnxscript``.
 """
 
 import io

@@ -33,8 +33,8 @@ RECIPES = {
     "recipe_flax_nnx": (("flax.nnx",), "flax", JAX_KEYWORD),
     "recipe_equinox": (("equinox",), "equinox", JAX_KEYWORD),
     "recipe_haiku": (("haiku",), "dm-haiku", JAX_KEYWORD),
-    "recipe_onnxruntime": (("torch", "onnx", "onnxruntime", "onnxscript"),
-                           "onnxruntime onnx onnxscript torch", KEYWORD),
+    "recipe_onnxruntime": (("torch", "onnx", "onnxruntime"), "onnxruntime onnx torch",
+                           KEYWORD),
 }
 
 
@@ -118,7 +118,7 @@ def test_haiku_zero_debias_from_counter_zero_is_named():
 
 
 def test_torch_conversion_applied_to_onnxruntime_running_var_is_named():
-    _require(("torch", "onnx", "onnxruntime", "onnxscript"), "onnxruntime onnx onnxscript")
+    _require(("torch", "onnx", "onnxruntime"), "onnxruntime onnx")
     from resblock.conformance import convert
 
     module = _load("recipe_onnxruntime")
