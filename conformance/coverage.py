@@ -55,9 +55,11 @@ def _stored_reference(gc):
 def case_rows(gc, profiles, zoo_names=None) -> list[dict]:
     """Rows of the matrix for one case: ``{kind, name, profile, score, named}``."""
     from resblock.conformance import zoo
+    from resblock.conformance.diagnose import diagnose_error
 
     b = _Bounded(gc, {})
-    twins = twin_outputs(gc)
+    raised: dict = {}
+    twins = twin_outputs(gc, raised)
     algs = [a for a in zoo.ZOO if zoo_names is None or a.name in zoo_names]
     outputs = {}
     for a in algs:
@@ -81,6 +83,9 @@ def case_rows(gc, profiles, zoo_names=None) -> list[dict]:
                 named = best_match(score, match_scores(b, y, st, prof, twins)) == name
             rows.append({"kind": "pitfall", "name": name, "profile": pname,
                          "score": score, "named": named})
+        for name, message in raised.items():  # a refusal: an error, never a pass
+            rows.append({"kind": "pitfall", "name": name, "profile": pname,
+                         "score": np.inf, "named": diagnose_error(gc, message) == name})
     return rows
 
 

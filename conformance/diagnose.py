@@ -19,9 +19,10 @@ from resblock.spec.constants import STAT_NAMES
 CLOSER_BY = 10.0
 
 
-def twin_outputs(gc) -> dict:
+def twin_outputs(gc, errors: dict | None = None) -> dict:
     """``{pitfall: (y, stats)}`` of every applicable twin on the case's inputs (float32,
-    stats flat ``{"BatchNorm_0/mean": ...}``); twins that cannot run here are left out."""
+    stats flat ``{"BatchNorm_0/mean": ...}``); twins that raise here are left out (their
+    messages go to ``errors`` when given: a refusal is how some mistakes show)."""
     import warnings
 
     from resblock.conformance.pitfalls import PITFALLS, applies
@@ -36,7 +37,9 @@ def twin_outputs(gc) -> dict:
             try:
                 vy, vstats = make_forward(p.variant, keep_dtype=True)(
                     gc.x, gc.params, gc.batch_stats_in)
-            except Exception:  # noqa: BLE001 - a variant may not apply to this shape
+            except Exception as e:  # noqa: BLE001 - a variant may not apply to this shape
+                if errors is not None:
+                    errors[p.name] = str(e)
                 continue
         out[p.name] = (vy, {n: vstats[n.split("/")[0]][n.split("/")[1]] for n in STAT_NAMES})
     return out
