@@ -173,7 +173,7 @@ def run_program(argv_template, cases, timeout=None, workdir=None) -> BatchResult
         ids = [case["id"] for case in descriptor["cases"]]
         full_argv = _substitute(argv, input_dir, output_dir)
         try:
-            returncode, stdout, stderr, wall_s, timed_out = _run(full_argv, timeout)
+            returncode, stdout, stderr, wall_s, timed_out = run_process(full_argv, timeout)
         except OSError as e:
             raise TargetError(f"cannot start program `{shown}`: {e}") from None
         context = dict(
@@ -197,7 +197,7 @@ def run_program(argv_template, cases, timeout=None, workdir=None) -> BatchResult
 OUTPUT_KEEP_BYTES = 256 * 1024  # of stdout and of stderr each: the end is kept
 
 
-class _Tail:
+class OutputTail:
     """Drain a pipe in a thread, keeping only its last ``keep`` bytes: a program that
     writes gigabytes costs no memory, and a full pipe never blocks it."""
 
@@ -250,7 +250,7 @@ def _wait_unreaped(proc: subprocess.Popen, timeout) -> bool:
         pause = min(pause * 2, 0.02)
 
 
-def _run(argv: list[str], timeout) -> tuple[int | None, str, str, float, bool]:
+def run_process(argv: list[str], timeout) -> tuple[int | None, str, str, float, bool]:
     """``subprocess.run(argv, timeout=..., capture_output=True)`` without a shell, except
     that the program runs in its own process group, which is killed as a whole when the
     program exits, times out or the checker is interrupted: a wrapper script's children
@@ -268,7 +268,7 @@ def _run(argv: list[str], timeout) -> tuple[int | None, str, str, float, bool]:
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    out, err = _Tail(proc.stdout), _Tail(proc.stderr)
+    out, err = OutputTail(proc.stdout), OutputTail(proc.stderr)
     timed_out = False
     try:
         timed_out = not _wait_unreaped(proc, timeout)

@@ -255,10 +255,22 @@ def test_program_output_is_bounded_and_a_lingering_child_does_not_hang(tmp_path)
                     "exit 0\n")
     prog.chmod(0o755)
     t0 = time.monotonic()
-    code, out, err, _, timed_out = program._run(
+    code, out, err, _, timed_out = program.run_process(
         [str(prog), "in", "out", str(tmp_path / "child")], timeout=60)
     assert time.monotonic() - t0 < 20 and code == 0 and not timed_out
     assert len(out) <= program.OUTPUT_KEEP_BYTES + 100 and "earlier bytes not kept" in out
     child = int((tmp_path / "child").read_text())
     time.sleep(0.2)
     assert not alive(child)
+
+
+def test_program_output_is_drained_in_bounded_memory():
+    from resblock.conformance.program import OUTPUT_KEEP_BYTES, OutputTail
+
+    proc = subprocess.Popen(["head", "-c", "20000000", "/dev/zero"], stdout=subprocess.PIPE)
+    tail = OutputTail(proc.stdout)
+    proc.wait()
+    text = tail.text(30)
+    proc.stdout.close()
+    assert len(tail.data) <= 2 * OUTPUT_KEEP_BYTES + 2**16  # never more than that held
+    assert text.startswith("[... ") and len(text) < OUTPUT_KEEP_BYTES + 100
