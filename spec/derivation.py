@@ -70,6 +70,12 @@ def derive_x(case: Case, draws=_EXACT) -> np.ndarray:
     raise AssertionError(case.inputs)  # Case.__post_init__ already refused it
 
 
+def derive_y_bar(case: Case, draws=_EXACT) -> np.ndarray:
+    """The case's output cotangent ``y_bar`` (spec 10.1): ``N(key_y_bar, (N,H,W,F))``,
+    float32, drawn from its own role like every other array (it changes nothing else)."""
+    return _normal(case, "y_bar", case.x_shape, draws)
+
+
 def derive_random_variables(case: Case, draws=_EXACT) -> tuple[dict, dict]:
     """Explicit non-init (params, batch_stats) for the functional and stress families.
 

@@ -1,0 +1,126 @@
+"""The float64 oracle backward: the vector-Jacobian product of the block, hand-derived.
+
+An independent NumPy evaluation (no JAX, no autodiff) of spec section 10: given a case's
+float32 ``x``, parameters, incoming running statistics and a cotangent ``y_bar`` of the
+output, it returns ``x_bar`` and the gradient of every parameter (Flax names), evaluated
+in float64 with the formulas below, and the cotangent of every stage (the error model of
+:mod:`resblock.spec.error_model_backward` propagates through them).
+
+* **ReLU** ``r = max(p, 0)``: ``p_bar = r_bar * (p > 0)``; the derivative at exactly
+  ``p = 0`` is **0** (JAX's ``jax.nn.relu``, which Flax's ``nn.relu`` is; PyTorch's
+  ``threshold_backward`` agrees: it passes the gradient where ``p > 0`` only).
+* **BatchNorm, training mode**, per channel over the ``n = N*H*W`` values ``c`` with the
+  batch mean ``m``, biased variance ``v``, ``inv = 1/sqrt(v + eps)``,
+  ``zhat = (c - m) inv`` and ``out = scale zhat + beta``; with ``g = out_bar``::
+
+      beta_bar  = sum(g)                   scale_bar = sum(g zhat)
+      c_bar     = scale inv (g - mean(g) - zhat mean(g zhat))
+
+  The last two terms are the gradient through the batch mean and the batch variance
+  (they depend on ``c``); dropping them is the "statistics as constants" mistake. The
+  running statistics take no part: the output does not depend on them, and the updated
+  running statistics are not differentiated (they are state, not outputs of the VJP).
+* **Convolution** ``c = conv3x3(a, k) + b`` (cross-correlation, zero padding 1)::
+
+      b_bar[f]         = sum over n, h, w of c_bar[..., f]
+      k_bar[i, j, :, :] = sum over n, h, w of ap[n, h+i, w+j, :]^T c_bar[n, h, w, :]
+      a_bar            = the transposed convolution of c_bar with k (crop the padding)
+
+  Since a training-mode BatchNorm follows each convolution, ``sum(c_bar) = 0`` in exact
+  arithmetic: both conv-bias gradients are exactly 0, and a float32 port returns
+  rounding noise there.
+* **Residual**: ``x_bar = sum_bar + conv1's input gradient``, with
+  ``sum_bar = y_bar * (sum > 0)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from resblock.spec import oracle
+from resblock.spec.constants import EPSILON
+
+BACKWARD_STAGES = ("sum", "bn2", "conv2", "relu1", "bn1", "conv1")
+
+
+@dataclass(frozen=True)
+class BackwardResult:
+    """Float64 gradients: ``x_bar``, ``params_bar`` (nested, Flax names), the forward
+    the backward ran on (:class:`resblock.spec.oracle.OracleResult`) and the cotangent of
+    each stage's *output* in ``cotangents`` (``"sum"``: of the pre-activation sum, ...)."""
+
+    x_bar: np.ndarray
+    params_bar: dict
+    forward: oracle.OracleResult
+    cotangents: dict
+
+
+def relu_backward(pre: np.ndarray, out_bar: np.ndarray) -> np.ndarray:
+    """``out_bar`` where ``pre > 0``, else 0 (the derivative at exactly 0 is 0)."""
+    return np.where(pre > 0, out_bar, 0.0)
+
+
+def batch_norm_backward(c: np.ndarray, scale: np.ndarray, g: np.ndarray):
+    """Training-mode BatchNorm VJP: ``(c_bar, scale_bar, beta_bar)`` for ``g = out_bar``."""
+    axes = (0, 1, 2)
+    mean, var = oracle.batch_stats_of(c)
+    inv = 1.0 / np.sqrt(var + EPSILON)
+    zhat = (c - mean) * inv
+    beta_bar = g.sum(axis=axes)
+    scale_bar = (g * zhat).sum(axis=axes)
+    c_bar = scale * inv * (g - g.mean(axis=axes) - zhat * (g * zhat).mean(axis=axes))
+    return c_bar, scale_bar, beta_bar
+
+
+def conv3x3_input_grad(c_bar: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """The transposed SAME convolution: ``a_bar`` (NHWC) of ``c = conv3x3(a, kernel)``."""
+    n, h, w, _ = c_bar.shape
+    out = np.zeros((n, h + 2, w + 2, kernel.shape[2]), dtype=np.float64)
+    for i in range(3):
+        for j in range(3):
+            out[:, i:i + h, j:j + w, :] += c_bar @ kernel[i, j].T
+    return out[:, 1:h + 1, 1:w + 1, :]
+
+
+def conv3x3_kernel_grad(a: np.ndarray, c_bar: np.ndarray) -> np.ndarray:
+    """``k_bar`` (HWIO) of ``c = conv3x3(a, k)``: each tap correlates the padded input
+    with ``c_bar`` over N, H, W."""
+    n, h, w, ci = a.shape
+    f = c_bar.shape[-1]
+    ap = np.pad(a, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    cb = c_bar.reshape(-1, f)
+    out = np.empty((3, 3, ci, f), dtype=np.float64)
+    for i in range(3):
+        for j in range(3):
+            out[i, j] = ap[:, i:i + h, j:j + w, :].reshape(-1, ci).T @ cb
+    return out
+
+
+def backward(x, params, batch_stats, y_bar) -> BackwardResult:
+    """The VJP of the block (training mode) at ``(x, params)`` for cotangent ``y_bar``."""
+    f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+    fwd = oracle.forward(x, params, batch_stats)
+    p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
+    st = fwd.stages
+    axes = (0, 1, 2)
+    sum_bar = relu_backward(st["sum"], f64(y_bar))
+    c2_bar, s1_bar, b1_bar = batch_norm_backward(st["conv2"], p["BatchNorm_1"]["scale"],
+                                                 sum_bar)
+    r_bar = conv3x3_input_grad(c2_bar, p["Conv_1"]["kernel"])
+    bn1_bar = relu_backward(st["bn1"], r_bar)
+    c1_bar, s0_bar, b0_bar = batch_norm_backward(st["conv1"], p["BatchNorm_0"]["scale"],
+                                                 bn1_bar)
+    x_bar = sum_bar + conv3x3_input_grad(c1_bar, p["Conv_0"]["kernel"])
+    params_bar = {
+        "Conv_0": {"kernel": conv3x3_kernel_grad(f64(x), c1_bar),
+                   "bias": c1_bar.sum(axis=axes)},
+        "BatchNorm_0": {"scale": s0_bar, "bias": b0_bar},
+        "Conv_1": {"kernel": conv3x3_kernel_grad(st["relu1"], c2_bar),
+                   "bias": c2_bar.sum(axis=axes)},
+        "BatchNorm_1": {"scale": s1_bar, "bias": b1_bar},
+    }
+    cot = {"sum": sum_bar, "bn2": sum_bar, "conv2": c2_bar, "relu1": r_bar, "bn1": bn1_bar,
+           "conv1": c1_bar}
+    return BackwardResult(x_bar=x_bar, params_bar=params_bar, forward=fwd, cotangents=cot)
