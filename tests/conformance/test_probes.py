@@ -10,6 +10,7 @@ smoke golden (5 cases, one per shape group). The harness alone decides the exit 
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -274,3 +275,29 @@ def test_program_output_is_drained_in_bounded_memory():
     proc.stdout.close()
     assert len(tail.data) <= 2 * OUTPUT_KEEP_BYTES + 2**16  # never more than that held
     assert text.startswith("[... ") and len(text) < OUTPUT_KEEP_BYTES + 100
+
+
+def test_sigterm_ends_an_exec_program_its_children_and_its_folder(tmp_path, smoke):
+    pids, tmp = tmp_path / "pids", tmp_path / "tmp"
+    tmp.mkdir()
+    prog = tmp_path / "hang.sh"
+    prog.write_text(f"#!/bin/sh\nsleep 600 &\necho $$ $! > {pids}\nwait\n")
+    prog.chmod(0o755)
+    proc = subprocess.Popen([sys.executable, "-m", "resblock", "check", "-q", "--exec",
+                             f"{prog} {{input}} {{output}}", "--goldens", str(smoke)],
+                            cwd=tmp_path, env=dict(os.environ, TMPDIR=str(tmp)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pids.exists() and pids.read_text().count(" ") == 1):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        program, child = map(int, pids.read_text().split())
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2 and "interrupted by SIGTERM" in err, out + err
+    time.sleep(0.2)
+    assert not alive(program) and not alive(child)
+    assert os.listdir(tmp) == []  # the program's input/output folder is gone
