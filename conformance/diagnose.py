@@ -83,7 +83,7 @@ def best_match(d_ref: float, scores: dict) -> str | None:
         # twins may match; the one nearest on the common yardstick explains the result.
         return min(within, key=lambda k: scores[k][0])
     best = min(scores, key=lambda k: scores[k][0])
-    if scores[best][0] * CLOSER_BY <= d_ref:
+    if np.isfinite(scores[best][0]) and scores[best][0] * CLOSER_BY <= d_ref:
         return best
     return None
 

@@ -2,8 +2,9 @@
 
 One failing run over the committed goldens feeds most tests: an implementation that
 raises on 1x1 inputs (errors), returns NaN on 2x2 inputs (failures with infinite
-score), and otherwise is the ``missing_residual`` variant (failures named after that
-pitfall, and a few passes); one of its failing cases is listed in an xfail file.
+score), is correct on 16-channel inputs (passes), and otherwise is the
+``missing_residual`` variant (failures named after that pitfall); one of its failing
+cases is listed in an xfail file.
 """
 
 import json
@@ -29,18 +30,22 @@ from resblock.spec.cases import Case
 
 GOLDENS = default_goldens()
 WRONG = make_forward("missing_residual")
+RIGHT = make_forward("correct_float32")
 XFAILED = "seeded-normal-n1-16x16-f8-s0"
 TARGET = "tests/my_port.py:forward"
 
 with GoldenFile(GOLDENS[0]) as _gf:
     IDS = list(_gf.ids)
     CONTENT_SHA = _gf.metadata["content_sha256"]
+    META = dict(_gf.metadata)
 N_CASES = len(IDS)
 
 
 def mixed(x, params, batch_stats):
     if x.shape[1:3] == (1, 1):
         raise RuntimeError("no 1x1 support")
+    if x.shape[-1] == 16:
+        return RIGHT(x, params, batch_stats)
     y, stats = WRONG(x, params, batch_stats)
     if x.shape[1:3] == (2, 2):
         y = np.full_like(y, np.nan)
@@ -78,7 +83,8 @@ def test_json_report_validates_and_counts(run, tmp_path):
     assert (doc["target"], doc["api"], doc["layout"], doc["profile"]) == (
         TARGET, "functional", "nhwc", "fp32")
     assert doc["goldens"] == [{"path": GOLDENS[0], "content_sha256": CONTENT_SHA,
-                               "spec_version": "1.0.0", "format_version": "1.0.0",
+                               "spec_version": META["spec_version"],
+                               "format_version": META["format_version"],
                                "preset": "default"}]
     p = lookup("missing_residual")
     assert doc["pitfalls"] == [{"name": "missing_residual",

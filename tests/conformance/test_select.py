@@ -267,4 +267,4 @@ def test_keyword_selection_through_run_check(tmp_path):
         want = sorted(i for i in gf.ids
                       if i.startswith("seeded") and "8x8" in i and "f16" not in i)
     assert sorted(r.id for r in run.results) == want
-    assert len(want) == 3
+    assert len(want) >= 3 and len(want) < len(gf.ids) / 4
