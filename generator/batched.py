@@ -95,36 +95,65 @@ def _draw_fn(sizes: tuple[int, int, int]):
     return fn
 
 
+PAD_BUDGET_BYTES = 256 * 2**20  # output of one batched call, padding included
+
+
 def _execute(normal_reqs, uniform_reqs, trunc_reqs):
-    """Run all draws. Requests: (seed, size[, lo, hi] or [, h]); returns 1-D arrays."""
+    """Run all draws. Requests: (seed, size[, lo, hi] or [, h]); returns 1-D arrays.
+
+    Every row of a batched call is padded to the largest draw of its kind: one program
+    for the whole grid, which is what makes cold generation fast. When that padding
+    would exceed :data:`PAD_BUDGET_BYTES` (one large shape among small ones: CHUNK rows
+    of the largest draw), each size class runs on its own, with as few rows as fit:
+    memory then follows the draws themselves.
+    """
+    reqs = (normal_reqs, uniform_reqs, trunc_reqs)
+    sizes = tuple(_bucket(max(r[1] for r in rs)) if rs else 0 for rs in reqs)
+    if CHUNK * sum(sizes) * 4 <= PAD_BUDGET_BYTES:
+        return _execute_batch(reqs, sizes, CHUNK)
+    outs: tuple[list, list, list] = tuple([None] * len(rs) for rs in reqs)
+    for kind, rs in enumerate(reqs):
+        classes: dict[int, list[int]] = {}
+        for i, r in enumerate(rs):
+            classes.setdefault(_bucket(r[1]), []).append(i)
+        for bucket, idx in sorted(classes.items()):
+            rows = max(1, min(CHUNK, PAD_BUDGET_BYTES // (4 * bucket)))
+            sub = tuple([rs[i] for i in idx] if k == kind else [] for k in range(3))
+            res = _execute_batch(sub, tuple(bucket if k == kind else 0 for k in range(3)),
+                                 rows)
+            for i, v in zip(idx, res[kind], strict=True):
+                outs[kind][i] = v
+    return outs
+
+
+def _execute_batch(reqs, sizes, rows: int):
+    """The draws of ``reqs`` in calls of ``rows`` rows, each row ``sizes[kind]`` long."""
     import jax
 
-    sizes = tuple(_bucket(max(r[1] for r in reqs)) if reqs else 0
-                  for reqs in (normal_reqs, uniform_reqs, trunc_reqs))
+    normal_reqs, uniform_reqs, trunc_reqs = reqs
     fn = _draw_fn(sizes)
     outs: tuple[list, list, list] = ([], [], [])
-    n_chunks = max(-(-len(r) // CHUNK) for r in (normal_reqs, uniform_reqs, trunc_reqs))
+    n_chunks = max(-(-len(r) // rows) for r in reqs)
 
-    def column(reqs, start, idx, dtype, fill=0):
-        vals = [r[idx] for r in reqs[start : start + CHUNK]]
-        return np.asarray(vals + [fill] * (CHUNK - len(vals)), dtype=dtype)
+    def column(rs, start, idx, dtype, fill=0):
+        vals = [r[idx] for r in rs[start : start + rows]]
+        return np.asarray(vals + [fill] * (rows - len(vals)), dtype=dtype)
 
     with jax.default_device(_cpu()):
         for k in range(n_chunks):
-            s0 = k * CHUNK
+            s0 = k * rows
             res = fn(column(normal_reqs, s0, 0, np.uint32),
                      column(uniform_reqs, s0, 0, np.uint32),
                      column(uniform_reqs, s0, 2, np.float32),
                      column(uniform_reqs, s0, 3, np.float32, 1),
                      column(trunc_reqs, s0, 0, np.uint32),
                      column(trunc_reqs, s0, 2, np.uint32))
-            for out, reqs, vals in zip(outs, (normal_reqs, uniform_reqs, trunc_reqs), res,
-                                       strict=True):
+            for out, rs, vals in zip(outs, reqs, res, strict=True):
                 if vals is None:
                     continue
                 vals = np.asarray(vals)
-                for row, r in enumerate(reqs[s0 : s0 + CHUNK]):
-                    out.append(vals[row, : r[1]])
+                for row, r in enumerate(rs[s0 : s0 + rows]):
+                    out.append(vals[row, : r[1]].copy())  # not a view of the padded block
     return outs
 
 
