@@ -123,13 +123,17 @@ def _preset_names():
               help="JAX persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR); "
                    "warm runs skip compilation.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--grad/--no-grad", default=False, show_default=True,
+              help="Also store the backward (y_bar, jax.vjp gradients, the float64 oracle "
+                   "backward and its budgets; spec section 10) for `check --api backward`, "
+                   "as the committed set does. Forward-only files are about 45% smaller.")
 @click.option("--memory-limit", type=click.FloatRange(min=0, min_open=True), default=None,
               metavar="GB", help="Refuse a grid whose largest shape group needs more memory "
                                  "than this (default: 80% of this machine's memory).")
 @click.pass_context
 def generate(ctx, output, preset, families, inputs, seeds, shapes, features, batch, device,
              jobs, shard, distributed, coordinator, num_processes, process_id, precision,
-             cache_dir, force, memory_limit):
+             cache_dir, force, grad, memory_limit):
     """Run the reference block over a grid of cases and write an HDF5 golden file."""
     import os
 
@@ -204,11 +208,11 @@ def generate(ctx, output, preset, families, inputs, seeds, shapes, features, bat
             meta = generate_distributed(
                 cases, output, preset=preset, force=force, device=device, precision=precision,
                 cache_dir=cache_dir, coordinator=coordinator, num_processes=num_processes,
-                process_id=process_id, progress=bar.update)
+                process_id=process_id, progress=bar.update, grad=grad)
         else:
             meta = runmod.generate(cases, output, preset=preset, force=force, device=device,
                                    jobs=jobs, shard=shard, precision=precision,
-                                   cache_dir=cache_dir, progress=bar.update)
+                                   cache_dir=cache_dir, progress=bar.update, grad=grad)
     if not meta["cases"]:
         return
     worst = max(meta["cases"], key=lambda e: e["ref_score"])

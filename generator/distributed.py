@@ -10,7 +10,7 @@ from resblock.generator import run
 def generate_distributed(cases, path, *, preset=None, force=False, device="cpu",
                          precision="highest", cache_dir=None, coordinator=None,
                          num_processes=None, process_id=None, wait_timeout: float = 3600.0,
-                         progress=None) -> dict:
+                         progress=None, grad: bool = False) -> dict:
     """One process of a ``jax.distributed`` job: compute shard ``process_index+1`` of
     ``process_count`` next to ``path``; process 0 waits for every shard (files are
     renamed into place atomically, so existence means complete) and merges them.
@@ -23,13 +23,13 @@ def generate_distributed(cases, path, *, preset=None, force=False, device="cpu",
     try:
         return _distributed_body(cases, Path(path), preset=preset, force=force, device=device,
                                  precision=precision, cache_dir=cache_dir,
-                                 wait_timeout=wait_timeout, progress=progress)
+                                 wait_timeout=wait_timeout, progress=progress, grad=grad)
     finally:
         jax.distributed.shutdown()
 
 
 def _distributed_body(cases, path, *, preset, force, device, precision, cache_dir,
-                      wait_timeout, progress) -> dict:
+                      wait_timeout, progress, grad=False) -> dict:
     import time
 
     import jax
@@ -42,7 +42,7 @@ def _distributed_body(cases, path, *, preset, force, device, precision, cache_di
     shard_paths = [path.with_name(f"{path.name}.shard-{i}-of-{n}.h5") for i in range(1, n + 1)]
     meta = run.generate(cases, shard_paths[k - 1], preset=preset, force=True, device=device,
                     jobs=1, shard=f"{k}/{n}", precision=precision, cache_dir=cache_dir,
-                    progress=progress)
+                    progress=progress, grad=grad)
     if k != 1:
         return meta
     deadline = time.monotonic() + wait_timeout

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from resblock.golden.store import CASE_ARRAYS
-from resblock.spec import error_model, oracle, tolerance
+from resblock.golden.store import group_arrays
+from resblock.spec import backward, error_model, error_model_backward, oracle, tolerance
 from resblock.spec.cases import Case
 from resblock.spec.constants import PARAM_NAMES, STAT_NAMES
 
@@ -24,10 +24,12 @@ def _flat(prefix: str, tree: dict, names) -> dict:
 class ReferenceRunner:
     """Runs the Flax reference under ``jit`` on a device, one compiled program per shape."""
 
-    def __init__(self, device=None, precision: str = "highest"):
+    def __init__(self, device=None, precision: str = "highest", grad: bool = False):
         """``precision``: "highest" (the spec) or "default" (JAX's default, which runs
         float32 convolutions in TF32 on recent NVIDIA GPUs: only to demonstrate that
-        ``verify`` and ``diff`` reject such goldens)."""
+        ``verify`` and ``diff`` reject such goldens). ``grad``: run the forward and the
+        VJP together (:func:`forward_vjp`, one program per shape); the forward-only
+        program is unchanged."""
         import contextlib
 
         import jax
@@ -39,7 +41,8 @@ class ReferenceRunner:
         self._jax = jax
         self._precision = full_precision if precision == "highest" else contextlib.nullcontext
         self.device = device or jax.local_devices()[0]
-        self._fn = jax.jit(apply_block)
+        self.grad = grad
+        self._fn = jax.jit(forward_vjp if grad else apply_block)
         self._executables: dict = {}
 
     def use_executable(self, x_shape: tuple, compiled) -> None:
@@ -47,23 +50,39 @@ class ReferenceRunner:
         same bits: see :func:`compile_forward`)."""
         self._executables[tuple(x_shape)] = compiled
 
-    def __call__(self, x, params, stats):
+    def __call__(self, x, params, stats, y_bar=None):
+        """``(y, new_stats)``; with ``grad``, ``(y, new_stats, x_bar, params_bar)`` for
+        the cotangent ``y_bar``."""
         jax = self._jax
-        args = jax.device_put((x, params, stats), self.device)
+        args = (x, params, stats) if not self.grad else (x, params, stats, y_bar)
+        args = jax.device_put(args, self.device)
         compiled = self._executables.get(tuple(np.shape(x)))
-        y = None
+        out = None
         if compiled is not None:
             try:
-                y, new = compiled(*args)
+                out = compiled(*args)
             except Exception:  # noqa: BLE001 - a handed-over executable that cannot run
                 self._executables.pop(tuple(np.shape(x)))  # here: compile it ourselves
-        if y is None:
+        if out is None:
             with self._precision():
-                y, new = self._fn(*args)
-        return np.asarray(y), jax.tree_util.tree_map(np.asarray, new)
+                out = self._fn(*args)
+        return tuple(jax.tree_util.tree_map(np.asarray, o) for o in out)
 
 
-def compile_forward(case: Case, precision: str = "highest"):
+def forward_vjp(x, params, stats, y_bar):
+    """The reference forward and its VJP in one program: ``(y, new_stats, x_bar,
+    params_bar)``, ``jax.vjp`` of the Flax block w.r.t. ``x`` and ``params`` with the
+    cotangent ``y_bar`` for ``y`` and zeros for the (non-differentiated) running stats."""
+    import jax
+
+    from resblock.spec.reference import apply_block
+
+    (y, new), vjp = jax.vjp(lambda xx, pp: apply_block(xx, pp, stats), x, params)
+    x_bar, params_bar = vjp((y_bar, jax.tree_util.tree_map(jax.numpy.zeros_like, new)))
+    return y, new, x_bar, params_bar
+
+
+def compile_forward(case: Case, precision: str = "highest", grad: bool = False):
     """Ahead-of-time compile the reference forward for ``case``'s shapes.
 
     The same jitted function and precision as :class:`ReferenceRunner`, lowered from
@@ -87,6 +106,9 @@ def compile_forward(case: Case, precision: str = "highest"):
     stats = {bn: {"mean": sds(f), "var": sds(f)} for bn in ("BatchNorm_0", "BatchNorm_1")}
     ctx = full_precision() if precision == "highest" else contextlib.nullcontext()
     with ctx:
+        if grad:
+            return jax.jit(forward_vjp).lower(sds(*case.x_shape), params, stats,
+                                              sds(*case.x_shape)).compile()
         return jax.jit(apply_block).lower(sds(*case.x_shape), params, stats).compile()
 
 
@@ -104,8 +126,16 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None):
     extras: list[dict] = []
     fp32 = tolerance.profile("fp32")
     for _case, (x, params, stats) in zip(cases, inputs, strict=True):
-        y, new_stats = runner(x, params, stats)
-        ref = oracle.forward(x, params, stats)
+        if getattr(runner, "grad", False):
+            from resblock.spec.derivation import derive_y_bar
+
+            y_bar = derive_y_bar(_case)
+            y, new_stats, x_bar, params_bar = runner(x, params, stats, y_bar)
+            bw = backward.backward(x, params, stats, y_bar)
+            ref = bw.forward
+        else:
+            y, new_stats = runner(x, params, stats)
+            ref = oracle.forward(x, params, stats)
         arrays = {"x": x, "y": y}
         arrays.update(_flat("params", params, PARAM_NAMES))
         arrays.update(_flat("batch_stats_in", stats, STAT_NAMES))
@@ -115,9 +145,11 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None):
         for stage, a in ref.stages.items():
             arrays[f"oracle/stages/{stage}"] = a
         arrays.update(budget_arrays(x, params, stats, ref.stages))
+        if getattr(runner, "grad", False):
+            arrays.update(grad_arrays(x, params, stats, y_bar, x_bar, params_bar, bw))
         rows.append(arrays)
         extras.append({"kappa": ref.kappa, "ref_score": reference_score(_case, arrays, fp32)})
-    stacked = {k: np.stack([r[k] for r in rows]) for k in CASE_ARRAYS}
+    stacked = {k: np.stack([r[k] for r in rows]) for k in group_arrays(rows[0])}
     return stacked, extras
 
 
@@ -130,6 +162,22 @@ def budget_arrays(x, params, stats, stages: dict) -> dict:
     for name in error_model.TENSORS:
         out[f"budget/{tensor_path(name)}"] = b.fp32[name]
         out[f"budget_conv/{tensor_path(name)}"] = b.conv[name]
+    return out
+
+
+def grad_arrays(x, params, stats, y_bar, x_bar, params_bar, bw) -> dict:
+    """The gradient datasets of one case (format 2.1): ``grad/y_bar``, the reference's
+    ``grad/<t>``, the oracle's ``oracle/grad/<t>`` and their budgets."""
+    from resblock.golden.store import grad_path
+
+    b = error_model_backward.budgets(x, params, stats, y_bar, bw)
+    out = {"grad/y_bar": y_bar, "grad/x": np.asarray(x_bar),
+           "oracle/grad/x": bw.x_bar}
+    out.update(_flat("grad/params", params_bar, PARAM_NAMES))
+    out.update(_flat("oracle/grad/params", bw.params_bar, PARAM_NAMES))
+    for name in error_model_backward.GRAD_TENSORS:
+        out[f"budget/{grad_path(name)}"] = b.fp32[name]
+        out[f"budget_conv/{grad_path(name)}"] = b.conv[name]
     return out
 
 

@@ -32,7 +32,7 @@ class CompileWorker:
     itself: the worker only ever saves time.
     """
 
-    def __init__(self, groups, precision: str):
+    def __init__(self, groups, precision: str, grad: bool = False):
         self.dir = Path(tempfile.mkdtemp(prefix="resblock-compile-"))
         self.pid = os.fork()
         if self.pid == 0:  # child
@@ -45,7 +45,9 @@ class CompileWorker:
                 from resblock.generator.engine import compile_forward
 
                 for i, g in enumerate(groups):
-                    payload = serialize_executable.serialize(compile_forward(g[0], precision))
+                    exe = (compile_forward(g[0], precision, grad=True) if grad
+                           else compile_forward(g[0], precision))
+                    payload = serialize_executable.serialize(exe)
                     tmp = self.dir / f".exe-{i}"
                     tmp.write_bytes(pickle.dumps(payload))
                     os.replace(tmp, self.dir / f"exe-{i}")
@@ -101,7 +103,7 @@ def can_fork() -> bool:
 
 
 def generate_forked(groups, path, *, jobs, device, grid, force, progress, precision,
-                     cache_dir):
+                     cache_dir, grad=False):
     """Split groups over this process and ``jobs - 1`` forked children.
 
     Forking after the imports and before any JAX backend exists costs a child ~10 ms,
@@ -127,7 +129,7 @@ def generate_forked(groups, path, *, jobs, device, grid, force, progress, precis
                 try:
                     run._compute_into(b, shard, device=device, grid=grid, force=True,
                                   precision=precision, cache_dir=cache_dir,
-                                  compile_worker=False)
+                                  compile_worker=False, grad=grad)
                     code = 0
                 except BaseException:  # noqa: BLE001 - reported through the exit code
                     import traceback
@@ -136,7 +138,7 @@ def generate_forked(groups, path, *, jobs, device, grid, force, progress, precis
                 finally:
                     os._exit(code)
             children.append((pid, shard, b))
-        dev, runners = run._runners(device, precision)
+        dev, runners = run._runners(device, precision, grad)
         with GoldenWriter(path, force=force) as writer:
             run._compute_groups(bins[0], writer, runners, progress)
             for pid, shard, b in children:
@@ -161,19 +163,19 @@ def generate_forked(groups, path, *, jobs, device, grid, force, progress, precis
 
 
 def _worker(args):  # runs in a worker process
-    case_ids, path, device, grid, queue, precision, cache_dir = args
+    case_ids, path, device, grid, queue, precision, cache_dir, grad = args
     from resblock.generator.grid import group_cases as _group
     from resblock.spec.cases import Case
 
     groups = _group([Case.from_id(i) for i in case_ids])
     run._compute_into(groups, path, device=device, grid=grid, force=True, precision=precision,
-                  cache_dir=cache_dir,
+                  cache_dir=cache_dir, grad=grad,
                   progress=(lambda n: queue.put(n)) if queue is not None else None)
     return path
 
 
 def generate_spawned(groups, path, *, jobs, device, grid, force, progress, precision,
-                       cache_dir):
+                       cache_dir, grad=False):
     import multiprocessing as mp
     import queue as _queue
     from concurrent.futures import ProcessPoolExecutor
@@ -186,7 +188,7 @@ def generate_spawned(groups, path, *, jobs, device, grid, force, progress, preci
     try:
         bins = [b for b in plan(groups, jobs) if b]
         work = [([c.id for g in b for c in g], str(tmp / f"shard{i}.h5"), device, grid, q,
-                 precision, cache_dir) for i, b in enumerate(bins)]
+                 precision, cache_dir, grad) for i, b in enumerate(bins)]
         with ProcessPoolExecutor(len(work), mp_context=ctx) as pool:
             futures = [pool.submit(_worker, w) for w in work]
             while not all(f.done() for f in futures):

@@ -83,14 +83,14 @@ def configure_cache(cache_dir: str | None) -> str | None:
     return cache_dir
 
 
-def _runners(device: str, precision: str):
+def _runners(device: str, precision: str, grad: bool = False):
     import jax
 
     from resblock.generator.engine import ReferenceRunner
 
     dev = resolve_device(device)
     devices = [dev] if dev.platform == "cpu" else jax.local_devices(backend=dev.platform)
-    return dev, [ReferenceRunner(d, precision=precision) for d in devices]
+    return dev, [ReferenceRunner(d, precision=precision, grad=grad) for d in devices]
 
 
 def _compute_groups(groups, writer, runners, progress=None, compiler=None):
@@ -140,7 +140,7 @@ def _metadata(created, dev, precision, cache_dir, grid) -> dict:
 
 def _compute_into(groups, path, *, device: str, grid: dict, force: bool, progress=None,
                   precision: str = "highest", cache_dir: str | None = None,
-                  compile_worker: bool = True):
+                  compile_worker: bool = True, grad: bool = False):
     """Compute ``groups`` in this process and write them to ``path``.
 
     With ``compile_worker`` (and a CPU device, several groups, and a process that can
@@ -155,9 +155,9 @@ def _compute_into(groups, path, *, device: str, grid: dict, force: bool, progres
     # executable loaded from that cache does not survive re-serialization (XLA CPU).
     if compile_worker and cache_dir is None and device == "cpu" and len(groups) > 1 \
             and parallel.can_fork():
-        compiler = parallel.CompileWorker(groups, precision)
+        compiler = parallel.CompileWorker(groups, precision, grad)
     try:
-        dev, runners = _runners(device, precision)
+        dev, runners = _runners(device, precision, grad)
         with GoldenWriter(path, force=force) as writer:
             _compute_groups(groups, writer, runners, progress, compiler)
             return writer.finish(_metadata(created, dev, precision, cache_dir, grid))
@@ -169,10 +169,12 @@ def _compute_into(groups, path, *, device: str, grid: dict, force: bool, progres
 def generate(cases, path, *, preset: str | None = None, force: bool = False,
              device: str = "cpu", jobs: int | None = None, shard: str | None = None,
              precision: str = "highest", cache_dir: str | None = None,
-             progress: Callable[[int], None] | None = None) -> dict:
+             progress: Callable[[int], None] | None = None, grad: bool = False) -> dict:
     """Compute every case (or shard ``"K/N"`` of them), write ``path`` atomically, and
     return the metadata written. The metadata records the whole grid, so shards can be
-    merged and checked for gaps."""
+    merged and checked for gaps. ``grad``: also the backward (format 2.1 gradient
+    datasets: ``y_bar``, the reference's ``jax.vjp``, the oracle backward, budgets),
+    forward and VJP compiled as one program per shape group."""
     from resblock.errors import GoldenFormatError
     from resblock.generator.shard import parse_shard, shard_cases
 
@@ -190,11 +192,13 @@ def generate(cases, path, *, preset: str | None = None, force: bool = False,
     jobs = default_jobs(cases, groups) if jobs is None else max(1, min(jobs, len(groups)))
     if jobs == 1:
         return _compute_into(groups, path, device=device, grid=grid, force=force,
-                             progress=progress, precision=precision, cache_dir=cache_dir)
+                             progress=progress, precision=precision, cache_dir=cache_dir,
+                             grad=grad)
     if parallel.can_fork():
         return parallel.generate_forked(groups, path, jobs=jobs, device=device, grid=grid,
                                 force=force, progress=progress, precision=precision,
-                                cache_dir=cache_dir)
+                                cache_dir=cache_dir, grad=grad)
     return parallel.generate_spawned(groups, path, jobs=jobs, device=device, grid=grid,
                                      force=force,
-                              progress=progress, precision=precision, cache_dir=cache_dir)
+                              progress=progress, precision=precision, cache_dir=cache_dir,
+                              grad=grad)

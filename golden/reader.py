@@ -197,10 +197,11 @@ class GoldenFile:
     def _check_structure(self):
         import h5py
 
-        from resblock.golden.store import CASE_ARRAYS, expected_dtype, expected_shape
+        from resblock.golden.store import expected_dtype, expected_shape, group_arrays
 
         types = {np.dtype("<f4"): h5py.h5t.IEEE_F32LE, np.dtype("<f8"): h5py.h5t.IEEE_F64LE}
         self._datasets = {}  # (group, array name) -> the checked DatasetID
+        self._names = {}  # group -> its array names (CASE_ARRAYS, and GRAD_ARRAYS if any)
         groups = {g["name"]: g for g in self.metadata["groups"]}
         for g in groups.values():
             path = f"groups/{g['name']}"
@@ -214,7 +215,9 @@ class GoldenFile:
             if ids.shape != (g["size"],) or h5py.check_string_dtype(ids.dtype) is None:
                 self._fail(f"/{path}/case_ids is {ids.shape} {ids.dtype}; expected "
                            f"({g['size']},) strings")
-            for name in CASE_ARRAYS:
+            names = group_arrays(("grad/y_bar",) if grp.links.exists(b"grad") else ())
+            self._names[g["name"]] = names
+            for name in names:
                 want = (g["size"],) + expected_shape(name, g["n"], g["h"], g["w"], g["features"])
                 want_type = types[expected_dtype(name)]
                 ds = self._dataset(f"{path}/{name}", want, want_type, loc=grp, name=name)
@@ -250,12 +253,12 @@ class GoldenFile:
 
     def hash_problems(self) -> list[str]:
         """Recompute every case hash and the content hash; describe each mismatch."""
-        from resblock.golden.store import CASE_ARRAYS, case_sha256, content_sha256, index_fields
+        from resblock.golden.store import case_sha256, content_sha256, index_fields
 
         problems = []
         for e in self.entries:
             arrays = self._group_arrays(e["group"])
-            got = case_sha256(e["id"], {k: arrays[k][e["row"]] for k in CASE_ARRAYS},
+            got = case_sha256(e["id"], {k: arrays[k][e["row"]] for k in self._names[e["group"]]},
                               index_fields(e))
             if got != e["sha256"]:
                 problems.append(f"case {e['id']}: content hash mismatch (data was modified)")
@@ -279,13 +282,13 @@ class GoldenFile:
     def _group_arrays(self, group: str) -> dict[str, np.ndarray]:
         import h5py
 
-        from resblock.golden.store import CASE_ARRAYS, expected_dtype
+        from resblock.golden.store import expected_dtype
 
         arrays = self._cache.get(group)
         if arrays is None:
             try:  # through the datasets checked on open: low-level reads, ~6x faster
                 arrays = {}
-                for name in CASE_ARRAYS:
+                for name in self._names[group]:
                     ds = self._datasets[(group, name)]
                     a = np.empty(ds.shape, dtype=expected_dtype(name))
                     ds.read(h5py.h5s.ALL, h5py.h5s.ALL, a)

@@ -53,6 +53,30 @@ BUDGET_TENSORS = (
 BUDGET_ARRAYS = tuple(f"{kind}/{t}" for kind in ("budget", "budget_conv")
                       for t in BUDGET_TENSORS)
 CASE_ARRAYS = INPUT_ARRAYS + REFERENCE_ARRAYS + ORACLE_ARRAYS + BUDGET_ARRAYS
+# Optional per group (format 2.1): the backward of spec section 10. ``grad/y_bar`` is the
+# cotangent, ``grad/<t>`` the reference's gradient (jax.vjp of the Flax block, float32),
+# ``oracle/grad/<t>`` the float64 oracle backward, ``budget[_conv]/grad/<t>`` its budgets;
+# ``<t>`` is ``x`` or ``params/<Layer>/<leaf>``. A group has all of them or none.
+GRAD_TENSORS = ("x",) + tuple(f"params/{p}" for p in PARAM_NAMES)
+GRAD_ARRAYS = (("grad/y_bar",) + tuple(f"grad/{t}" for t in GRAD_TENSORS)
+               + tuple(f"{kind}/grad/{t}" for kind in ("oracle", "budget", "budget_conv")
+                       for t in GRAD_TENSORS))
+
+
+def group_arrays(names) -> tuple[str, ...]:
+    """The array names a group holds: CASE_ARRAYS, and GRAD_ARRAYS when ``names`` (what
+    a group or a set of arrays has) includes ``grad/y_bar``."""
+    return CASE_ARRAYS + GRAD_ARRAYS if "grad/y_bar" in names else CASE_ARRAYS
+
+
+def grad_path(name: str) -> str:
+    """Where a gradient lives under ``grad/``, ``oracle/grad/``, ``budget[_conv]/grad/``:
+    "x" -> "grad/x", "Conv_0/kernel" -> "grad/params/Conv_0/kernel"."""
+    if name == "x":
+        return "grad/x"
+    if name in PARAM_NAMES:
+        return f"grad/params/{name}"
+    raise KeyError(f"no gradient named {name!r}")
 
 
 def tensor_path(name: str) -> str:
@@ -70,7 +94,8 @@ def tensor_path(name: str) -> str:
 def expected_shape(name: str, n: int, h: int, w: int, f: int) -> tuple[int, ...]:
     """Per-case shape of array ``name`` for a group of shape (n, h, w, f)."""
     leaf = name.rsplit("/", 1)[-1]
-    if name == "x" or name.endswith("y") or "stages/" in name:
+    if name == "x" or name.endswith("y") or "stages/" in name or name.endswith(("grad/x",
+                                                                                   "y_bar")):
         return (n, h, w, f)
     if leaf == "kernel":
         return (3, 3, f, f)
@@ -152,16 +177,17 @@ class GoldenWriter:
         """Write one shape group: ``arrays`` maps CASE_ARRAYS names to stacked arrays."""
         first = cases[0]
         n, h, w, f = first.n, first.h, first.w, first.features
-        missing = set(CASE_ARRAYS) - set(arrays)
+        names = group_arrays(arrays)
+        missing = set(names) - set(arrays)
         if missing:
             raise GoldenFormatError(f"group {first.group}: missing arrays {sorted(missing)}")
-        self._check_space(sum(np.asarray(arrays[k]).nbytes for k in CASE_ARRAYS))
+        self._check_space(sum(np.asarray(arrays[k]).nbytes for k in names))
         g = self._f.create_group(f"groups/{first.group}")
         g.create_dataset(
             "case_ids", data=np.array([c.id for c in cases], dtype=object),
             dtype=_str_dtype(), track_times=False,
         )
-        for name in CASE_ARRAYS:
+        for name in names:
             a = np.ascontiguousarray(arrays[name], dtype=expected_dtype(name))
             want = (len(cases),) + expected_shape(name, n, h, w, f)
             if a.shape != want:
@@ -169,7 +195,7 @@ class GoldenWriter:
             g.create_dataset(name, data=a, track_times=False)
         for row, (case, extra) in enumerate(zip(cases, extras, strict=True)):
             entry = {"id": case.id, **case.to_dict(), "group": case.group, "row": row, **extra}
-            entry["sha256"] = case_sha256(case.id, {k: arrays[k][row] for k in CASE_ARRAYS},
+            entry["sha256"] = case_sha256(case.id, {k: arrays[k][row] for k in names},
                                           index_fields(entry))
             self.entries.append(entry)
         self.groups.append(
@@ -178,7 +204,7 @@ class GoldenWriter:
 
     def copy_group(self, cases: list[Case], rows: list[GoldenCase]) -> None:
         """Write stored cases (read from another golden file) as one shape group."""
-        arrays = {k: np.stack([r.arrays[k] for r in rows]) for k in CASE_ARRAYS}
+        arrays = {k: np.stack([r.arrays[k] for r in rows]) for k in group_arrays(rows[0].arrays)}
         # Every index field but those the case id and its place determine: kappa,
         # ref_score and whatever else the generator recorded travel with the case.
         own = ("id", "group", "row", "sha256")
@@ -218,7 +244,8 @@ class GoldenWriter:
         size = self.tmp.stat().st_size if self.tmp.exists() else 0
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
         room = free if limit == resource.RLIM_INFINITY else min(free, limit - size)
-        need = nbytes + nbytes // 10 + 2048 * len(CASE_ARRAYS) + 2**16  # and HDF5's headers
+        need = (nbytes + nbytes // 10 + 2048 * len(CASE_ARRAYS + GRAD_ARRAYS)
+                + 2**16)  # and HDF5's headers
         if need > room:
             raise GoldenFormatError(
                 f"cannot write {self.path}: the next write needs about {need / 1e6:.2f} "
@@ -354,6 +381,27 @@ class GoldenCase:
         from resblock.spec.error_model import bound_from
 
         t = tensor_path(name)
+        return bound_from(self.arrays[f"budget/{t}"], self.arrays[f"budget_conv/{t}"],
+                          prof.u_conv)
+
+    @property
+    def has_grad(self) -> bool:
+        """Whether the case carries the backward (format 2.1 gradient datasets)."""
+        return "grad/y_bar" in self.arrays
+
+    @property
+    def y_bar(self):
+        return self.arrays["grad/y_bar"]
+
+    def grad_reference(self, name: str) -> np.ndarray:
+        """The float64 oracle gradient of ``name`` ("x" or a parameter, "Conv_0/kernel")."""
+        return self.arrays[f"oracle/{grad_path(name)}"]
+
+    def grad_bound(self, name: str, prof) -> np.ndarray:
+        """Per-element bound of a gradient under a tolerance profile (float64)."""
+        from resblock.spec.error_model import bound_from
+
+        t = grad_path(name)
         return bound_from(self.arrays[f"budget/{t}"], self.arrays[f"budget_conv/{t}"],
                           prof.u_conv)
 

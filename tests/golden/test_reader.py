@@ -116,7 +116,7 @@ def test_newer_format_version(golden, rewrite_metadata):
     path, meta = golden
     meta["format_version"] = "3.0.0"
     rewrite_metadata(path, meta)
-    _open_fails(path, "format version 3.0.0, but this kit reads format 2.0.0")
+    _open_fails(path, "format version 3.0.0, but this kit reads format 2.1.0")
 
 
 def test_format_1_files_get_a_regeneration_message(golden, rewrite_metadata):

@@ -1,0 +1,77 @@
+"""Gradient datasets in golden files (format 2.1): written per group by ``generate(grad=True)``,
+covered by the case hash, forward arrays bit-identical to a forward-only file, and the
+reference's ``jax.vjp`` within the oracle's backward budgets.
+"""
+
+import h5py
+import numpy as np
+import pytest
+
+from resblock.generator.run import generate
+from resblock.golden.reader import GoldenFile
+from resblock.golden.store import GRAD_ARRAYS
+from resblock.spec.cases import Case
+
+CASES = [Case("functional", "normal", 2, 3, 3, 2, 0), Case("seeded", "normal", 1, 4, 4, 4, 0)]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    d = tmp_path_factory.mktemp("grad")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOURCE_DATE_EPOCH", "1700000000")
+        generate(CASES, d / "fwd.h5")
+        generate(CASES, d / "grad.h5", grad=True)
+    return d / "fwd.h5", d / "grad.h5"
+
+
+def test_forward_arrays_identical_and_gradients_present(pair):
+    fwd, grad = pair
+    with GoldenFile(fwd) as a, GoldenFile(grad) as b:
+        assert a.hash_problems() == [] and b.hash_problems() == []
+        for c in CASES:
+            ca, cb = a.case(c.id), b.case(c.id)
+            assert not ca.has_grad and cb.has_grad
+            assert set(cb.arrays) - set(ca.arrays) == set(GRAD_ARRAYS)
+            for k, v in ca.arrays.items():
+                assert np.array_equal(v, cb.arrays[k]), k
+            assert cb.y_bar.shape == c.x_shape and cb.y_bar.dtype == np.float32
+
+
+def test_reference_gradients_within_the_backward_budgets(pair):
+    from resblock.conformance.variants_backward import backward_score
+    from resblock.golden.store import grad_path
+    from resblock.spec import tolerance
+    from resblock.spec.error_model_backward import GRAD_TENSORS
+
+    with GoldenFile(pair[1]) as gf:
+        for gc in gf.iter_cases():
+            ref = {n: gc.arrays[grad_path(n)] for n in GRAD_TENSORS}
+            assert backward_score(gc, ref, tolerance.profile("fp32")) < 0.1
+
+
+def test_case_hash_covers_gradients(pair, tmp_path):
+    import shutil
+
+    path = tmp_path / "edited.h5"
+    shutil.copy(pair[1], path)
+    with h5py.File(path, "r+") as f:
+        ds = f["groups/n2_h3_w3_f2/oracle/grad/params/Conv_1/kernel"]
+        a = ds[()]
+        a[0, 0, 0, 0, 0] += 1e-9
+        ds[...] = a
+    with GoldenFile(path) as gf:
+        assert any("content hash mismatch" in p for p in gf.hash_problems())
+
+
+def test_partial_gradient_group_is_refused(pair, tmp_path):
+    import shutil
+
+    from resblock.errors import GoldenFormatError
+
+    path = tmp_path / "partial.h5"
+    shutil.copy(pair[1], path)
+    with h5py.File(path, "r+") as f:
+        del f["groups/n2_h3_w3_f2/budget/grad/x"]
+    with pytest.raises(GoldenFormatError, match="budget/grad/x is missing"):
+        GoldenFile(path)
