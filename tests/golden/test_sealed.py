@@ -84,6 +84,8 @@ def test_verify_rederives_replaced_inputs(golden, rewrite_metadata):
     assert not v.ok
     assert (f"{path}: case {e['id']}: stored x differs from the input derived from the case "
             "id: the file's inputs were replaced") in v.problems
+    r = CliRunner().invoke(cli, ["verify", "--no-derive", str(path)])
+    assert r.exit_code == 1 and "derived from the case id" not in r.output  # skipped
 
 
 def test_verify_says_when_it_could_not_rederive(smoke_golden, monkeypatch):
