@@ -176,3 +176,21 @@ def test_a_clean_copy_still_opens(golden, tmp_path):
     shutil.copyfile(path, copy)
     with GoldenFile(copy) as gf:
         assert gf.entries and not gf.hash_problems()
+
+
+def test_a_forged_metadata_length_is_refused_without_allocating_it(golden):
+    # /metadata is a variable-length string: its length lives in HDF5's global heap. A
+    # heap object claiming 12 GB in a small file is rejected by HDF5 itself (the read
+    # would pass the end of the file) before anything is allocated: one line here.
+    import struct
+
+    path, _ = golden
+    with h5py.File(path, "r") as f:
+        text = f["metadata"][()]
+    data = bytearray(path.read_bytes())
+    at = data.find(struct.pack("<Q", len(text)) + text[:16])
+    assert at > 0
+    struct.pack_into("<Q", data, at, 12 * 10**9)
+    path.write_bytes(bytes(data))
+    with pytest.raises(GoldenFormatError, match="damaged HDF5 structure"):
+        GoldenFile(path)
