@@ -301,3 +301,34 @@ def test_sigterm_ends_an_exec_program_its_children_and_its_folder(tmp_path, smok
     time.sleep(0.2)
     assert not alive(program) and not alive(child)
     assert os.listdir(tmp) == []  # the program's input/output folder is gone
+
+
+def test_a_killed_checker_takes_its_worker_along(tmp_path, smoke):
+    # SIGKILL cannot be handled: the kernel ends the worker (PR_SET_PDEATHSIG, Linux).
+    if not sys.platform.startswith("linux"):
+        pytest.skip("parent-death signal is Linux only")
+    pids = tmp_path / "pids"
+    target = write(tmp_path, "hang.py", f"""
+import os, time
+def forward(x, params, stats):
+    with open({str(pids)!r}, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(600)
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "resblock", "check", "-q", "--impl", target,
+                             "--goldens", str(smoke)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pids.exists() and pids.read_text()):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        worker = int(pids.read_text())
+        proc.kill()
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    deadline = time.monotonic() + 10
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(worker)
