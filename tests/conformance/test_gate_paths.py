@@ -3,7 +3,8 @@
 running statistics must fail), and the pytest plugin's goldens, layout and api options.
 
 Each test here fails under a product mutation that the rest of the suite tolerated:
-``--exec`` dropping the running statistics, the plugin ignoring an option.
+``--exec`` dropping the running statistics, the plugin ignoring an option, the
+diagnosis of an NCHW port skipping the layout conversion.
 """
 
 from __future__ import annotations
@@ -147,3 +148,22 @@ def forward(seed, x, features):
     result.assert_outcomes(passed=2)  # the smoke set's two seeded cases only
     result = pytester.runpytest_inprocess(*args)  # functional: every case is an error
     result.assert_outcomes(failed=5)
+
+
+def test_a_failing_nchw_port_is_diagnosed_in_its_layout(smoke_golden, tmp_path, monkeypatch):
+    # The diagnosis compares the port's results (NCHW) with NHWC pitfall twins: without
+    # the layout conversion it would end in a traceback instead of naming the mistake.
+    from click.testing import CliRunner
+
+    from resblock.cli import cli
+
+    (tmp_path / "nchw_wrong.py").write_text(
+        NCHW.replace("_m.forward(np.transpose", "_wrong(np.transpose")
+        + "\nfrom resblock.conformance.variants import make_forward\n"
+          "_wrong = make_forward('missing_residual')\n")
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["check", "-q", "--in-process", "--layout", "nchw", "--impl",
+                                 "nchw_wrong.py:forward", "--goldens", str(smoke_golden[0])])
+    assert r.exit_code == 1, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    assert "missing_residual" in r.output
