@@ -45,11 +45,20 @@ def twin_outputs(gc, errors: dict | None = None) -> dict:
     return out
 
 
+# A rounding twin (TF32, bf16) explains a result only if the result's own error is of
+# that format's size: at most this many times the twin's own deviation from the oracle
+# (truncation errs up to twice as far as the twin's round-to-nearest, plus spread).
+ROUNDING_SIZE = 3.0
+
+
 def match_scores(gc, y, stats, prof, twins: dict) -> dict:
     """How closely ``(y, stats)`` reproduces each twin: ``{name: (score, match)}``, the
     worst score against the twin's results under the case's bounds for ``prof`` (one
     yardstick for every twin), and under the pitfall's own ``match_profile`` when that
-    is looser (a rounding twin reproduces a port only to within its format's rounding)."""
+    is looser (a rounding twin reproduces a port only to within its format's rounding).
+    For such a twin ``match`` is ``inf`` unless the result deviates from the oracle by
+    no more than :data:`ROUNDING_SIZE` times the twin itself does (under that profile):
+    a small logic error is not a rounding mode."""
     from resblock.conformance.pitfalls import lookup
 
     out = {}
@@ -61,8 +70,11 @@ def match_scores(gc, y, stats, prof, twins: dict) -> dict:
         score = tolerance.worst_score(gc, y, stats, prof, ref_y=vy, ref_stats=vstats)
         want = lookup(name).match_profile
         if tolerance.PROFILES.index(want) > tolerance.PROFILES.index(prof.name):
-            match = tolerance.worst_score(gc, y, stats, tolerance.profile(want), ref_y=vy,
-                                          ref_stats=vstats)
+            loose = tolerance.profile(want)
+            match = tolerance.worst_score(gc, y, stats, loose, ref_y=vy, ref_stats=vstats)
+            own = tolerance.worst_score(gc, vy, vstats, loose)
+            if tolerance.worst_score(gc, y, stats, loose) > ROUNDING_SIZE * own:
+                match = np.inf
         else:
             match = score
         out[name] = (score, match)
@@ -75,8 +87,7 @@ def best_match(d_ref: float, scores: dict) -> str | None:
     closest twin when it is ten times closer than the oracle."""
     if not scores:
         return None
-    # Within a twin's own tolerance, and nearer to it than to the oracle: a bf16 twin's
-    # loose bound holds many results that are off for another reason entirely.
+    # Within a twin's own tolerance, and nearer to it than to the oracle.
     within = [k for k in scores if scores[k][1] <= 1.0 and scores[k][0] < max(d_ref, 1.0)]
     if within:
         # bf16's bound also holds a TF32 result and the reverse can hold too: several
@@ -91,6 +102,14 @@ def best_match(d_ref: float, scores: dict) -> str | None:
 def diagnose_case(gc, result, config, prof, twins: dict | None = None) -> str | None:
     """The name of the pitfall whose variant best explains ``result``, or None."""
     c = gc.case
+    if config.api == "backward":
+        from resblock.conformance.variants_backward import diagnose_backward
+
+        try:
+            grads = adapters.split_backward(result, c, config.layout)
+        except (adapters.ContractError, ValueError, AttributeError, TypeError):
+            return None
+        return diagnose_backward(gc, grads, prof)
     try:
         y, stats, _ = adapters.split_result(result, config.api)
         y = np.asarray(y, dtype=np.float64)

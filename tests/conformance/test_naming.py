@@ -108,3 +108,15 @@ def test_edited_c_program_is_named_through_exec(mistake, tmp_path):
     template = f"{exe} {{input}} {{output}}"
     run = _check(invoke.Program(template, 30.0), template, program=True)
     assert _named(run) == mistake, run.pitfalls.most_common(3)
+
+
+def test_a_mistake_outside_the_table_is_rejected_but_not_misnamed(tmp_path):
+    """eps = 2e-5 is no pitfall of the table: rejected on the low-amplitude cases, and
+    never passed off as a rounding mode (bf16's loose bound holds such small errors)."""
+    pytest.importorskip("jax")
+    path = _edited(EXAMPLES / "jax_lax.py", tmp_path / "port_eps2e5.py",
+                   [("EPS = 1e-5", "EPS = 2e-5")])
+    target = f"{path}:forward"
+    run = _check(invoke.InProcess(load_target(target), "functional", "nhwc"), target)
+    assert not run.conforms and run.count("fail") >= 5
+    assert not set(run.pitfalls) & {"bf16_conv", "tf32_conv"}, run.pitfalls
