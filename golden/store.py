@@ -269,7 +269,8 @@ class GoldenWriter:
             self._f = None
         finally:
             self._remove_tmp()
-        if isinstance(exc, (OSError, RuntimeError)):  # disk full, quota: one line, no tmp
+        if isinstance(exc, OSError) or (isinstance(exc, RuntimeError)  # disk full, quota
+                                        and "write failed" in str(exc)):
             raise GoldenFormatError(f"writing {self.path} failed: {os_reason(exc)}; the "
                                     "temporary file was removed") from None
         return False
