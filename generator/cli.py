@@ -157,7 +157,7 @@ def generate(ctx, output, preset, families, inputs, seeds, shapes, features, bat
         cases = grid.preset_cases(preset) if preset else grid.axes_cases(
             families=families, inputs=inputs, batches=batch, shapes=shapes,
             features=features, seeds=seeds)
-        resources.check_memory(cases, memory_limit)
+        resources.check_memory(cases, memory_limit, grad=grad)
     except GridError as e:
         raise click.UsageError(str(e)) from None
     import importlib.util

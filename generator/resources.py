@@ -37,21 +37,23 @@ def check_grid_size(axes: dict) -> None:
                         "split it over runs (--shard K/N) or narrow the axes")
 
 
-def case_bytes(n: int, h: int, w: int, f: int) -> int:
-    """Bytes a golden file stores for one case of shape (n, h, w, f)."""
-    from resblock.golden.store import CASE_ARRAYS, expected_dtype, expected_shape
+def case_bytes(n: int, h: int, w: int, f: int, grad: bool = False) -> int:
+    """Bytes a golden file stores for one case of shape (n, h, w, f) (with ``grad``, the
+    backward arrays too)."""
+    from resblock.golden.store import expected_dtype, expected_shape, group_arrays
 
+    names = group_arrays(("grad/y_bar",) if grad else ())
     return sum(int(np.prod(expected_shape(name, n, h, w, f), dtype=np.int64))
-               * expected_dtype(name).itemsize for name in CASE_ARRAYS)
+               * expected_dtype(name).itemsize for name in names)
 
 
-def group_memory(cases) -> list[tuple[str, int, int]]:
+def group_memory(cases, grad: bool = False) -> list[tuple[str, int, int]]:
     """``[(group, cases, estimated bytes while computed)]``, largest first."""
     groups: dict[str, list] = {}
     for c in cases:
         groups.setdefault(c.group, []).append(c)
     out = [(g, len(cs), WORKING_FACTOR * len(cs) * case_bytes(cs[0].n, cs[0].h, cs[0].w,
-                                                              cs[0].features))
+                                                              cs[0].features, grad))
            for g, cs in groups.items()]
     return sorted(out, key=lambda t: -t[2])
 
@@ -69,13 +71,13 @@ def default_limit() -> int | None:
     return None if mem is None else int(0.8 * mem)
 
 
-def check_memory(cases, limit_gb: float | None = None) -> None:
+def check_memory(cases, limit_gb: float | None = None, grad: bool = False) -> None:
     """Refuse a grid whose largest shape group would not fit in ``limit_gb`` gigabytes
-    (default: :func:`default_limit`)."""
+    (default: :func:`default_limit`); ``grad``: the backward arrays are stored too."""
     limit = default_limit() if limit_gb is None else int(limit_gb * 1e9)
     if limit is None or not cases:
         return
-    group, k, need = group_memory(cases)[0]
+    group, k, need = group_memory(cases, grad)[0]
     if need > limit:
         which = ("--memory-limit" if limit_gb is not None
                  else "80% of this machine's memory")

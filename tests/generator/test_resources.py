@@ -75,3 +75,16 @@ def test_no_progress_line_off_a_terminal_and_a_note_on_seeded_batches(tmp_path, 
     assert r.exit_code == 0, r.output
     assert "note: seeded cases take batch 1 only" in r.output
     assert "\ncases" not in r.output and not r.output.startswith("cases")
+
+
+def test_the_backward_arrays_count_when_stored():
+    from resblock.golden.store import CASE_ARRAYS, GRAD_ARRAYS
+
+    fwd, both = resources.case_bytes(2, 4, 4, 8), resources.case_bytes(2, 4, 4, 8, grad=True)
+    assert both > fwd and len(GRAD_ARRAYS) > 0 and len(CASE_ARRAYS) > 0
+    big = [Case("functional", "normal", 1, 300, 300, 8, 0)]
+    need = resources.group_memory(big, grad=True)[0][2]
+    resources.check_memory(big, need / 1e9 + 0.01, grad=True)
+    with pytest.raises(GridError):
+        resources.check_memory(big, need / 1e9 - 0.01, grad=True)
+    resources.check_memory(big, need / 1e9 - 0.01)  # forward only: fits
