@@ -23,7 +23,7 @@ def to_user_layout(x, params, layout: str):
         return x, params
     x = np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2)))
     p = {k: dict(v) for k, v in params.items()}
-    for layer in ("Conv_0", "Conv_1"):
+    for layer in [name for name in ("Conv_0", "Conv_1") if name in p]:
         p[layer]["kernel"] = np.ascontiguousarray(np.transpose(p[layer]["kernel"], (3, 2, 0, 1)))
     return x, p
 
@@ -139,6 +139,44 @@ def split_result(result, api: str):
     if inter is not None and not isinstance(inter, dict):
         raise ContractError("the optional third return value must be a dict {stage: array}")
     return result[0], result[1], inter
+
+
+def split_backward(result, case, layout: str) -> dict:
+    """Validate a backward result ``(x_bar, params_bar)`` and return the flat gradients
+    ``{"x": (N,H,W,C), "Conv_0/kernel": (3,3,C,F) HWIO, ...}`` in the kit's layout."""
+    if hasattr(result, "unfreeze") or not isinstance(result, (tuple, list)) or \
+            len(result) != 2:
+        items = f" of {len(result)} items" if isinstance(result, (tuple, list)) else ""
+        raise ContractError(f"backward returned {type(result).__name__}{items}; expected a "
+                            "tuple (x_bar, params_bar)")
+    x_bar, pbar = result
+    c = case
+    want = (c.n, c.h, c.w, c.features) if layout == "nhwc" else (c.n, c.features, c.h, c.w)
+    other = "nchw" if layout == "nhwc" else "nhwc"
+    x_bar = check_array(x_bar, "x_bar", want, f"is the implementation {other.upper()}? try "
+                        f"--layout {other}")
+    out = {"x": output_from_user_layout(x_bar, layout)}
+    if hasattr(pbar, "unfreeze"):
+        pbar = pbar.unfreeze()
+    if not isinstance(pbar, dict) or any(isinstance(k, str) and "/" in k for k in pbar):
+        raise ContractError(f"params_bar is a {type(pbar).__name__}"
+                            f"{' with flat keys' if isinstance(pbar, dict) else ''}; expected "
+                            "a dict nested like params: {'Conv_0': {'kernel', 'bias'}, "
+                            "'BatchNorm_0': {'scale', 'bias'}, ...}")
+    f = c.features
+    kshape = (3, 3, f, f) if layout == "nhwc" else (f, f, 3, 3)
+    for name in PARAM_NAMES:
+        layer, leaf = name.split("/")
+        if layer not in pbar or not isinstance(pbar[layer], dict) or leaf not in pbar[layer]:
+            have = {k: sorted(v) if isinstance(v, dict) else type(v).__name__
+                    for k, v in pbar.items()}
+            raise ContractError(f"params_bar lacks {layer}/{leaf}; got {have}")
+        a = check_array(pbar[layer][leaf], f"params_bar {name}",
+                        kshape if leaf == "kernel" else (f,))
+        if leaf == "kernel" and layout == "nchw":
+            a = np.transpose(a, (2, 3, 1, 0))  # OIHW -> HWIO
+        out[name] = a
+    return out
 
 
 def flat_params(params: dict) -> dict:

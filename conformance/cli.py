@@ -15,8 +15,11 @@ import click
               help="package.module:function or path/to/file.py:function")
 @click.option("--exec", "exec_", metavar="'PROGRAM ARGS {input} {output}'",
               help="Run a program per shape group (protocol: spec/PROGRAM_PROTOCOL.md).")
-@click.option("--api", type=click.Choice(["functional", "seeded"]), default="functional",
-              show_default=True)
+@click.option("--api", type=click.Choice(["functional", "seeded", "backward"]),
+              default="functional", show_default=True,
+              help="functional: forward(x, params, batch_stats); seeded: f(seed, x, "
+                   "features); backward: backward(x, params, batch_stats, y_bar) -> (x_bar, "
+                   "params_bar), judged on the gradient goldens (spec section 10).")
 @click.option("--layout", type=click.Choice(["nhwc", "nchw"]), default="nhwc",
               show_default=True, help="The implementation's layout; the kit converts.")
 @click.option("--goldens", "goldens", multiple=True, type=click.Path(dir_okay=False),
@@ -75,7 +78,7 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
         from resblock.conformance.targets import check_arity, load_target
 
         fn = load_target(impl)
-        check_arity(fn, impl)
+        check_arity(fn, impl, api)
         invoker = invoke.InProcess(fn, api, layout)
     else:
         invoker = invoke.Worker(impl, api, layout, timeout)

@@ -7,7 +7,7 @@ got and bound, in the implementation's own layout).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -115,6 +115,19 @@ def compare_case(gc, y, stats, prof, layout="nhwc") -> list[TensorReport]:
             reports.append(compare_tensor(name, stats[name], gc.reference(name),
                                           gc.bound(name, prof)))
     return reports
+
+
+def compare_backward(gc, grads: dict, prof, layout="nhwc") -> list[TensorReport]:
+    """Reports for ``x_bar`` and every parameter gradient (flat NHWC/HWIO ``grads``),
+    named ``x_bar`` and ``<Layer>/<leaf>_bar``."""
+    out = []
+    for name, got in grads.items():
+        label = "x_bar" if name == "x" else f"{name}_bar"
+        rep = compare_tensor(label, got, gc.grad_reference(name), gc.grad_bound(name, prof))
+        if name == "x":
+            rep = replace(rep, worst_index=user_index(rep.worst_index, layout))
+        out.append(rep)
+    return out
 
 
 def first_diverging_stage(gc, intermediates: dict, prof) -> str | None:

@@ -27,8 +27,11 @@ class Outcome:
 
 def case_inputs(gc) -> dict:
     """The picklable inputs of a golden case (NHWC, kit layout)."""
-    return {"x": gc.x, "params": gc.params, "stats": gc.batch_stats_in,
-            "seed": gc.case.seed, "features": gc.case.features}
+    out = {"x": gc.x, "params": gc.params, "stats": gc.batch_stats_in,
+           "seed": gc.case.seed, "features": gc.case.features}
+    if gc.has_grad:
+        out["y_bar"] = gc.y_bar
+    return out
 
 
 def _plain(obj):
@@ -67,10 +70,15 @@ def call_once(fn, api: str, layout: str, inputs: dict, catch=IN_PROCESS_CATCH) -
     the run)."""
     x, params = to_user_layout(inputs["x"], inputs["params"], layout)
     xf, pf, sf = frozen_copy(x), frozen_tree(params), frozen_tree(inputs["stats"])
+    if api == "backward":
+        y_bar, _ = to_user_layout(inputs["y_bar"], {}, layout)
+        ybf = frozen_copy(y_bar)
     t0 = time.perf_counter()
     try:
         if api == "seeded":
             result = fn(inputs["seed"], xf[0], inputs["features"])
+        elif api == "backward":
+            result = fn(xf, pf, sf, ybf)
         else:
             result = fn(xf, pf, sf)
         result = _plain(result)
@@ -94,6 +102,8 @@ def call_once(fn, api: str, layout: str, inputs: dict, catch=IN_PROCESS_CATCH) -
     mutated = []
     if not np.array_equal(xf, x):
         mutated.append("x")
+    if api == "backward" and not np.array_equal(ybf, y_bar):
+        mutated.append("y_bar")
     for tree_name, got, want in (("params", pf, params), ("batch_stats", sf, inputs["stats"])):
         for layer, leaves in want.items():
             for leaf, a in leaves.items():
@@ -159,7 +169,7 @@ def _worker_main(conn, target, api, layout, parent_pid):  # runs in the worker p
 
         try:
             fn = load_target(target)
-            check_arity(fn, target)
+            check_arity(fn, target, api)
         except TargetError as e:
             conn.send(("load_error", clean_text(str(e))))
             return

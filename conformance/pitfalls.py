@@ -407,6 +407,10 @@ def lookup(name: str) -> Pitfall:
     try:
         return _BY_NAME[name]
     except KeyError:
+        from resblock.conformance.variants_backward import BACKWARD_BY_NAME as backward_rows
+
+        if name in backward_rows:  # a backward pitfall (--api backward): same fields
+            return backward_rows[name]
         close = difflib.get_close_matches(name, _BY_NAME, n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise KeyError(

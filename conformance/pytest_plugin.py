@@ -13,7 +13,8 @@ def pytest_addoption(parser):
     g = parser.getgroup("resblock", "ResNet basic block conformance (resblock)")
     g.addoption("--resblock-impl", metavar="TARGET", default=None,
                 help="module:function or file.py:function to check against the goldens")
-    g.addoption("--resblock-api", choices=["functional", "seeded"], default="functional")
+    g.addoption("--resblock-api", choices=["functional", "seeded", "backward"],
+                default="functional")
     g.addoption("--resblock-layout", choices=["nhwc", "nchw"], default="nhwc")
     g.addoption("--resblock-profile", choices=["fp32", "tf32", "bf16"], default="fp32")
     g.addoption("--resblock-goldens", action="append", default=None, metavar="PATH")
@@ -96,6 +97,10 @@ def pytest_collection_modifyitems(session, config, items):
                           profile=config.getoption("--resblock-profile"))
         fn = load_target(target)
         files = open_goldens(config.getoption("--resblock-goldens") or default_goldens())
+        if cfg.api == "backward":
+            from resblock.conformance.runner import check_gradients
+
+            check_gradients(files)
     except HarnessError as e:
         raise pytest.UsageError(f"resblock: {e}") from None
     _OPEN_FILES.extend(files)

@@ -20,7 +20,7 @@ from resblock.conformance.select import compile_keyword, read_xfail, xfail_for
 from resblock.errors import GoldenFormatError, HarnessError
 from resblock.spec import tolerance
 
-APIS = ("functional", "seeded")
+APIS = ("functional", "seeded", "backward")
 MAX_TIMEOUT_S = 7 * 86400.0
 
 
@@ -128,6 +128,8 @@ def _judge(gc, outcome, config: CheckConfig, prof) -> CaseResult:
 
         res.message = clean_text(outcome.error) + _layout_hint(outcome.error, config)
         return res
+    if config.api == "backward":
+        return _judge_backward(gc, outcome, config, prof, res)
     c = gc.case
     try:
         y, stats, inter = adapters.split_result(outcome.result, config.api)
@@ -177,6 +179,46 @@ def _judge(gc, outcome, config: CheckConfig, prof) -> CaseResult:
     return res
 
 
+def _judge_backward(gc, outcome, config: CheckConfig, prof, res: CaseResult) -> CaseResult:
+    """Judge ``(x_bar, params_bar)`` against the oracle backward (spec section 10)."""
+    from resblock.conformance.compare import compare_backward
+
+    try:
+        grads = adapters.split_backward(outcome.result, gc.case, config.layout)
+    except ContractError as e:
+        from resblock.conformance.invoke import clean_text
+
+        res.message = clean_text(str(e))
+        return res
+    res.tensors = compare_backward(gc, grads, prof, config.layout)
+    problems = []
+    if outcome.mutated:
+        problems.append("modified its inputs in place: " + ", ".join(outcome.mutated))
+    bad = res.failing_tensors
+    if bad:
+        problems.append("out of tolerance: " + ", ".join(t.name for t in bad))
+    nonfinite = sum(int(np.count_nonzero(~np.isfinite(a))) for a in grads.values())
+    if nonfinite:
+        problems.append(f"{nonfinite} gradient values are NaN or Inf")
+    res.status = "fail" if problems else "pass"
+    res.message = "; ".join(problems)
+    return res
+
+
+def check_gradients(files) -> None:
+    """Refuse, in one line, golden files whose groups lack the gradient datasets."""
+    for f in files:
+        if not all(f.group_has_grad(g["name"]) for g in f.metadata["groups"]):
+            v = f.metadata["format_version"]
+            why = f"format {v} predates them" if v.startswith("2.0.") else \
+                "generated without --grad"
+            raise GoldenFormatError(
+                f"{f.path}: no gradient datasets ({why}), so --api backward has nothing to "
+                "compare with; "
+                "regenerate it with `resblock generate --grad` and the same grid (`resblock "
+                "list` shows it), or check against the committed set")
+
+
 def run_check(config: CheckConfig, invoker, golden_paths, progress=None) -> RunResult:
     """Check every selected case of ``golden_paths`` with ``invoker``."""
     t0 = time.perf_counter()
@@ -184,6 +226,13 @@ def run_check(config: CheckConfig, invoker, golden_paths, progress=None) -> RunR
     keyword = compile_keyword(config.keyword) if config.keyword else None
     xfails = read_xfail(config.xfail) if config.xfail else []
     files = open_goldens(golden_paths)
+    if config.api == "backward":
+        try:
+            check_gradients(files)
+        except GoldenFormatError:
+            for f in files:
+                f.close()
+            raise
     run = RunResult(config=config, goldens=[
         {"path": str(f.path), "content_sha256": f.metadata["content_sha256"],
          "spec_version": f.metadata["spec_version"],
@@ -241,7 +290,7 @@ def run_check(config: CheckConfig, invoker, golden_paths, progress=None) -> RunR
             res.pitfall = diagnose_case(gc, result, config, prof)
             if res.pitfall:
                 run.pitfalls[res.pitfall] += 1
-        if config.details:
+        if config.details and config.api != "backward":
             from resblock.conformance.details import case_detail
 
             for _, _, res, gc, result in worst_first[:config.details]:

@@ -62,7 +62,7 @@ def load_target(target: str):
     return fn
 
 
-def check_arity(fn, target: str) -> None:
+def check_arity(fn, target: str, api: str = "functional") -> None:
     """Both APIs call the target with three positional arguments: say so once, up front
     (``resblock check`` does), rather than with the same TypeError for every case."""
     import inspect
@@ -72,8 +72,13 @@ def check_arity(fn, target: str) -> None:
     except (TypeError, ValueError):  # builtins, C extensions: nothing to inspect
         return
     try:
-        sig.bind(None, None, None)
+        sig.bind(*([None] * (4 if api == "backward" else 3)))
     except TypeError:
+        if api == "backward":
+            raise TargetError(
+                f"--impl {target!r}: {getattr(fn, '__name__', 'the target')}{sig} cannot be "
+                "called with four arguments; the backward contract is backward(x, params, "
+                "batch_stats, y_bar) -> (x_bar, params_bar)") from None
         raise TargetError(
             f"--impl {target!r}: {getattr(fn, '__name__', 'the target')}{sig} cannot be called "
             "with three arguments; the contract is forward(x, params, batch_stats) "

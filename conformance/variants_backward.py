@@ -43,7 +43,7 @@ BACKWARD_PITFALLS: tuple[BackwardPitfall, ...] = (
         "c_bar = scale inv g: the two terms through the batch mean and variance (both depend "
         "on the input) are lost, as if the BatchNorm were in inference mode",
         "use c_bar = scale inv (g - mean(g) - zhat mean(g zhat)) per channel (spec 10.2), or "
-        "let autodiff differentiate the batch statistics", _UPSTREAM_BN1, min_values=2),
+        "let autodiff differentiate the batch statistics", _UPSTREAM_BN1),
     BackwardPitfall(
         "bwd_bn_running_stats", "BatchNorm backward uses the running statistics",
         "zhat and inv are recomputed from the incoming running mean and variance (inference "
@@ -89,11 +89,11 @@ BACKWARD_PITFALLS: tuple[BackwardPitfall, ...] = (
         ("x", "Conv_0/kernel", "BatchNorm_0/scale"), min_values=2),
 )
 
-_BY_NAME = {p.name: p for p in BACKWARD_PITFALLS}
+BACKWARD_BY_NAME = {p.name: p for p in BACKWARD_PITFALLS}
 
 
 def lookup(name: str) -> BackwardPitfall:
-    return _BY_NAME[name]
+    return BACKWARD_BY_NAME[name]
 
 
 def applies(p: BackwardPitfall, case) -> bool:

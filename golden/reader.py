@@ -267,6 +267,12 @@ class GoldenFile:
         return problems
 
     # -- access -------------------------------------------------------------------
+    def group_has_grad(self, group: str) -> bool:
+        """Whether shape group ``group`` stores the backward (format 2.1 gradients)."""
+        from resblock.golden.store import GRAD_ARRAYS
+
+        return GRAD_ARRAYS[0] in self._names[group]
+
     @property
     def ids(self) -> list[str]:
         return [e["id"] for e in self.entries]

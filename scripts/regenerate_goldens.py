@@ -3,8 +3,9 @@
     python scripts/regenerate_goldens.py
 
 Run it only when the spec or the format changes (every regeneration stays in git
-history). SOURCE_DATE_EPOCH is pinned so that the same environment (constraints.txt,
-same CPU kind) reproduces byte-identical files.
+history). The committed set carries the backward (``grad=True``: spec section 10).
+SOURCE_DATE_EPOCH is pinned so that the same environment (constraints.txt, same CPU
+kind) reproduces byte-identical files.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def main() -> int:
         path = GOLDEN / f"{preset}.h5"
         cases = preset_cases(preset)
         print(f"generating {len(cases)} cases -> {path}", file=sys.stderr)
-        meta = generate(cases, path, preset=preset, force=True, device="cpu")
+        meta = generate(cases, path, preset=preset, force=True, device="cpu", grad=True)
         files.append(manifest_entry(path, preset, meta))
     manifest = {"format_version": FORMAT_VERSION, "spec_version": SPEC_VERSION,
                 "regenerate": REGENERATE, "files": files}
