@@ -171,6 +171,12 @@ class GoldenWriter:
         except OSError as e:
             self._remove_tmp()
             raise GoldenFormatError(f"cannot write {self.path}: {os_reason(e)}") from None
+        except BaseException:  # a signal while creating it: __exit__ will not run
+            if self._f is not None:
+                self._f.close()
+                self._f = None
+            self._remove_tmp()
+            raise
         return self
 
     def write_group(self, cases: list[Case], arrays: dict[str, np.ndarray], extras: list[dict]):
