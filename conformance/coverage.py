@@ -86,6 +86,32 @@ def case_rows(gc, profiles, zoo_names=None) -> list[dict]:
         for name, message in raised.items():  # a refusal: an error, never a pass
             rows.append({"kind": "pitfall", "name": name, "profile": pname,
                          "score": np.inf, "named": diagnose_error(gc, message) == name})
+        if gc.has_grad:
+            rows += backward_rows(gc, prof)
+    return rows
+
+
+def backward_rows(gc, prof) -> list[dict]:
+    """Rows of a case with gradients (spec section 10): the stored ``jax.vjp`` reference
+    (``reference flax_vjp``) and every backward pitfall's twin, scored against the oracle
+    backward's bounds and diagnosed as ``resblock check --api backward`` does."""
+    from resblock.conformance.variants_backward import backward_score, twin_gradients
+    from resblock.golden.store import grad_path
+    from resblock.spec.error_model_backward import GRAD_TENSORS
+
+    ref = {n: gc.arrays[grad_path(n)] for n in GRAD_TENSORS}
+    rows = [{"kind": "reference", "name": "flax_vjp", "profile": prof.name,
+             "score": backward_score(gc, ref, prof), "named": None}]
+    twins = twin_gradients(gc)
+    for name, grads in twins.items():
+        score = backward_score(gc, grads, prof)
+        named = None
+        if score > 1.0:
+            scores = {k: (s, s) for k, s in ((k, backward_score(gc, grads, prof, t))
+                                             for k, t in twins.items())}
+            named = best_match(score, scores) == name
+        rows.append({"kind": "pitfall", "name": name, "profile": prof.name, "score": score,
+                     "named": named})
     return rows
 
 
@@ -108,6 +134,11 @@ def coverage(golden_paths, profiles=tolerance.PROFILES, zoo_names=None, progress
     keys = [("reference", "flax")]
     keys += [("zoo", a.name) for a in ZOO if zoo_names is None or a.name in zoo_names]
     keys += [("pitfall", p.name) for p in PITFALLS]
+    if any(k[0] == "reference" and k[1] == "flax_vjp" for pc in per_case for k in pc):
+        from resblock.conformance.variants_backward import BACKWARD_PITFALLS
+
+        keys.insert(1, ("reference", "flax_vjp"))
+        keys += [("pitfall", p.name) for p in BACKWARD_PITFALLS]
     rows = []
     for kind, name in keys:
         for pname in profiles:

@@ -14,7 +14,8 @@ cotangent ``y_bar``. Every budget combines three sources:
   (``|p| <= S (e + u_conv s)``) a correct port may see either sign, so its cotangent
   there may be 0 or the full incoming cotangent: that element errs by up to ``|g|``
   (counted per profile: the ``fp32`` ambiguity in ``e``, the extra elements of ``tf32``
-  and ``bf16`` in ``s``). A channel whose values are all equal gives exactly ``beta``
+  and ``bf16`` in ``s``; a hard bound, so the safety factor does not multiply it).
+  A channel whose values are all equal gives exactly ``beta``
   in float32 (``c - mean`` is exactly 0 in every form), so a ReLU after a BatchNorm
   with ``beta = 0`` on such a channel sees exactly 0 and takes the convention (spec
   10.3): those elements are not ambiguous;
@@ -64,8 +65,10 @@ def relu_ambiguity(pre, e_pre, s_pre, exact=None):
     amb = [a <= SAFETY * (e_pre + u * s_pre) for u in (0.0, U_TF32, U_BF16)]
     if exact is not None:
         amb = [m & ~exact for m in amb]
-    w_e = amb[0].astype(np.float64)
-    w_s = ((amb[1] & ~amb[0]) / U_TF32 + (amb[2] & ~amb[1]) / U_BF16).astype(np.float64)
+    # A flipped mask errs by at most |g| for certain, not probably: divided by S here so
+    # that the stored budget (S times the propagated error) carries it exactly once.
+    w_e = amb[0] / SAFETY
+    w_s = ((amb[1] & ~amb[0]) / U_TF32 + (amb[2] & ~amb[1]) / U_BF16) / SAFETY
     return w_e, w_s
 
 
