@@ -238,11 +238,51 @@ def memory(tmp: Path, lines):
                  f"its largest shape group alone: {one:.0f} MiB -> {big / one:.2f}x")
 
 
+def gradients(preset: str, repeats: int, tmp: Path, lines: list[str]):
+    """Generation with gradients (forward and VJP in one program per shape group, plus
+    the oracle backward and its budgets) against forward-only generation and against a
+    naive eager ``jax.vjp`` per case; cold, medians, side by side."""
+    import numpy as np
+
+    fwd_out, grad_out = tmp / f"{preset}-fwd.h5", tmp / f"{preset}-grad.h5"
+    naive_out = tmp / f"{preset}-naive-vjp.npz"
+    base = [PY, "-m", "resblock", "generate", "--preset", preset, "--force", "-o"]
+    cmds = {"forward-only": base + [str(fwd_out), "--no-grad"],
+            "with gradients": base + [str(grad_out), "--grad"],
+            "naive jax.vjp loop": [PY, str(ROOT / "benchmarks" / "naive_vjp_loop.py"), preset,
+                                   str(naive_out)]}
+    times: dict = {k: [] for k in cmds}
+    for _ in range(repeats):
+        for k, c in cmds.items():
+            times[k].append(run(c, env_with()))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    g = med["with gradients"]
+    lines.append(f"  {preset:8s} cold: forward-only {med['forward-only']:6.2f} s, with gradients "
+                 f"{g:6.2f} s ({g / med['forward-only']:.2f}x the forward-only), naive "
+                 f"jax.vjp loop {med['naive jax.vjp loop']:6.2f} s "
+                 f"({med['naive jax.vjp loop'] / g:.2f}x slower than generate --grad; it "
+                 f"computes no oracle, budgets or file)  (medians of {repeats})")
+    lines.append(f"  {preset:8s} file size: forward-only {fwd_out.stat().st_size / 1e6:.2f} MB, "
+                 f"with gradients {grad_out.stat().st_size / 1e6:.2f} MB")
+    from resblock.golden.reader import GoldenFile
+
+    naive = np.load(naive_out)
+    with GoldenFile(grad_out) as gf:
+        worst = max(float(np.max(np.abs(naive[c.id] - c.arrays["grad/x"])
+                                 / np.maximum(c.arrays["budget/grad/x"], 1e-30)))
+                    for c in gf.iter_cases())
+    assert worst <= 1.0, worst
+    lines.append(f"  {preset:8s} naive loop's x_bar vs the golden's: worst score {worst:.3g}")
+    return med
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="bench grid only, 1 repeat")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--backward-only", action="store_true",
+                    help="only section 5 (generation with gradients), bench and default")
     args = ap.parse_args(argv)
     import flax
     import jax
@@ -257,6 +297,12 @@ def main(argv=None):
     repeats = 1 if args.quick else args.repeats
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        if args.backward_only:
+            lines.append("5. generation with gradients vs forward-only vs a naive jax.vjp loop")
+            for preset in ("bench", "default"):
+                gradients(preset, repeats, tmp, lines)
+            print("\n".join(lines))
+            return 0
         lines.append("1. generation vs the naive loop (init + apply eagerly per case)")
         for preset in (("bench",) if args.quick else ("bench", "default", "large")):
             generation(preset, repeats if preset != "large" else 1, tmp, lines)
@@ -269,6 +315,9 @@ def main(argv=None):
         check_overhead(repeats, lines)
         lines.append("4. memory")
         memory(tmp, lines)
+        lines.append("5. generation with gradients vs forward-only vs a naive jax.vjp loop")
+        for preset in (("bench",) if args.quick else ("bench", "default")):
+            gradients(preset, repeats, tmp, lines)
     text = "\n".join(lines)
     print(text)
     if args.out:

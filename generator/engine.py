@@ -125,11 +125,13 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None):
     rows: list[dict] = []
     extras: list[dict] = []
     fp32 = tolerance.profile("fp32")
-    for _case, (x, params, stats) in zip(cases, inputs, strict=True):
-        if getattr(runner, "grad", False):
-            from resblock.spec.derivation import derive_y_bar
+    if getattr(runner, "grad", False):
+        from resblock.generator.batched import derive_y_bars
 
-            y_bar = derive_y_bar(_case)
+        y_bars = derive_y_bars(cases)
+    for i, (_case, (x, params, stats)) in enumerate(zip(cases, inputs, strict=True)):
+        if getattr(runner, "grad", False):
+            y_bar = y_bars[i]
             y, new_stats, x_bar, params_bar = runner(x, params, stats, y_bar)
             bw = backward.backward(x, params, stats, y_bar)
             ref = bw.forward

@@ -110,3 +110,32 @@ def test_cli_backward_reports(tmp_path):
     names = {t["name"] for c in rep["cases"] for t in c["tensors"]}
     assert {"x_bar", "Conv_0/kernel_bar", "BatchNorm_1/bias_bar"} <= names
     assert (tmp_path / "r.xml").read_text().count("<testcase") >= 2
+
+
+@pytest.fixture(scope="module")
+def stress_grad_golden(tmp_path_factory):
+    """A generated stress grid with gradients: every input kind, 1 to 256 values per
+    channel, batch 1 and 4 (tiny, low-amplitude, large and offset channels)."""
+    from resblock.generator.grid import axes_cases
+    from resblock.generator.run import generate
+
+    path = tmp_path_factory.mktemp("stress") / "stress.h5"
+    cases = axes_cases(families=["stress"], inputs=["normal", "lowamp", "large", "offset"],
+                       batches=[1, 4], shapes=[(1, 1), (2, 2), (8, 8)], features=[3],
+                       seeds=[5])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOURCE_DATE_EPOCH", "1700000000")
+        generate(cases, path, grad=True)
+    return path
+
+
+@pytest.mark.parametrize("target,layout", [
+    ("examples/numpy_backward.py:backward", "nhwc"),
+    ("examples/torch_autograd_backward.py:backward", "nchw"),
+])
+def test_recipes_conform_on_a_generated_stress_grid(stress_grad_golden, target, layout):
+    if "torch" in target:
+        pytest.importorskip("torch")
+    run = _check(load_target(str(ROOT / target)), layout, goldens=[stress_grad_golden])
+    assert run.conforms and len(run.results) == 24
+    assert max(r.worst_score for r in run.results) < 0.25

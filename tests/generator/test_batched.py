@@ -98,3 +98,16 @@ def test_large_draws_run_per_size_class_bit_identically(monkeypatch):
             for layer in tree:
                 for leaf in tree[layer]:
                     assert np.array_equal(tree[layer][leaf], tree2[layer][leaf]), (layer, leaf)
+
+
+def test_batched_y_bars_equal_the_exact_draws():
+    from resblock.generator.batched import derive_y_bars
+    from resblock.spec.cases import Case
+    from resblock.spec.derivation import derive_y_bar
+
+    cases = [Case("functional", "normal", 2, 3, 5, 4, 0), Case("seeded", "large", 1, 1, 1, 3, 7),
+             Case("stress", "offset", 4, 6, 6, 8, 1)]
+    for c, got in zip(cases, derive_y_bars(cases), strict=True):
+        want = derive_y_bar(c)
+        assert got.dtype == want.dtype and got.shape == c.x_shape
+        assert np.array_equal(got, want)
