@@ -48,9 +48,9 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
 
     if bool(impl) == bool(exec_):
         raise click.UsageError("give exactly one of --impl TARGET or --exec 'PROGRAM ...'")
-    if exec_ and (api != "functional" or layout != "nhwc"):
-        raise click.UsageError("--exec programs use the NHWC functional protocol; "
-                               "drop --api/--layout")
+    if exec_ and (api == "seeded" or layout != "nhwc"):
+        raise click.UsageError("--exec programs use the NHWC protocol (functional, or "
+                               "--api backward); drop --api seeded/--layout")
     if in_process and (exec_ or timeout is not None):
         raise click.UsageError("--in-process runs an --impl without a worker process: it "
                                "cannot apply --timeout or --exec")
@@ -73,7 +73,7 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
 
         goldens = default_goldens()
     if exec_:
-        invoker = invoke.Program(exec_, timeout)
+        invoker = invoke.Program(exec_, timeout, api)
     elif in_process:
         from resblock.conformance.targets import check_arity, load_target
 

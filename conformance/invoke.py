@@ -359,18 +359,20 @@ class Worker:
 class Program:
     """An external program speaking resblock-program/1 (spec/PROGRAM_PROTOCOL.md)."""
 
-    def __init__(self, template, timeout):
+    def __init__(self, template, timeout, api: str = "functional"):
         from resblock.conformance.program import parse_exec
 
         parse_exec(template)
-        self.template, self.timeout = template, timeout
+        self.template, self.timeout, self.api = template, timeout, api
 
     def run(self, gcs):
         from resblock.conformance.program import run_program
 
-        batch = [(gc.id, gc.x, gc.params, gc.batch_stats_in) for gc in gcs]
+        backward = self.api == "backward"
+        batch = [(gc.id, gc.x, gc.params, gc.batch_stats_in) + ((gc.y_bar,) if backward else ())
+                 for gc in gcs]
         t0 = time.perf_counter()
-        res = run_program(self.template, batch, timeout=self.timeout)
+        res = run_program(self.template, batch, timeout=self.timeout, backward=backward)
         per = (time.perf_counter() - t0) / max(1, len(gcs))
         outs = []
         for gc in gcs:

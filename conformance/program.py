@@ -137,7 +137,8 @@ def _substitute(argv: Sequence[str], input_dir: Path, output_dir: Path) -> list[
 # --------------------------------------------------------------------------- files
 
 
-def run_program(argv_template, cases, timeout=None, workdir=None) -> BatchResult:
+def run_program(argv_template, cases, timeout=None, workdir=None,
+                backward: bool = False) -> BatchResult:
     """Run the program once on a batch and return each case's outputs or error.
 
     Args:
@@ -148,6 +149,8 @@ def run_program(argv_template, cases, timeout=None, workdir=None) -> BatchResult
         None, no limit).
       workdir: parent of the temporary directory (default: None, the system's temporary
         directory). The program itself runs in the current directory.
+      backward: the backward mode (``resblock-program-backward/1``): cases carry
+        ``y_bar`` as a fifth item and results are ``(x_bar, params_bar)``.
 
     Returns:
       A :class:`BatchResult`: ``{case_id: (y, new_batch_stats) | ProgramError}``. A
@@ -167,7 +170,7 @@ def run_program(argv_template, cases, timeout=None, workdir=None) -> BatchResult
         input_dir, output_dir = Path(tmp, "input"), Path(tmp, "output")
         input_dir.mkdir()
         output_dir.mkdir()
-        descriptor = write_inputs(input_dir, cases)
+        descriptor = write_inputs(input_dir, cases, backward)
         for case in descriptor["cases"]:
             (output_dir / case["dir"]).mkdir()
         ids = [case["id"] for case in descriptor["cases"]]

@@ -21,6 +21,9 @@ from resblock.schemas import validate
 from resblock.spec.constants import PARAM_NAMES, STAT_NAMES
 
 PROTOCOL = "resblock-program/1"
+# The backward mode (spec section 10): y_bar in, the gradients out; the forward protocol
+# is unchanged.
+PROTOCOL_BACKWARD = "resblock-program-backward/1"
 
 # Raw float32, little-endian whatever the host: the files are an interchange format.
 _DTYPE = np.dtype("<f4")
@@ -40,7 +43,8 @@ def _file_name(name: str) -> str:
     return name.replace("/", ".") + ".bin"
 
 
-def _array_shapes(n: int, h: int, w: int, c: int) -> tuple[dict, dict]:
+def _array_shapes(n: int, h: int, w: int, c: int,
+                  backward: bool = False) -> tuple[dict, dict]:
     """``{name: shape}`` of the inputs and the outputs of one case (C == F)."""
     f = c
     inputs = {"x": (n, h, w, c)}
@@ -48,6 +52,11 @@ def _array_shapes(n: int, h: int, w: int, c: int) -> tuple[dict, dict]:
         inputs[name] = (3, 3, c, f) if name.endswith("/kernel") else (f,)
     for name in STAT_NAMES:
         inputs[name] = (f,)
+    if backward:
+        inputs["y_bar"] = (n, h, w, f)
+        outputs = {"x_bar": (n, h, w, c)}
+        outputs.update({f"{name}_bar": inputs[name] for name in PARAM_NAMES})
+        return inputs, outputs
     outputs = {"y": (n, h, w, f)}
     outputs.update({name: (f,) for name in STAT_NAMES})
     return inputs, outputs
@@ -93,13 +102,15 @@ def _case_arrays(case_id, x, params, batch_stats) -> tuple[tuple[int, ...], dict
     return (n, h, w, c), arrays
 
 
-def write_inputs(directory, cases) -> dict:
+def write_inputs(directory, cases, backward: bool = False) -> dict:
     """Write one batch in the protocol's input layout and return its ``cases.json`` dict.
 
     Args:
       directory: the program's ``{input}``, normally empty; created if missing.
       cases: ``(case_id, x, params, batch_stats)`` tuples; ``x`` is NHWC, the trees are
         Flax-style nested dicts. Arrays are written as little-endian float32.
+        With ``backward`` (protocol ``resblock-program-backward/1``), tuples of five:
+        ``(case_id, x, params, batch_stats, y_bar)``.
 
     Raises:
       GridError: no cases, an empty id, or duplicate ids.
@@ -111,8 +122,9 @@ def write_inputs(directory, cases) -> dict:
         raise GridError("no cases to hand to the program; a batch needs at least one case")
     directory.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
-    entries, lines = [], [PROTOCOL]
-    for index, (case_id, x, params, batch_stats) in enumerate(cases):
+    protocol = PROTOCOL_BACKWARD if backward else PROTOCOL
+    entries, lines = [], [protocol]
+    for index, (case_id, x, params, batch_stats, *rest) in enumerate(cases):
         case_id = str(case_id)
         if not case_id:
             raise GridError(f"case {index} has an empty id; every case needs a unique id")
@@ -123,7 +135,12 @@ def write_inputs(directory, cases) -> dict:
         dir_name = _case_dir(index, case_id)
         case_path = directory / dir_name
         case_path.mkdir()
-        in_shapes, out_shapes = _array_shapes(n, h, w, c)
+        in_shapes, out_shapes = _array_shapes(n, h, w, c, backward)
+        if backward:
+            arrays["y_bar"] = np.asarray(rest[0])
+            if arrays["y_bar"].shape != in_shapes["y_bar"]:
+                raise SpecError(f"case {case_id!r}: y_bar has shape {arrays['y_bar'].shape}, "
+                                f"expected {in_shapes['y_bar']}")
         for name, a in arrays.items():
             np.ascontiguousarray(a, dtype=_DTYPE).tofile(case_path / _file_name(name))
         entries.append(
@@ -141,7 +158,7 @@ def write_inputs(directory, cases) -> dict:
         )
         lines.append(f"{dir_name} {n} {h} {w} {c}")
     doc = {
-        "protocol": PROTOCOL,
+        "protocol": protocol,
         "layout": "nhwc",
         "dtype": "float32",
         "byte_order": "little",
@@ -194,6 +211,13 @@ def read_outputs(directory, descriptor: Mapping) -> dict:
             arrays[name] = np.fromfile(path, dtype=_DTYPE).astype(np.float32).reshape(shape)
         if problems:
             results[case["id"]] = ProgramError("; ".join(problems))
+            continue
+        if descriptor["protocol"] == PROTOCOL_BACKWARD:
+            grads: dict = {}
+            for name in PARAM_NAMES:
+                layer, leaf = name.split("/")
+                grads.setdefault(layer, {})[leaf] = arrays[f"{name}_bar"]
+            results[case["id"]] = (arrays["x_bar"], grads)
             continue
         stats: dict = {}
         for name in STAT_NAMES:

@@ -139,3 +139,33 @@ def test_recipes_conform_on_a_generated_stress_grid(stress_grad_golden, target, 
     run = _check(load_target(str(ROOT / target)), layout, goldens=[stress_grad_golden])
     assert run.conforms and len(run.results) == 24
     assert max(r.worst_score for r in run.results) < 0.25
+
+
+def test_program_protocol_backward_mode(tmp_path):
+    """``--exec`` with ``--api backward``: resblock-program-backward/1 (y_bar in, the
+    gradients out); the forward protocol is unchanged."""
+    import sys
+
+    from resblock.conformance.invoke import Program
+    from resblock.conformance.program_files import write_inputs
+
+    prog = f"{sys.executable} {ROOT / 'examples/numpy_backward_program.py'} {{input}} {{output}}"
+    cfg = CheckConfig(target=prog, api="backward", keyword="n2 and 4x4", program=True)
+    run = run_check(cfg, Program(prog, timeout=120, api="backward"), COMMITTED)
+    assert run.conforms and len(run.results) >= 2
+    assert max(r.worst_score for r in run.results) < 0.25
+    x = np.zeros((1, 1, 1, 1), np.float32)
+    p = {c: {"kernel": np.zeros((3, 3, 1, 1), np.float32), "bias": np.zeros(1, np.float32)}
+         for c in ("Conv_0", "Conv_1")}
+    p.update({b: {"scale": np.ones(1, np.float32), "bias": np.zeros(1, np.float32)}
+              for b in ("BatchNorm_0", "BatchNorm_1")})
+    s = {b: {"mean": np.zeros(1, np.float32), "var": np.ones(1, np.float32)}
+         for b in ("BatchNorm_0", "BatchNorm_1")}
+    fwd = write_inputs(tmp_path / "f", [("a", x, p, s)])
+    assert fwd["protocol"] == "resblock-program/1" and "y_bar" not in fwd["cases"][0]["inputs"]
+    bwd = write_inputs(tmp_path / "b", [("a", x, p, s, x)], backward=True)
+    assert bwd["protocol"] == "resblock-program-backward/1"
+    assert set(bwd["cases"][0]["outputs"]) == {
+        "x_bar", "Conv_0/kernel_bar", "Conv_0/bias_bar", "BatchNorm_0/scale_bar",
+        "BatchNorm_0/bias_bar", "Conv_1/kernel_bar", "Conv_1/bias_bar",
+        "BatchNorm_1/scale_bar", "BatchNorm_1/bias_bar"}
