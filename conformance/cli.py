@@ -82,6 +82,7 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
         invoker = invoke.InProcess(fn, api, layout)
     else:
         invoker = invoke.Worker(impl, api, layout, timeout)
+        invoker.start()  # imports the implementation while the goldens are verified
 
     err = click.get_text_stream("stderr")
     live = not quiet and err.isatty()
@@ -93,7 +94,8 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
 
     try:
         run = run_check(config, invoker, goldens, progress=progress)
-    except HarnessError:
+    except BaseException:  # refused goldens, a signal: the early worker must not linger
+        invoker.close()
         raise
     if live:
         err.write("\r" + " " * 70 + "\r")

@@ -224,9 +224,10 @@ class Worker:
 
     A case that exits, crashes, is killed by a signal or outlives ``timeout`` becomes
     that case's error; the worker is then restarted for the next case. The worker is
-    forked after the goldens are open (Linux, single-threaded caller), so it costs
-    milliseconds; elsewhere it is spawned. It and its process group are killed when the
-    run ends, whatever ends it.
+    forked (Linux, single-threaded caller: milliseconds; elsewhere it is spawned), and
+    ``resblock check`` starts it (:meth:`start`) before it opens the goldens, so the
+    implementation's imports run on another core while the goldens are verified. It and
+    its process group are killed when the run ends, whatever ends it.
     """
 
     poll_s = 0.25  # how often a waiting checker looks whether the worker still lives
@@ -238,12 +239,22 @@ class Worker:
         self.target, self.api, self.layout, self.timeout = target, api, layout, timeout
         self.proc = self.conn = None
         self.busy = False  # a case is in the worker's hands
+        self.loading = False  # started, "ready" not yet received
+
+    def start(self) -> None:
+        """Start the worker without waiting for it to load the target; a load error is
+        raised by the first :meth:`run`."""
+        if self.proc is None:
+            self._spawn()
+            self.loading = True
 
     def _start(self):
+        self._spawn()
+        self._await_ready()
+
+    def _spawn(self):
         import os
         import sys
-
-        from resblock.errors import TargetError
 
         sys.stdout.flush()
         sys.stderr.flush()
@@ -258,6 +269,11 @@ class Worker:
             pass
         child.close()
         self.conn = parent
+
+    def _await_ready(self):
+        from resblock.errors import TargetError
+
+        self.loading = False
         msg = self._receive(max(60.0, self.timeout or 0))
         if msg is None or msg[0] != "ready":
             why = (msg[1] if msg and msg[0] == "load_error" else
@@ -312,6 +328,8 @@ class Worker:
         for gc in gcs:
             if self.proc is None:
                 self._start()
+            elif self.loading:
+                self._await_ready()
             t0 = time.perf_counter()
             self.busy = True
             try:
@@ -347,7 +365,7 @@ class Worker:
         in the middle of a case; then kill its process group (what the implementation
         started)."""
         if self.proc is not None:
-            if not self.busy:
+            if not self.busy and not self.loading:
                 try:
                     self.conn.send(None)
                     self.proc.join(2)
