@@ -167,15 +167,17 @@ def budget_arrays(x, params, stats, stages: dict) -> dict:
     return out
 
 
-def grad_arrays(x, params, stats, y_bar, x_bar, params_bar, bw) -> dict:
+def grad_arrays(x, params, stats, y_bar, x_bar, params_bar, bw, reference=True) -> dict:
     """The gradient datasets of one case (format 2.1): ``grad/y_bar``, the reference's
-    ``grad/<t>``, the oracle's ``oracle/grad/<t>`` and their budgets."""
+    ``grad/<t>``, the oracle's ``oracle/grad/<t>`` and their budgets (``reference``
+    False: the oracle's and the budgets only, as ``resblock verify`` recomputes them)."""
     from resblock.golden.store import grad_path
 
     b = error_model_backward.budgets(x, params, stats, y_bar, bw)
-    out = {"grad/y_bar": y_bar, "grad/x": np.asarray(x_bar),
-           "oracle/grad/x": bw.x_bar}
-    out.update(_flat("grad/params", params_bar, PARAM_NAMES))
+    out = {"oracle/grad/x": bw.x_bar}
+    if reference:
+        out.update({"grad/y_bar": y_bar, "grad/x": np.asarray(x_bar)})
+        out.update(_flat("grad/params", params_bar, PARAM_NAMES))
     out.update(_flat("oracle/grad/params", bw.params_bar, PARAM_NAMES))
     for name in error_model_backward.GRAD_TENSORS:
         out[f"budget/{grad_path(name)}"] = b.fp32[name]

@@ -61,6 +61,9 @@ def verify_file(path, profile: str = "fp32", derive: bool = True) -> FileVerdict
             problem = oracle_problem(gc)
             if problem:
                 verdict.problems.append(f"{path}: case {gc.id}: {problem}")
+            problem = gradient_problem(gc, prof) if gc.has_grad else None
+            if problem:
+                verdict.problems.append(f"{path}: case {gc.id}: {problem}")
             score = reference_score(gc.case, gc.arrays, prof)
             dev = float(np.max(np.abs(gc.arrays["y"] - gc.arrays["oracle/y"])))
             ok = score <= 1.0
@@ -109,13 +112,21 @@ def input_problems(gf) -> tuple[list[str], list[str]]:
     for i in range(0, len(entries), DERIVE_CHUNK):
         chunk = entries[i:i + DERIVE_CHUNK]
         derived = derive_cases([Case.from_id(e["id"]) for e in chunk])
-        for e, (x, params, stats) in zip(chunk, derived, strict=True):
+        y_bars = None
+        if any(gf.group_has_grad(e["group"]) for e in chunk):
+            from resblock.generator.batched import derive_y_bars
+
+            y_bars = derive_y_bars([Case.from_id(e["id"]) for e in chunk])
+        for j, (e, (x, params, stats)) in enumerate(zip(chunk, derived, strict=True)):
             fresh = {"x": x}
             fresh.update({f"params/{k}/{kk}": v for k, d in params.items() for kk, v in d.items()})
             fresh.update({f"batch_stats_in/{k}/{kk}": v for k, d in stats.items()
                           for kk, v in d.items()})
             stored = gf.case(e["id"]).arrays
-            first = next((n for n in INPUT_ARRAYS
+            names = INPUT_ARRAYS
+            if "grad/y_bar" in stored:
+                fresh["grad/y_bar"], names = y_bars[j], INPUT_ARRAYS + ("grad/y_bar",)
+            first = next((n for n in names
                           if not np.array_equal(np.asarray(fresh[n]), stored[n])), None)
             if first is not None:
                 differing.append((e["id"], first))
@@ -153,6 +164,39 @@ def oracle_problem(gc) -> str | None:
     if not np.isclose(ref.kappa, gc.kappa, rtol=1e-9):
         return f"recorded kappa {gc.kappa:.6g} differs from the recomputed {ref.kappa:.6g}"
     return budget_problem(gc, ref.stages)
+
+
+def gradient_problem(gc, prof) -> str | None:
+    """The gradient datasets (format 2.1): the float64 oracle backward recomputed from the
+    stored inputs and ``y_bar`` (to 1e-9 of each tensor's scale), its budgets (1e-5
+    relative), and the stored ``jax.vjp`` gradients within those budgets under ``prof``."""
+    from resblock.conformance.variants_backward import backward_score
+    from resblock.generator.engine import grad_arrays
+    from resblock.golden.store import grad_path
+    from resblock.spec import backward
+    from resblock.spec.error_model_backward import GRAD_TENSORS
+
+    bw = backward.backward(gc.x, gc.params, gc.batch_stats_in, gc.y_bar)
+    ref = {n: gc.arrays[grad_path(n)] for n in GRAD_TENSORS}
+    fresh = grad_arrays(gc.x, gc.params, gc.batch_stats_in, gc.y_bar, ref["x"],
+                        {}, bw, reference=False)
+    for name, a in fresh.items():
+        stored = np.asarray(gc.arrays[name], np.float64)
+        a = np.asarray(a, np.float64)
+        if name.startswith("oracle/"):
+            scale = max(float(np.max(np.abs(a))), 1.0)
+            if not float(np.max(np.abs(stored - a))) <= 1e-9 * scale:
+                return (f"stored {name} differs from the oracle backward recomputed from the "
+                        "stored inputs: the file's data is inconsistent")
+        elif not np.all(np.abs(stored - a) <= 1e-5 * np.abs(a) + 1e-38):
+            return (f"stored {name} differs from the backward error model's budget "
+                    "recomputed from the stored inputs: the file's bounds are inconsistent")
+    score = backward_score(gc, ref, prof)
+    if not score <= 1.0:
+        return (f"stored reference gradients deviate from the float64 oracle backward (score "
+                f"{score:.3g} > 1 under profile {prof.name}); was the VJP computed with "
+                "reduced-precision convolutions? Regenerate with full float32 precision.")
+    return None
 
 
 def budget_problem(gc, stages: dict) -> str | None:

@@ -75,3 +75,27 @@ def test_partial_gradient_group_is_refused(pair, tmp_path):
         del f["groups/n2_h3_w3_f2/budget/grad/x"]
     with pytest.raises(GoldenFormatError, match="budget/grad/x is missing"):
         GoldenFile(path)
+
+
+def test_verify_recomputes_the_backward(pair):
+    from resblock.golden.store import GoldenCase
+    from resblock.golden.verify import gradient_problem, verify_file
+    from resblock.spec import tolerance
+
+    prof = tolerance.profile("fp32")
+    assert verify_file(pair[1]).ok
+    with GoldenFile(pair[1]) as gf:
+        gc = gf.case(CASES[0].id)
+    assert gradient_problem(gc, prof) is None
+
+    def edited(name, f):
+        arrays = dict(gc.arrays)
+        arrays[name] = f(arrays[name].copy())
+        return GoldenCase(case=gc.case, entry=gc.entry, arrays=arrays)
+
+    assert "oracle backward recomputed" in gradient_problem(
+        edited("oracle/grad/params/Conv_1/kernel", lambda a: a + 1e-3), prof)
+    assert "budget recomputed" in gradient_problem(
+        edited("budget/grad/x", lambda a: a * 10), prof)
+    assert "deviate from the float64 oracle backward" in gradient_problem(
+        edited("grad/params/BatchNorm_0/scale", lambda a: a + 1.0), prof)
