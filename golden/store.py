@@ -165,6 +165,7 @@ class GoldenWriter:
     def __enter__(self):
         import h5py
 
+        check_output_path(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f = h5py.File(self.tmp, "w", track_order=False)
@@ -320,6 +321,20 @@ def _remove_stale_tmp(path: Path) -> None:
             stale.unlink(missing_ok=True)
         except OSError:  # alive, someone else's
             pass
+
+
+def check_output_path(path) -> None:
+    """Refuse, before any work, an output whose folder cannot exist: the nearest existing
+    ancestor is a file (``-o notes.txt/out.h5``), or ``path`` itself is a folder."""
+    path = Path(path).absolute()
+    if path.is_dir():
+        raise GoldenFormatError(f"cannot write {path}: it is a folder; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise GoldenFormatError(f"cannot write {path}: {parent} is a file, not a "
+                                        "folder")
+            return
 
 
 def publish(tmp: Path, path: Path, *, force: bool) -> None:

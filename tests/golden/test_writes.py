@@ -50,12 +50,21 @@ def test_a_concurrent_writer_cannot_replace_the_file(smoke_golden, tmp_path):
         w.finish(_copy_into(w, src))
 
 
-def test_an_output_under_a_file_is_one_line(smoke_golden, tmp_path):
+def test_an_output_under_a_file_is_one_line(smoke_golden, tmp_path, monkeypatch):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(GoldenFormatError, match=r"^cannot write .*file/out\.h5: ") as e:
+    with pytest.raises(GoldenFormatError, match=r"file is a file, not a folder") as e:
         with GoldenWriter(tmp_path / "file" / "out.h5") as w:
             w.finish({})
     assert "\n" not in str(e.value)
+    from click.testing import CliRunner
+
+    from resblock.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    for args in (["generate", "--preset", "smoke", "--jobs", "2", "-o", "file/out.h5"],
+                 ["merge", "file/m.h5", str(smoke_golden[0])]):
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 2 and r.output.startswith("Error: cannot write"), r.output
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(smoke_golden, tmp_path):
