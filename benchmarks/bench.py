@@ -195,13 +195,15 @@ def check_overhead(repeats: int, lines):
     plain = [PY, str(ROOT / "benchmarks" / "plain_read.py"), *goldens]
     numpy_check = [PY, "-m", "resblock", "check", "--impl",
                    str(ROOT / "examples" / "numpy_float32.py") + ":forward", "-q"]
-    tc, tp = [], []
+    tc, tp, ti = [], [], []
     for _ in range(repeats):
         tp.append(run(plain))
         tc.append(run(check))
-    mc, mp = statistics.median(tc), statistics.median(tp)
+        ti.append(run(check + ["--in-process"]))
+    mc, mp, mi = statistics.median(tc), statistics.median(tp), statistics.median(ti)
     lines.append(f"  check, zero-cost impl, default set: {mc:.2f} s vs plain h5py+NumPy read "
-                 f"{mp:.2f} s -> {mc / mp:.2f}x (target <= 3x)")
+                 f"{mp:.2f} s -> {mc / mp:.2f}x (target <= 3x); --in-process {mi:.2f} s -> "
+                 f"{mi / mp:.2f}x (the worker process costs {mc - mi:+.2f} s)")
     th, tk, tn = [], [], []
     for _ in range(repeats):
         tk.append(run([PY, "-c", "import click"]))
@@ -283,6 +285,8 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--backward-only", action="store_true",
                     help="only section 5 (generation with gradients), bench and default")
+    ap.add_argument("--check-only", action="store_true",
+                    help="only section 3 (check overhead, worker and --in-process)")
     args = ap.parse_args(argv)
     import flax
     import jax
@@ -297,6 +301,11 @@ def main(argv=None):
     repeats = 1 if args.quick else args.repeats
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        if args.check_only:
+            lines.append("3. check overhead")
+            check_overhead(repeats, lines)
+            print("\n".join(lines))
+            return 0
         if args.backward_only:
             lines.append("5. generation with gradients vs forward-only vs a naive jax.vjp loop")
             for preset in ("bench", "default"):
