@@ -214,13 +214,14 @@ def check_overhead(repeats: int, lines):
                  f"{mh / mk:.2f}x (target <= 2x)")
     lines.append(f"  resblock check (NumPy float32 impl, whole default set): {mn:.2f} s")
     probe = subprocess.run(
-        [PY, "-c", "import sys; from resblock.cli import main\n"
-         "sys.argv=['resblock','check','--impl','" + str(ROOT / "examples" / "numpy_float32.py")
-         + ":forward','-q']\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
-         "print('JAX_IMPORTED' if 'jax' in sys.modules or 'flax' in sys.modules else 'NO_JAX')"],
+        [PY, "-X", "importtime", "-m", "resblock", "check", "--impl",
+         str(ROOT / "examples" / "numpy_float32.py") + ":forward", "-q"],
         capture_output=True, text=True, check=True)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in probe.stderr.splitlines()
+                if line.startswith("import time:")}
+    heavy = sorted(m for m in imported if m.split(".")[0] in ("jax", "flax"))
     lines.append("  check path of a NumPy implementation imports jax/flax: "
-                 + ("NO" if "NO_JAX" in probe.stdout else "YES (target: no)"))
+                 + ("NO" if not heavy else f"YES ({heavy[0]}; target: no)"))
 
 
 def memory(tmp: Path, lines):

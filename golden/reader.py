@@ -66,7 +66,6 @@ class GoldenFile:
                                     f"{e}); restore it from git or regenerate it") from None
         self.entries = self.metadata["cases"]
         self._by_id = {e["id"]: e for e in self.entries}
-        self._cache: dict[str, dict] = {}
 
     def close(self):
         self._f.close()
@@ -206,8 +205,11 @@ class GoldenFile:
         from resblock.golden.store import expected_dtype, expected_shape, group_arrays
 
         types = {np.dtype("<f4"): h5py.h5t.IEEE_F32LE, np.dtype("<f8"): h5py.h5t.IEEE_F64LE}
-        self._datasets = {}  # (group, array name) -> the checked DatasetID
+        self._datasets = {}  # (group, array name) -> the checked DatasetID (not yet read)
         self._names = {}  # group -> its array names (CASE_ARRAYS, and GRAD_ARRAYS if any)
+        self._cache: dict[str, dict] = {}
+        eager = 0  # bytes read while checking: a file within the cache budget is read in
+        # the same pass (each dataset opened once; hashing needs every byte anyway)
         groups = {g["name"]: g for g in self.metadata["groups"]}
         for g in groups.values():
             path = f"groups/{g['name']}"
@@ -223,14 +225,27 @@ class GoldenFile:
                            f"({g['size']},) strings")
             names = group_arrays(("grad/y_bar",) if grp.links.exists(b"grad") else ())
             self._names[g["name"]] = names
+            arrays: dict[str, np.ndarray] = {}
+            shapes = {name: (g["size"],) + expected_shape(name, g["n"], g["h"], g["w"],
+                                                          g["features"]) for name in names}
+            size = sum(math.prod(shapes[n]) * expected_dtype(n).itemsize for n in names)
+            read_now = eager + size <= self.cache_bytes
+            eager += size if read_now else 0
             for name in names:
-                want = (g["size"],) + expected_shape(name, g["n"], g["h"], g["w"], g["features"])
+                want = shapes[name]
                 want_type = types[expected_dtype(name)]
                 ds = self._dataset(f"{path}/{name}", want, want_type, loc=grp, name=name)
                 if ds.shape != want or not ds.get_type().equal(want_type):
                     self._fail(f"/{path}/{name} has shape {ds.shape} dtype {ds.dtype}; "
                                f"expected {want} {expected_dtype(name)}")
-                self._datasets[(g["name"], name)] = ds
+                if read_now:
+                    a = np.empty(want, dtype=expected_dtype(name))
+                    ds.read(h5py.h5s.ALL, h5py.h5s.ALL, a)
+                    arrays[name] = a
+                else:  # past the budget: read when needed, through the checked ID
+                    self._datasets[(g["name"], name)] = ds
+            if read_now:
+                self._cache[g["name"]] = arrays
         seen = set()
         for e in self.metadata["cases"]:
             if e["id"] in seen:
@@ -301,7 +316,9 @@ class GoldenFile:
             try:  # through the datasets checked on open: low-level reads, ~6x faster
                 arrays = {}
                 for name in self._names[group]:
-                    ds = self._datasets[(group, name)]
+                    ds = self._datasets.get((group, name))
+                    if ds is None:  # read on open, then evicted: reopen (checked on open)
+                        ds = h5py.h5o.open(self._f.id, f"groups/{group}/{name}".encode())
                     a = np.empty(ds.shape, dtype=expected_dtype(name))
                     ds.read(h5py.h5s.ALL, h5py.h5s.ALL, a)
                     arrays[name] = a

@@ -106,9 +106,10 @@ _register()
 
 
 def main():
-    """Console entry point. Once JAX is loaded, exit without interpreter teardown:
-    destroying XLA's runtime costs ~0.3 s per command and nothing is left to flush
-    (golden files are closed and renamed, reports written, workers reaped)."""
+    """Console entry point. Exits without interpreter teardown: destroying XLA's runtime
+    costs ~0.3 s per command, and NumPy, h5py and jsonschema's ~0.07 s, while nothing is
+    left to flush (golden files are closed and renamed, reports written atomically,
+    workers and programs ended, standard streams flushed here)."""
     import os
 
     code = 0
@@ -121,8 +122,9 @@ def main():
             code = 1
         else:
             code = e.code or 0
-    if "jax" in sys.modules:
+    try:
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    except BrokenPipeError:  # `resblock list | head`: the reader has gone
+        pass
+    os._exit(code)
