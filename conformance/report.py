@@ -47,7 +47,8 @@ def _real(path: str) -> str:
 
 
 def _tensor_line(t, layout: str) -> str:
-    axes = "".join(layout) if t.name == "output" else "c"
+    axes = ("".join(layout) if t.name in ("output", "x_bar") else
+            "hwio" if t.name.endswith("kernel_bar") else "c")  # kernel grads: kit's HWIO
     idx = ",".join(map(str, t.worst_index))
     return (f"{t.name}: {t.n_bad}/{t.size} ({100 * t.share_bad:.1f}%) out of bound; max abs "
             f"{t.max_abs:.3g}, max rel {t.max_rel:.3g}; worst [{axes}]=[{idx}] expected "

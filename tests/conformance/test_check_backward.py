@@ -169,3 +169,12 @@ def test_program_protocol_backward_mode(tmp_path):
         "x_bar", "Conv_0/kernel_bar", "Conv_0/bias_bar", "BatchNorm_0/scale_bar",
         "BatchNorm_0/bias_bar", "Conv_1/kernel_bar", "Conv_1/bias_bar",
         "BatchNorm_1/scale_bar", "BatchNorm_1/bias_bar"}
+
+
+def test_failure_lines_name_the_index_axes():
+    from resblock.conformance.report import _tensor_line
+
+    run = _check(_twin_impl("bwd_conv_kernel_grad_flipped"), keyword="functional and n2",
+                 diagnose=False)
+    lines = [_tensor_line(t, "nhwc") for r in run.results for t in r.failing_tensors]
+    assert any(line.startswith("Conv_1/kernel_bar:") and "[hwio]=" in line for line in lines)
