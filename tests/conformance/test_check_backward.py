@@ -17,6 +17,7 @@ from resblock.errors import GoldenFormatError
 from resblock.spec.cases import Case
 
 ROOT = Path(__file__).resolve().parents[2]
+pytest_plugins = ["pytester"]
 COMMITTED = [ROOT / "golden" / "default.h5"]
 # Visible only where a ReLU input is exactly 0 with N*H*W > 1 (equal values in a channel,
 # BatchNorm bias 0): no committed case has that; tests/spec/test_backward.py checks it.
@@ -178,3 +179,25 @@ def test_failure_lines_name_the_index_axes():
                  diagnose=False)
     lines = [_tensor_line(t, "nhwc") for r in run.results for t in r.failing_tensors]
     assert any(line.startswith("Conv_1/kernel_bar:") and "[hwio]=" in line for line in lines)
+
+
+def test_pytest_plugin_backward(pytester):
+    """``pytest --resblock-api backward``: one test per committed case; a backward mistake
+    fails with its pitfall's fix."""
+    pytester.makepyfile(bad_bw="""
+import numpy as np
+from resblock.conformance.variants_backward import twin_backward
+
+def backward(x, params, batch_stats, y_bar):
+    xb, pb = twin_backward("bwd_residual_dropped", x, params, batch_stats, y_bar)
+    f = lambda a: np.asarray(a, np.float32)
+    return f(xb), {k: {kk: f(v) for kk, v in d.items()} for k, d in pb.items()}
+""")
+    args = ["--resblock-api", "backward", "-q", "-p", "resblock", "-k", "functional and n2"]
+    good = pytester.runpytest_subprocess(
+        "--resblock-impl", f"{ROOT / 'examples/numpy_backward.py'}:backward", *args)
+    assert good.ret == 0
+    bad = pytester.runpytest_subprocess(
+        "--resblock-impl", f"{pytester.path / 'bad_bw.py'}:backward", *args)
+    assert bad.ret == pytest.ExitCode.TESTS_FAILED
+    assert "matches pitfall bwd_residual_dropped" in bad.stdout.str()
