@@ -105,7 +105,7 @@ class GoldenFile:
                        "(refusing to follow links)")
 
     def _dataset(self, path: str, want_shape: tuple | None = None, want_type=None,
-                 loc=None, name: str | None = None):
+                 loc=None, name: str | None = None, expected: str = ""):
         """The dataset at ``path`` (a low-level ``DatasetID``; opened as ``name`` relative
         to the group ``loc`` when given, which is faster), checked before a byte of it is
         read: a dataset (not a group), stored in this file (not virtual, no external raw
@@ -123,15 +123,15 @@ class GoldenFile:
         if not isinstance(ds, h5py.h5d.DatasetID):
             kind = "group" if isinstance(ds, h5py.h5g.GroupID) else "named datatype"
             self._fail(f"/{path} is a {kind} where a dataset is expected")
-        if want_shape is not None and ds.shape != want_shape:
-            return ds
+        shape = ds.shape
         tid = ds.get_type()
-        if want_type is not None and not tid.equal(want_type):
-            return ds
+        if (want_shape is not None and shape != want_shape) or \
+                (want_type is not None and not tid.equal(want_type)):
+            self._fail(f"/{path} has shape {shape} dtype {ds.dtype}; expected {expected}")
         offset = ds.get_offset()  # None unless contiguous raw data in this file
         if offset is not None and want_type is not None:
             # What the writer makes: no filter, no link to elsewhere; one cheap check.
-            declared = math.prod(ds.shape) * tid.get_size()
+            declared = math.prod(shape) * tid.get_size()
             if ds.get_storage_size() == declared and offset + declared <= self.file_size:
                 return ds
         dcpl = ds.get_create_plist()
@@ -150,7 +150,7 @@ class GoldenFile:
                        "files use HDF5's built-in filters only")
         if want_type is None and tid.get_class() == h5py.h5t.STRING and tid.is_variable_str():
             return ds  # variable-length strings live in the heap: bounded after reading
-        declared = math.prod(ds.shape) * tid.get_size()
+        declared = math.prod(shape) * tid.get_size()
         stored = ds.get_storage_size()
         if stored > self.file_size or (not n_filters and stored != declared) or \
                 declared > MAX_COMPRESSION * max(stored, 1):
@@ -219,8 +219,9 @@ class GoldenFile:
                 self._fail(f"group /{path} listed in metadata is missing")
             if not isinstance(grp, h5py.h5g.GroupID):
                 self._fail(f"/{path} is a dataset where a group is expected")
-            ids = self._dataset(f"{path}/case_ids", (g["size"],), loc=grp, name="case_ids")
-            if ids.shape != (g["size"],) or h5py.check_string_dtype(ids.dtype) is None:
+            ids = self._dataset(f"{path}/case_ids", (g["size"],), loc=grp, name="case_ids",
+                                expected=f"({g['size']},) strings")
+            if h5py.check_string_dtype(ids.dtype) is None:
                 self._fail(f"/{path}/case_ids is {ids.shape} {ids.dtype}; expected "
                            f"({g['size']},) strings")
             names = group_arrays(("grad/y_bar",) if grp.links.exists(b"grad") else ())
@@ -234,10 +235,8 @@ class GoldenFile:
             for name in names:
                 want = shapes[name]
                 want_type = types[expected_dtype(name)]
-                ds = self._dataset(f"{path}/{name}", want, want_type, loc=grp, name=name)
-                if ds.shape != want or not ds.get_type().equal(want_type):
-                    self._fail(f"/{path}/{name} has shape {ds.shape} dtype {ds.dtype}; "
-                               f"expected {want} {expected_dtype(name)}")
+                ds = self._dataset(f"{path}/{name}", want, want_type, loc=grp, name=name,
+                                   expected=f"{want} {expected_dtype(name)}")
                 if read_now:
                     a = np.empty(want, dtype=expected_dtype(name))
                     ds.read(h5py.h5s.ALL, h5py.h5s.ALL, a)
