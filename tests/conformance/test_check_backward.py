@@ -19,8 +19,8 @@ from resblock.spec.cases import Case
 ROOT = Path(__file__).resolve().parents[2]
 pytest_plugins = ["pytester"]
 COMMITTED = [ROOT / "golden" / "default.h5"]
-# Visible only where a ReLU input is exactly 0 with N*H*W > 1 (equal values in a channel,
-# BatchNorm bias 0): no committed case has that; tests/spec/test_backward.py checks it.
+# Differs only where a ReLU input is exactly 0 with N*H*W > 1 (equal values in a channel,
+# BatchNorm bias 0), and there within forward rounding: never rejected (spec 10.2).
 NOT_IN_COMMITTED = {"bwd_relu_one_at_zero"}
 
 
@@ -201,3 +201,46 @@ def backward(x, params, batch_stats, y_bar):
         "--resblock-impl", f"{pytester.path / 'bad_bw.py'}:backward", *args)
     assert bad.ret == pytest.ExitCode.TESTS_FAILED
     assert "matches pitfall bwd_residual_dropped" in bad.stdout.str()
+
+
+@pytest.fixture(scope="module")
+def twin_golden(tmp_path_factory):
+    """A golden file of hand-made cases that see ReLU at exactly 0 with N*H*W > 1: two
+    identical 1x1 samples with BatchNorm biases 0 (the committed set has none, DESIGN 6).
+    ``generate(grad=True)`` computes them (reference VJP, oracle, budgets) from these
+    inputs instead of derived ones."""
+    from resblock.generator.run import generate
+
+    cases = [Case("stress", "normal", 2, 1, 1, 3, s) for s in (0, 1)]
+
+    def twin_inputs(cs):
+        out = []
+        for c in cs:
+            rng = np.random.default_rng(c.seed)
+            x = np.repeat(rng.standard_normal((1, 1, 1, 3)).astype(np.float32), 2, axis=0)
+            p = {v: {"kernel": (rng.standard_normal((3, 3, 3, 3)) / 5).astype(np.float32),
+                     "bias": np.zeros(3, np.float32)} for v in ("Conv_0", "Conv_1")}
+            p.update({b: {"scale": np.ones(3, np.float32), "bias": np.zeros(3, np.float32)}
+                      for b in ("BatchNorm_0", "BatchNorm_1")})
+            st = {b: {"mean": np.zeros(3, np.float32), "var": np.ones(3, np.float32)}
+                  for b in ("BatchNorm_0", "BatchNorm_1")}
+            out.append((x, p, st))
+        return out
+
+    path = tmp_path_factory.mktemp("twin") / "twin.h5"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SOURCE_DATE_EPOCH", "1700000000")
+        mp.setattr("resblock.generator.batched.derive_cases", twin_inputs)
+        generate(cases, path, grad=True, jobs=1)
+    return path
+
+
+def test_relu_at_zero_on_a_twin_case(twin_golden):
+    """Flax's BatchNorm gives exactly 0 on the twin channels, PyTorch's CPU F.batch_norm
+    about 1e-7 (so its ReLU passes the cotangent): both are correct float32 forwards, so
+    both conventions conform there; every recipe conforms."""
+    assert _check(_twin_impl("bwd_relu_one_at_zero"), goldens=[twin_golden]).conforms
+    for target, layout in (("examples/numpy_backward.py:backward", "nhwc"),
+                           ("examples/torch_autograd_backward.py:backward", "nchw"),
+                           ("examples/jax_vjp_backward.py:backward", "nhwc")):
+        assert _check(load_target(str(ROOT / target)), layout, goldens=[twin_golden]).conforms

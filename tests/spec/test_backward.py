@@ -145,20 +145,24 @@ def test_one_value_per_channel_gradients_are_exact():
         assert np.all(bw.params_bar[layer][leaf] == 0) and np.all(b.fp32[name] == 0)
 
 
-def test_relu_derivative_at_zero_is_zero_and_the_other_convention_fails():
+def test_relu_derivative_at_zero_matters_but_is_within_the_forward_rounding():
+    """On a twin case relu1 sees exactly 0 in the oracle and in Flax, and the convention
+    changes x_bar; but a correct float32 BatchNorm may put that input at +-1e-7 (PyTorch's
+    CPU F.batch_norm does), so the budgets admit either side (spec 10.2)."""
     x, p, s, yb = twin_case()
     bw = backward.backward(x, p, s, yb)
     assert np.all(bw.forward.stages["bn1"] == 0)  # relu1 sees exactly 0
     nb = _numpy_example()
     got = _flat(*nb.backward(x, p, s, yb))
     assert _worst((x, p, s, yb), got) < 1
-    # derivative 1 at 0 (the mask bn1 >= 0): x_bar gains conv1's path and is rejected
+    # derivative 1 at 0 (the mask bn1 >= 0): x_bar gains conv1's path
     one_at_zero = dict(got)
     c1_bar = backward.batch_norm_backward(
         bw.forward.stages["conv1"], p["BatchNorm_0"]["scale"], bw.cotangents["relu1"])[0]
     one_at_zero["x"] = bw.cotangents["sum"] + backward.conv3x3_input_grad(
         c1_bar, np.asarray(p["Conv_0"]["kernel"], np.float64))
-    assert _worst((x, p, s, yb), one_at_zero) > 100
+    assert np.max(np.abs(one_at_zero["x"] - bw.x_bar)) > 1e-2
+    assert _worst((x, p, s, yb), one_at_zero) < 1
 
 
 def test_zero_cotangent_gives_zero_budgets():
