@@ -66,7 +66,9 @@ def coverage_cmd(goldens, profiles, zoo, min_cases, json_out, html_out, markdown
     if err.isatty():
         err.write("\r" + " " * 60 + "\r")
     if json_out:
-        _write_atomic(json_out, json.dumps(cov, indent=1))
+        from resblock.conformance.report import write_text_atomic
+
+        write_text_atomic(json_out, json.dumps(cov, indent=1))
     if html_out:
         from resblock.conformance import html as html_page
 
@@ -79,19 +81,3 @@ def coverage_cmd(goldens, profiles, zoo, min_cases, json_out, html_out, markdown
     for p in problems:
         click.echo(f"  problem: {p}", err=True)
     sys.exit(1 if problems else 0)
-
-
-def _write_atomic(path, text: str) -> None:
-    import os
-    import tempfile
-
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".resblock-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -455,19 +455,7 @@ def render_coverage(coverage: dict) -> str:
 def write_html(text: str, path) -> None:
     """Write a page atomically (a reader never sees half a file)."""
     import os
-    import tempfile
 
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".resblock-", suffix=".html", dir=folder)
-    mask = os.umask(0)
-    os.umask(mask)
-    try:
-        os.chmod(tmp, 0o666 & ~mask)  # as open() would create it, not mkstemp's 0600
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from resblock.conformance.report import write_text_atomic
+
+    write_text_atomic(os.fspath(path), text)

@@ -174,10 +174,12 @@ def write_text_atomic(path, text: str) -> None:
 
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    mask = os.umask(0)
+    os.umask(mask)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o666 & ~mask)  # as open() would create it, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         try:
