@@ -160,17 +160,24 @@ def _judge(gc, outcome, config: CheckConfig, prof) -> CaseResult:
             inter = {k: adapters.output_from_user_layout(np.asarray(v), "nchw")
                      for k, v in inter.items()}
         res.stage = first_diverging_stage(gc, inter, prof)
+    nonfinite = int(np.count_nonzero(~np.isfinite(y)))
+    if stats_flat is None and config.api == "seeded":
+        res.message = "batch_stats not returned: only the output was checked"
+    return _conclude(res, outcome,
+                     f"{nonfinite} of {y.size} output values are NaN or Inf" if nonfinite else "")
+
+
+def _conclude(res: CaseResult, outcome, nonfinite: str) -> CaseResult:
+    """pass, or fail with every problem said: inputs modified in place, tensors out of
+    tolerance, non-finite values (``nonfinite``: its sentence, or "")."""
     problems = []
     if outcome.mutated:
         problems.append("modified its inputs in place: " + ", ".join(outcome.mutated))
     bad = res.failing_tensors
     if bad:
         problems.append("out of tolerance: " + ", ".join(t.name for t in bad))
-    nonfinite = int(np.count_nonzero(~np.isfinite(y)))
     if nonfinite:
-        problems.append(f"{nonfinite} of {y.size} output values are NaN or Inf")
-    if stats_flat is None and config.api == "seeded":
-        res.message = "batch_stats not returned: only the output was checked"
+        problems.append(nonfinite)
     if problems:
         res.status = "fail"
         res.message = "; ".join(problems)
@@ -191,18 +198,9 @@ def _judge_backward(gc, outcome, config: CheckConfig, prof, res: CaseResult) -> 
         res.message = clean_text(str(e))
         return res
     res.tensors = compare_backward(gc, grads, prof, config.layout)
-    problems = []
-    if outcome.mutated:
-        problems.append("modified its inputs in place: " + ", ".join(outcome.mutated))
-    bad = res.failing_tensors
-    if bad:
-        problems.append("out of tolerance: " + ", ".join(t.name for t in bad))
     nonfinite = sum(int(np.count_nonzero(~np.isfinite(a))) for a in grads.values())
-    if nonfinite:
-        problems.append(f"{nonfinite} gradient values are NaN or Inf")
-    res.status = "fail" if problems else "pass"
-    res.message = "; ".join(problems)
-    return res
+    return _conclude(res, outcome,
+                     f"{nonfinite} gradient values are NaN or Inf" if nonfinite else "")
 
 
 def check_gradients(files) -> None:
