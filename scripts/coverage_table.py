@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 DESIGN = Path(__file__).resolve().parent.parent / "spec" / "DESIGN.md"
-BEGIN, END = "<!-- coverage:begin -->", "<!-- coverage:end -->"
+BLOCK = "coverage"
 
 
 def table() -> str:
@@ -25,8 +25,9 @@ def table() -> str:
 
 
 def block_of(text: str) -> str:
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    return text[start:end].strip("\n")
+    from resblock.spec.docblocks import block
+
+    return block(text, BLOCK)
 
 
 def main(argv) -> int:
@@ -34,9 +35,9 @@ def main(argv) -> int:
     if "--write" not in argv:
         print(t)
         return 0
-    text = DESIGN.read_text("utf-8")
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    DESIGN.write_text(text[:start] + "\n" + t + "\n" + text[end:], "utf-8")
+    from resblock.spec.docblocks import write_block
+
+    write_block(DESIGN, BLOCK, t)
     print(f"wrote the coverage table into {DESIGN}")
     return 0
 

@@ -19,14 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+from resblock.spec import docblocks
+
 CASE_ID = "functional-normal-n2-4x4-f4-s0"
 SPEC = Path(__file__).resolve().parent.parent / "spec" / "SPEC.md"
-BEGIN = "<!-- worked-backward:begin -->"
-END = "<!-- worked-backward:end -->"
+BLOCK = "worked-backward"
+BEGIN, END = docblocks.markers(BLOCK)
 
 
-def _vec(a) -> str:
-    return "[" + ", ".join(f"{float(v): .7g}" for v in np.ravel(a)) + "]"
+_vec = docblocks.vector
 
 
 def render(golden_path=None, case_id: str = CASE_ID) -> str:
@@ -73,8 +74,7 @@ def render(golden_path=None, case_id: str = CASE_ID) -> str:
 
 
 def spec_block(text: str) -> str:
-    i, j = text.index(BEGIN) + len(BEGIN), text.index(END)
-    return text[i:j].strip("\n")
+    return docblocks.block(text, BLOCK)
 
 
 def main(argv=None) -> int:
@@ -83,9 +83,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     block = render()
     if args.write:
-        text = SPEC.read_text("utf-8")
-        i, j = text.index(BEGIN) + len(BEGIN), text.index(END)
-        SPEC.write_text(text[:i] + "\n" + block + "\n" + text[j:], "utf-8")
+        docblocks.write_block(SPEC, BLOCK, block)
         print(f"wrote the backward worked example of {CASE_ID} into {SPEC}")
         return 0
     print(block)

@@ -20,14 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+from resblock.spec import docblocks
+
 CASE_ID = "functional-normal-n2-4x4-f4-s0"
 SPEC = Path(__file__).resolve().parent.parent / "spec" / "SPEC.md"
-BEGIN = "<!-- worked-example:begin -->"
-END = "<!-- worked-example:end -->"
+BLOCK = "worked-example"
+BEGIN, END = docblocks.markers(BLOCK)
 
 
-def _vec(a) -> str:
-    return "[" + ", ".join(f"{float(v): .7g}" for v in np.ravel(a)) + "]"
+_vec = docblocks.vector
 
 
 def moments(stage: np.ndarray):
@@ -81,8 +82,7 @@ def render(golden_path=None, case_id: str = CASE_ID) -> str:
 
 def spec_block(text: str) -> str:
     """The text between the markers of SPEC.md (without the markers)."""
-    i, j = text.index(BEGIN) + len(BEGIN), text.index(END)
-    return text[i:j].strip("\n")
+    return docblocks.block(text, BLOCK)
 
 
 def main(argv=None) -> int:
@@ -95,8 +95,7 @@ def main(argv=None) -> int:
     block = render(args.golden, args.case)
     text = SPEC.read_text("utf-8")
     if args.write:
-        i, j = text.index(BEGIN) + len(BEGIN), text.index(END)
-        SPEC.write_text(text[:i] + "\n" + block + "\n" + text[j:], "utf-8")
+        docblocks.write_block(SPEC, BLOCK, block)
         print(f"wrote the worked example of {args.case} into {SPEC}")
         return 0
     if args.check:
