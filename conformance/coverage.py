@@ -85,7 +85,7 @@ def case_rows(gc, profiles, zoo_names=None) -> list[dict]:
                          "score": score, "named": named})
         for name, message in raised.items():  # a refusal: an error, never a pass
             rows.append({"kind": "pitfall", "name": name, "profile": pname,
-                         "score": np.inf, "named": diagnose_error(gc, message) == name})
+                         "score": np.inf, "named": diagnose_error(gc, message, raised) == name})
         if gc.has_grad:
             rows += backward_rows(gc, prof)
     return rows

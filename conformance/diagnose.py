@@ -128,28 +128,20 @@ def diagnose_case(gc, result, config, prof, twins: dict | None = None) -> str | 
     return best_match(d_ref, match_scores(gc, y, stats, prof, twins))
 
 
-def diagnose_error(gc, message: str) -> str | None:
+def diagnose_error(gc, message: str, raised: dict | None = None) -> str | None:
     """The pitfall whose twin raises, on this case, the error the implementation raised.
 
     Some mistakes are refusals rather than wrong numbers (PyTorch's BatchNorm raises at
     one value per channel); their twin raises the library's own message. The pitfall is
     named when the first clause of the twin's message (up to the first comma) appears in
-    the implementation's error, so sizes and tensor reprs may differ.
+    the implementation's error, so sizes and tensor reprs may differ. ``raised``: the
+    twins' messages on this case when already collected by :func:`twin_outputs`.
     """
-    import warnings
-
-    from resblock.conformance.pitfalls import PITFALLS
-    from resblock.conformance.variants import make_forward
-
-    for p in PITFALLS:
-        if gc.case.family not in p.families:
-            continue
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            try:
-                make_forward(p.variant)(gc.x, gc.params, gc.batch_stats_in)
-            except Exception as e:  # noqa: BLE001 - a raising twin is what we look for
-                clause = str(e).split(",")[0].strip()
-                if len(clause) >= 16 and clause in message:
-                    return p.name
+    if raised is None:
+        raised = {}
+        twin_outputs(gc, raised)
+    for name, text in raised.items():
+        clause = text.split(",")[0].strip()
+        if len(clause) >= 16 and clause in message:
+            return name
     return None

@@ -129,7 +129,7 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None):
         from resblock.generator.batched import derive_y_bars
 
         y_bars = derive_y_bars(cases)
-    for i, (_case, (x, params, stats)) in enumerate(zip(cases, inputs, strict=True)):
+    for i, (case, (x, params, stats)) in enumerate(zip(cases, inputs, strict=True)):
         if getattr(runner, "grad", False):
             y_bar = y_bars[i]
             y, new_stats, x_bar, params_bar = runner(x, params, stats, y_bar)
@@ -150,7 +150,7 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None):
         if getattr(runner, "grad", False):
             arrays.update(grad_arrays(x, params, stats, y_bar, x_bar, params_bar, bw))
         rows.append(arrays)
-        extras.append({"kappa": ref.kappa, "ref_score": reference_score(_case, arrays, fp32)})
+        extras.append({"kappa": ref.kappa, "ref_score": reference_score(case, arrays, fp32)})
     stacked = {k: np.stack([r[k] for r in rows]) for k in group_arrays(rows[0])}
     return stacked, extras
 
