@@ -1,35 +1,28 @@
-"""Robustness of the conformance run (conformance/runner.py, invoke.py, adapters.py, cli.py).
-
-Whatever an implementation does (raise, return NaN, the wrong shape, dtype or structure,
-write into its inputs, hang, crash the process), the case becomes a per-case ``error``
+"""Verdicts of the conformance run (conformance/runner.py: ``judge`` and ``run_check``).
+Whatever an in-process implementation does (raise, call sys.exit, return NaN, the wrong
+shape, dtype or structure, write into its inputs), the case becomes a per-case ``error``
 or ``fail`` with a message saying what to do, and the run goes on over every selected
-case. Whatever is wrong with the harness' own inputs (goldens, -k, options, target)
-is a :class:`HarnessError`: exit code 2 in the CLI, never 0 or 1.
+case; ``judge`` also checks the optional intermediates (naming the first diverging stage)
+and the seeded API's contract. The harness' own errors and the CLI's exit codes are tested
+in test_runner_harness_errors.py, the worker process in test_runner_worker.py; both import
+the shared helpers defined here.
 """
 
-import json
-import shutil
 import sys
 import types
 import warnings
-from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from resblock.cli import cli
-from resblock.conformance.invoke import InProcess, Outcome, Worker
+from resblock.conformance.invoke import InProcess, Outcome
 from resblock.conformance.runner import CheckConfig, judge, run_check
 from resblock.conformance.variants import make_forward
-from resblock.errors import GoldenFormatError, HarnessError, TargetError
 from resblock.golden.cli import default_goldens
 from resblock.golden.reader import GoldenFile
 from resblock.spec import tolerance
 from resblock.spec.cases import Case
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 GOLDENS = default_goldens()
 GOOD = make_forward("correct_float32")
 
@@ -37,6 +30,7 @@ with GoldenFile(GOLDENS[0]) as _gf:
     IDS = list(_gf.ids)
 N_CASES = len(IDS)
 ONE_BY_ONE = [i for i in IDS if Case.from_id(i).h == 1 and Case.from_id(i).w == 1]
+TWO_1X1 = "seeded-normal-n1-1x1-f4-s0 or seeded-normal-n1-1x1-f4-s1"
 
 
 def run_fn(fn, **kw):
@@ -355,311 +349,3 @@ def test_seeded_api_checks_only_seeded_cases_and_the_1d_shape():
     assert statuses(run) == {"error"}
     r = next(r for r in run.results if r.id == "seeded-normal-n1-4x4-f4-s0")
     assert r.message == "output has shape (1, 4, 4, 4), expected (64,)"
-
-
-# --- configuration and goldens: HarnessError ------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "kw, fragment",
-    [
-        ({"api": "batched"}, "--api 'batched'"),
-        ({"layout": "nwhc"}, "--layout 'nwhc'"),
-        ({"api": "seeded", "layout": "nchw"}, "--layout nchw does not apply"),
-        ({"profile": "fp16"}, "--profile 'fp16'"),
-        ({"timeout": 0}, "--timeout must be positive"),
-        ({"timeout": -1.0}, "--timeout must be positive"),
-    ],
-)
-def test_bad_configuration_is_a_harness_error(kw, fragment):
-    with pytest.raises(HarnessError, match=fragment.replace("(", r"\(")):
-        CheckConfig(target="t", **kw)
-
-
-def test_keyword_that_selects_nothing_is_a_harness_error():
-    with pytest.raises(HarnessError, match="no case selected: nothing to check"):
-        run_fn(GOOD, keyword="nomatch")
-    with pytest.raises(HarnessError, match="no case selected"):
-        run_fn(lambda seed, x, f: x, api="seeded", keyword="functional")
-
-
-@pytest.fixture(scope="module")
-def golden_copy(tmp_path_factory):
-    d = tmp_path_factory.mktemp("goldens")
-    p = d / "copy.h5"
-    shutil.copyfile(GOLDENS[0], p)
-    return p
-
-
-def _variant_file(golden_copy, name):
-    p = golden_copy.parent / name
-    shutil.copyfile(golden_copy, p)
-    return p
-
-
-@pytest.fixture(scope="module")
-def truncated(golden_copy):
-    p = golden_copy.parent / "truncated.h5"
-    data = golden_copy.read_bytes()
-    p.write_bytes(data[: len(data) // 2])
-    return p
-
-
-def test_a_copy_of_the_goldens_is_accepted(golden_copy):
-    cfg = CheckConfig(target="t", keyword="seeded-normal-n1-1x1")
-    run = run_check(cfg, InProcess(GOOD, "functional", "nhwc"), [golden_copy])
-    assert run.conforms and run.goldens[0]["path"] == str(golden_copy)
-
-
-def test_truncated_golden(truncated):
-    with pytest.raises(GoldenFormatError, match="not a readable HDF5 file"):
-        run_fn_on([truncated])
-
-
-def run_fn_on(paths, fn=GOOD):
-    return run_check(CheckConfig(target="t"), InProcess(fn, "functional", "nhwc"), paths)
-
-
-def test_unreadable_and_missing_goldens(tmp_path):
-    junk = tmp_path / "junk.h5"
-    junk.write_bytes(b"this is not HDF5\n" * 100)
-    with pytest.raises(GoldenFormatError, match="junk.h5: not a readable HDF5 file"):
-        run_fn_on([junk])
-    with pytest.raises(GoldenFormatError, match="no such golden file"):
-        run_fn_on([tmp_path / "absent.h5"])
-    with pytest.raises(GoldenFormatError, match="no such golden file"):
-        run_fn_on([tmp_path])  # a directory
-
-
-def test_hdf5_without_metadata(tmp_path):
-    p = tmp_path / "other.h5"
-    with h5py.File(p, "w") as f:
-        f.create_dataset("x", data=np.zeros(3))
-    with pytest.raises(GoldenFormatError, match="no /metadata dataset"):
-        run_fn_on([p])
-
-
-def _rewrite_metadata(path, change):
-    with h5py.File(path, "r+") as f:
-        meta = json.loads(f["metadata"][()].decode("utf-8"))
-        change(meta)
-        del f["metadata"]
-        f.create_dataset("metadata", data=json.dumps(meta), dtype=h5py.string_dtype("utf-8"))
-
-
-def test_schema_invalid_golden(golden_copy):
-    p = _variant_file(golden_copy, "schema.h5")
-    _rewrite_metadata(p, lambda m: m.update(bogus_field=1))
-    with pytest.raises(GoldenFormatError,
-                       match="metadata does not validate against schema 'golden-metadata'"):
-        run_fn_on([p])
-
-
-def test_golden_of_another_format_major_version(golden_copy):
-    p = _variant_file(golden_copy, "format.h5")
-    _rewrite_metadata(p, lambda m: m.update(format_version="3.0.0"))
-    with pytest.raises(GoldenFormatError, match="format version 3.0.0"):
-        run_fn_on([p])
-
-
-def test_modified_golden_data_fails_its_hash(golden_copy):
-    p = _variant_file(golden_copy, "modified.h5")
-    with h5py.File(p, "r+") as f:
-        f["groups/n1_h4_w4_f4/x"][0, 0, 0, 0, 0] += 1.0
-    with pytest.raises(GoldenFormatError, match="content hash mismatch"):
-        run_fn_on([golden_copy, p])
-
-
-def test_golden_errors_are_harness_errors():
-    assert issubclass(GoldenFormatError, HarnessError)
-    assert issubclass(TargetError, HarnessError)
-
-
-# --- worker process: timeouts and crashes ---------------------------------------------
-
-SLEEPER = "import time\n\ndef forward(x, params, batch_stats):\n    time.sleep(60)\n"
-CRASHER = """\
-import os
-import signal
-
-from resblock.conformance.variants import make_forward
-
-_good = make_forward("correct_float32")
-
-
-def forward(x, params, batch_stats):
-    if x.shape[1] == 1 and x.shape[2] == 1:
-        os.kill(os.getpid(), signal.SIGSEGV)
-    return _good(x, params, batch_stats)
-"""
-TWO_1X1 = "seeded-normal-n1-1x1-f4-s0 or seeded-normal-n1-1x1-f4-s1"
-
-
-def test_timeout_kills_hanging_cases_and_the_run_finishes(tmp_path):
-    f = tmp_path / "sleeper.py"
-    f.write_text(SLEEPER)
-    target = f"{f}:forward"
-    cfg = CheckConfig(target=target, keyword=TWO_1X1, timeout=1.0)
-    worker = Worker(target, "functional", "nhwc", 1.0)
-    run = run_check(cfg, worker, GOLDENS)
-    assert [r.id for r in run.results] == ["seeded-normal-n1-1x1-f4-s0",
-                                           "seeded-normal-n1-1x1-f4-s1"]
-    for r in run.results:
-        assert r.status == "error"
-        assert r.message == "timed out after 1 s (--timeout); the worker was killed"
-        assert 0.9 <= r.seconds < 10
-    assert worker.proc is None  # killed, not left sleeping
-    assert run.seconds < 40
-
-
-def test_crashing_implementation_is_reported_with_the_signal(tmp_path):
-    f = tmp_path / "crasher.py"
-    f.write_text(CRASHER)
-    target = f"{f}:forward"
-    keyword = TWO_1X1 + " or seeded-normal-n1-2x2-f2-s0"
-    cfg = CheckConfig(target=target, keyword=keyword, timeout=30.0)
-    run = run_check(cfg, Worker(target, "functional", "nhwc", 30.0), GOLDENS)
-    got = {r.id: r for r in run.results}
-    assert len(got) == 3
-    for i in ("seeded-normal-n1-1x1-f4-s0", "seeded-normal-n1-1x1-f4-s1"):
-        assert got[i].status == "error"
-        assert got[i].message == ("the implementation crashed the worker process "
-                                  "(killed by signal SIGSEGV)")
-    # A fresh worker is started after a crash: the next case runs normally.
-    assert got["seeded-normal-n1-2x2-f2-s0"].status == "pass"
-
-
-UNPICKLABLE = """\
-import threading
-
-from resblock.conformance.variants import make_forward
-
-_good = make_forward("correct_float32")
-
-
-def forward(x, params, batch_stats):
-    y, stats = _good(x, params, batch_stats)
-    return y, stats, {"conv1": threading.Lock()}
-"""
-
-
-def test_worker_result_that_cannot_be_sent_back_is_a_case_error(tmp_path):
-    f = tmp_path / "unpicklable.py"
-    f.write_text(UNPICKLABLE)
-    target = f"{f}:forward"
-    cfg = CheckConfig(target=target, keyword=TWO_1X1, timeout=30.0)
-    run = run_check(cfg, Worker(target, "functional", "nhwc", 30.0), GOLDENS)
-    assert len(run.results) == 2 and statuses(run) == {"error"}
-    assert run.results[1].message.startswith(
-        "returned an object that cannot be sent back from the worker: ")
-
-
-def test_worker_dying_while_importing_the_target_is_a_harness_error(tmp_path):
-    # BUG (conformance/invoke.py, Worker._start): when the worker process dies while
-    # importing the target (os._exit, a segfaulting extension module), parent.recv()
-    # raises EOFError, which escapes run_check; click turns it into "Aborted!" and exit
-    # status 1 ("does not conform"). Suggested: catch EOFError/OSError around recv() in
-    # _start, join the process and raise TargetError("--impl ...: the worker process
-    # died while importing the target (exit status 3)") -> exit 2.
-    f = tmp_path / "dies.py"
-    f.write_text("import os\n\nos._exit(3)\n")
-    r = CliRunner().invoke(cli, ["check", "-q", "--impl", f"{f}:forward", "--timeout", "5",
-                                 "-k", TWO_1X1])
-    assert r.exit_code == 2, r.output
-    assert "Error: " in r.output
-
-
-def test_worker_reports_a_target_that_does_not_load(tmp_path):
-    f = tmp_path / "broken.py"
-    f.write_text("raise ImportError('needs a GPU build')\n")
-    cfg = CheckConfig(target=f"{f}:forward", keyword=TWO_1X1, timeout=5.0)
-    with pytest.raises(TargetError, match="needs a GPU build"):
-        run_check(cfg, Worker(f"{f}:forward", "functional", "nhwc", 5.0), GOLDENS)
-
-
-# --- the CLI: exit codes ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def wrong_impl(tmp_path_factory):
-    p = tmp_path_factory.mktemp("impl") / "wrong.py"
-    p.write_text("from resblock.conformance.variants import make_forward\n\n"
-                 "forward = make_forward('missing_residual')\n")
-    return p
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, ["check", "-q", *args])
-
-
-def test_cli_exit_0_for_a_correct_example():
-    r = invoke("--impl", f"{EXAMPLES / 'numpy_float32.py'}:forward")
-    assert r.exit_code == 0, r.output
-    assert f"CONFORMS: {N_CASES} passed, 0 failed" in r.output
-
-
-def test_cli_exit_1_for_a_wrong_variant(wrong_impl):
-    r = invoke("--impl", f"{wrong_impl}:forward")
-    assert r.exit_code == 1, r.output
-    assert "DOES NOT CONFORM" in r.output
-    assert "matches pitfall: missing_residual" in r.output
-
-
-@pytest.mark.parametrize(
-    "target, fragment",
-    [
-        ("examples/numpy_float32.py", "expected MODULE:FUNCTION"),
-        ("/nonexistent/dir/impl.py:forward", "no such file"),
-        (f"{EXAMPLES / 'numpy_float32.py'}:fwd", "has no attribute 'fwd'; callables there:"),
-        ("resblock_no_such_module:forward", "cannot import module"),
-    ],
-)
-def test_cli_exit_2_for_a_bad_target(target, fragment):
-    r = invoke("--impl", target)
-    assert r.exit_code == 2
-    assert "Error: --impl" in r.output and fragment in r.output
-    assert "Traceback" not in r.output
-
-
-def test_cli_exit_2_for_a_bad_target_in_the_worker(tmp_path):
-    r = invoke("--impl", f"{tmp_path / 'absent.py'}:forward", "--timeout", "5", "-k", TWO_1X1)
-    assert r.exit_code == 2
-    assert "no such file" in r.output
-
-
-def test_cli_exit_2_for_a_truncated_golden(truncated):
-    r = invoke("--impl", f"{EXAMPLES / 'numpy_float32.py'}:forward", "--goldens", str(truncated))
-    assert r.exit_code == 2
-    assert "not a readable HDF5 file" in r.output
-
-
-@pytest.mark.parametrize("args", [
-    ["-k", "nomatch"],
-    ["-k", "functional", "--api", "seeded"],
-    ["-k", "seeded and"],
-])
-def test_cli_never_exits_0_when_nothing_is_checked(args):
-    r = invoke("--impl", f"{EXAMPLES / 'numpy_float32.py'}:forward", *args)
-    assert r.exit_code == 2
-    assert "Error: " in r.output
-
-
-@pytest.mark.parametrize("args", [
-    [],
-    ["--impl", "examples/numpy_float32.py:forward", "--exec", "prog {input} {output}"],
-])
-def test_cli_exit_2_unless_exactly_one_of_impl_and_exec(args):
-    r = invoke(*args)
-    assert r.exit_code == 2
-    assert "give exactly one of --impl TARGET or --exec" in r.output
-
-
-@pytest.mark.parametrize("args, fragment", [
-    (["--timeout", "0"], "--timeout must be positive"),
-    (["--api", "seeded", "--layout", "nchw"], "--layout nchw does not apply"),
-    (["--profile", "fp16"], "Invalid value for '--profile'"),
-])
-def test_cli_exit_2_for_bad_options(args, fragment):
-    r = invoke("--impl", f"{EXAMPLES / 'numpy_float32.py'}:forward", *args)
-    assert r.exit_code == 2
-    assert fragment in r.output
