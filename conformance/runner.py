@@ -85,7 +85,7 @@ def open_goldens(paths):
             for f in files:
                 f.close()
             raise
-        problems = gf.hash_problems()
+        problems = gf.index_problems()  # the parts are verified as each group is read
         if problems:
             gf.close()
             raise GoldenFormatError(f"{p}: " + "; ".join(problems[:3]))
@@ -254,6 +254,14 @@ def run_check(config: CheckConfig, invoker, golden_paths, progress=None) -> RunR
             groups.setdefault((id(f), e["group"]), []).append((f, e))
         done = 0
         candidates: list = []  # (worst score, n, res, gc, result): the worst failures
+        # Every part the check judges by is verified against its seal before anything
+        # runs (a part that does not stay in the reader's cache is read again below).
+        parts = ("forward", "grad") if config.api == "backward" else ("forward",)
+        for members in groups.values():
+            f, group = members[0][0], members[0][1]["group"]
+            for part in f.parts(group):
+                if part in parts or part == "all":
+                    f.part(group, part)
         for members in groups.values():
             gcs = [f.case(e["id"]) for f, e in members]
             for gc, outcome in zip(gcs, invoker.run(gcs), strict=True):

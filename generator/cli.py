@@ -145,7 +145,7 @@ def generate(ctx, output, preset, families, inputs, seeds, shapes, features, bat
     explicit = [a for a in axis_opts if ctx.get_parameter_source(a) == src.COMMANDLINE]
     if preset and explicit:
         raise click.UsageError(f"--preset cannot be combined with axis options ({explicit})")
-    from resblock.golden.store import check_output_path
+    from resblock.golden.writer import check_output_path
 
     check_output_path(output)  # before any work: a file where a folder should be
     if os.path.exists(output) and not force:

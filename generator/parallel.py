@@ -113,7 +113,7 @@ def generate_forked(groups, path, *, jobs, device, grid, force, progress, precis
     """
     from resblock.errors import HarnessError
     from resblock.golden.reader import GoldenFile
-    from resblock.golden.store import GoldenWriter
+    from resblock.golden.writer import GoldenWriter
 
     created = provenance.created_timestamp()
     cache_dir = run.configure_cache(cache_dir)

@@ -146,7 +146,7 @@ def _compute_into(groups, path, *, device: str, grid: dict, force: bool, progres
     With ``compile_worker`` (and a CPU device, several groups, and a process that can
     still fork), a ``parallel.CompileWorker`` compiles the forwards meanwhile.
     """
-    from resblock.golden.store import GoldenWriter
+    from resblock.golden.writer import GoldenWriter
 
     created = provenance.created_timestamp()  # fail on a bad SOURCE_DATE_EPOCH before work
     cache_dir = configure_cache(cache_dir)

@@ -40,7 +40,7 @@ def merge_files(out, inputs, *, grid: dict | None = None, expected_ids=None,
     ``allow_gaps``, or cases outside it.
     """
     from resblock.golden.reader import GoldenFile
-    from resblock.golden.store import GoldenWriter
+    from resblock.golden.writer import GoldenWriter
 
     if not inputs:
         raise GoldenFormatError("merge: no input files")

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,9 @@ METADATA_MAX_BYTES = 64 * 2**20  # /metadata is JSON text: a few hundred kB per 
 # needs a plugin, which would run foreign code on read.
 KNOWN_FILTERS = frozenset({1, 2, 3, 4, 5, 6, 32000})  # and LZF, built into h5py
 MAX_COMPRESSION = 100  # declared bytes per stored byte of a filtered dataset (zip bombs)
+# Format 2 sealed each case with one hash over all its arrays; format 3 with a digest per
+# part (forward, stages, gradients), so that a check reads and hashes only what it uses.
+READABLE_MAJORS = ("2", "3")
 
 
 def open_golden(path) -> GoldenFile:
@@ -26,8 +30,9 @@ def open_golden(path) -> GoldenFile:
 
 
 class GoldenFile:
-    """A validated golden file. Structure and schema are checked on open; hashes by
-    :meth:`hash_problems` (``resblock verify`` and ``resblock check`` both call it)."""
+    """A validated golden file. Schema, index and structure are checked on open; each
+    part of a group (forward, stages, gradients) is checked, read and verified against
+    its digests on first use (:meth:`part`); :meth:`hash_problems` verifies them all."""
 
     cache_bytes = 256 * 2**20  # arrays kept in memory across calls (at least one group)
 
@@ -87,11 +92,13 @@ class GoldenFile:
         import h5py
 
         bad = []
+        self._links = links = set()  # every path in the file, for existence checks
 
         def visit(name, info):
             if info.type != h5py.h5l.TYPE_HARD:
                 bad.append(name.decode("utf-8", "replace"))
                 return 1  # stop
+            links.add(name)
             return None
 
         self._f.id.links.visit(visit, info=True)
@@ -181,18 +188,21 @@ class GoldenFile:
         except json.JSONDecodeError as e:
             self._fail(f"/metadata is not valid JSON ({e}); the file was edited or damaged")
         version = meta.get("format_version", "?") if isinstance(meta, dict) else "?"
-        if str(version).split(".")[0] == "1" and FORMAT_VERSION.split(".")[0] == "2":
+        if str(version).split(".")[0] == "1":
             self._fail(
                 f"format version {version} predates the per-element error model: it has no "
                 "budget/ datasets, so no bound can be applied to it. Regenerate it with this "
                 "kit (`resblock generate` with the same grid; `resblock list FILE` shows it), "
                 "or check against the committed goldens"
             )
-        if str(version).split(".")[0] != FORMAT_VERSION.split(".")[0]:
+        if str(version).split(".")[0] not in READABLE_MAJORS:
             self._fail(
-                f"format version {version}, but this kit reads format {FORMAT_VERSION}; "
-                "use a resblock release that matches the file, or regenerate it"
+                f"format version {version}, but this kit reads formats "
+                f"{', '.join(m + '.x' for m in READABLE_MAJORS)} (it writes "
+                f"{FORMAT_VERSION}); use a resblock release that matches the file, or "
+                "regenerate it"
             )
+        self.sealed_by_parts = str(version).split(".")[0] != "2"
         problems = errors(meta, "golden-metadata")
         if problems:
             self._fail("metadata does not validate against schema 'golden-metadata': "
@@ -200,19 +210,24 @@ class GoldenFile:
         return meta
 
     def _check_structure(self):
+        """Groups, their case ids and the index, and that every dataset a group must
+        hold is there. The datasets themselves (kind, shape, type, storage) are checked
+        when a part is first read (:meth:`part`), before a byte of it is read."""
         import h5py
 
-        from resblock.golden.store import expected_dtype, expected_shape, group_arrays
+        from resblock.golden.store import group_arrays, group_parts
 
-        types = {np.dtype("<f4"): h5py.h5t.IEEE_F32LE, np.dtype("<f8"): h5py.h5t.IEEE_F64LE}
-        self._datasets = {}  # (group, array name) -> the checked DatasetID (not yet read)
         self._names = {}  # group -> its array names (CASE_ARRAYS, and GRAD_ARRAYS if any)
-        self._cache: dict[str, dict] = {}
-        eager = 0  # bytes read while checking: a file within the cache budget is read in
-        # the same pass (each dataset opened once; hashing needs every byte anyway)
+        self._cache: dict[tuple, tuple] = {}  # (group, part) -> (arrays, hash problems)
+        self._name_sets: dict[str, frozenset] = {}
+        self._by_group: dict[str, list[dict]] = {}
         groups = {g["name"]: g for g in self.metadata["groups"]}
         for g in groups.values():
             path = f"groups/{g['name']}"
+            shape_name = f"n{g['n']}_h{g['h']}_w{g['w']}_f{g['features']}"
+            if g["name"] != shape_name:  # the shape every dataset of it is checked against
+                self._fail(f"group {g['name']!r} is listed with the shape of {shape_name!r}; "
+                           "the metadata was edited")
             try:
                 grp = h5py.h5o.open(self._f.id, path.encode("utf-8"))
             except KeyError:
@@ -224,27 +239,15 @@ class GoldenFile:
             if h5py.check_string_dtype(ids.dtype) is None:
                 self._fail(f"/{path}/case_ids is {ids.shape} {ids.dtype}; expected "
                            f"({g['size']},) strings")
-            names = group_arrays(("grad/y_bar",) if grp.links.exists(b"grad") else ())
+            names = group_arrays(("grad/y_bar",) if f"{path}/grad".encode() in self._links
+                                 else ())
+            missing = next((n for n in names if f"{path}/{n}".encode() not in self._links),
+                           None)
+            if missing is not None:
+                self._fail(f"dataset /{path}/{missing} is missing")
             self._names[g["name"]] = names
-            arrays: dict[str, np.ndarray] = {}
-            shapes = {name: (g["size"],) + expected_shape(name, g["n"], g["h"], g["w"],
-                                                          g["features"]) for name in names}
-            size = sum(math.prod(shapes[n]) * expected_dtype(n).itemsize for n in names)
-            read_now = eager + size <= self.cache_bytes
-            eager += size if read_now else 0
-            for name in names:
-                want = shapes[name]
-                want_type = types[expected_dtype(name)]
-                ds = self._dataset(f"{path}/{name}", want, want_type, loc=grp, name=name,
-                                   expected=f"{want} {expected_dtype(name)}")
-                if read_now:
-                    a = np.empty(want, dtype=expected_dtype(name))
-                    ds.read(h5py.h5s.ALL, h5py.h5s.ALL, a)
-                    arrays[name] = a
-                else:  # past the budget: read when needed, through the checked ID
-                    self._datasets[(g["name"], name)] = ds
-            if read_now:
-                self._cache[g["name"]] = arrays
+            self._name_sets[g["name"]] = frozenset(names)
+            self._by_group[g["name"]] = []
         seen = set()
         for e in self.metadata["cases"]:
             if e["id"] in seen:
@@ -263,6 +266,13 @@ class GoldenFile:
             if stored != e["id"]:
                 self._fail(f"/groups/{e['group']}/case_ids[{e['row']}] is {stored!r} but the "
                            f"index puts {e['id']!r} there")
+            if self.sealed_by_parts and \
+                    sorted(e.get("parts", ())) != sorted(group_parts(self._names[e["group"]])):
+                self._fail(f"index entry {e['id']!r} has digests for parts "
+                           f"{sorted(e.get('parts', ()))}, but its group holds "
+                           f"{list(group_parts(self._names[e['group']]))}; every part of a "
+                           "case must be sealed")
+            self._by_group[e["group"]].append(e)
 
     def _case_ids(self, group: str) -> list[str]:
         cache = self.__dict__.setdefault("_ids_cache", {})
@@ -271,20 +281,116 @@ class GoldenFile:
             cache[group] = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in raw]
         return cache[group]
 
-    def hash_problems(self) -> list[str]:
-        """Recompute every case hash and the content hash; describe each mismatch."""
+    # -- parts and hashes -----------------------------------------------------------
+    def parts(self, group: str) -> dict[str, tuple[str, ...]]:
+        """The parts of ``group`` and their array names. A format-2 file has one part,
+        "all", sealed by each case's single hash."""
+        from resblock.golden.store import PARTS, group_parts
+
+        names = self._names[group]
+        if not self.sealed_by_parts:
+            return {"all": names}
+        return {p: PARTS[p] for p in group_parts(names)}
+
+    def part_of(self, group: str, name: str) -> str:
+        from resblock.golden.store import part_of
+
+        return part_of(name) if self.sealed_by_parts else "all"
+
+    def index_problems(self) -> list[str]:
+        """The hashes that need no array: each case hash over its index entry (format 3:
+        the part digests included) and the file's content hash over the case hashes."""
         from resblock.golden.store import case_sha256, content_sha256, index_fields
 
         problems = []
-        for e in self.entries:
-            arrays = self._group_arrays(e["group"])
-            got = case_sha256(e["id"], {k: arrays[k][e["row"]] for k in self._names[e["group"]]},
-                              index_fields(e))
-            if got != e["sha256"]:
-                problems.append(f"case {e['id']}: content hash mismatch (data was modified)")
+        if self.sealed_by_parts:
+            problems = [f"case {e['id']}: index hash mismatch (its index entry was modified)"
+                        for e in self.entries
+                        if case_sha256(e["id"], {}, index_fields(e)) != e["sha256"]]
         if content_sha256(self.entries) != self.metadata["content_sha256"]:
             problems.append("file content hash does not match its case index")
         return problems
+
+    def hash_problems(self, parts=None) -> list[str]:
+        """Recompute the hashes of the index and of ``parts`` (every part when None) of
+        every group; describe each mismatch."""
+        problems = self.index_problems()
+        for group in self._names:
+            for part in self.parts(group):
+                if parts is None or part in parts or part == "all":
+                    problems.extend(self.part(group, part, strict=False)[1])
+        return problems
+
+    def part(self, group: str, part: str, strict: bool = True):
+        """``(arrays, problems)``: the stacked arrays of one part of a group, each dataset
+        checked before it is read, and the cases whose digest of the part does not match.
+        With ``strict`` a mismatch raises :class:`GoldenFormatError` instead: data that
+        fails its seal is never used."""
+        hit = self._cache.get((group, part))
+        if hit is None:
+            if not self._f.id.valid:
+                raise GoldenFormatError(
+                    f"{self.path} was closed before the {part} arrays of group {group} "
+                    "were read; a case reads its arrays from the open file (take "
+                    "dict(case.arrays) before closing it)")
+            names = self.parts(group)[part]
+            arrays = self._read(group, names)
+            hit = (arrays, self._seal_problems(group, part, arrays))
+            # Keep parts resident up to a byte budget (evicting the oldest): a small file
+            # is read once however often it is traversed; a huge one stays bounded.
+            self._cache[(group, part)] = hit
+            size = sum(a.nbytes for v in self._cache.values() for a in v[0].values())
+            while size > self.cache_bytes and len(self._cache) > 1:
+                oldest = next(iter(self._cache))
+                size -= sum(a.nbytes for a in self._cache.pop(oldest)[0].values())
+        if strict and hit[1]:
+            raise GoldenFormatError(f"{self.path}: " + "; ".join(hit[1][:3])
+                                    + ("" if len(hit[1]) <= 3 else
+                                       f" (and {len(hit[1]) - 3} more)"))
+        return hit
+
+    def _seal_problems(self, group: str, part: str, arrays) -> list[str]:
+        from resblock.golden.store import case_sha256, index_fields, part_sha256
+
+        problems = []
+        for e in self._by_group[group]:
+            rows = {k: v[e["row"]] for k, v in arrays.items()}
+            if part == "all":
+                ok = case_sha256(e["id"], rows, index_fields(e)) == e["sha256"]
+            else:
+                ok = part_sha256(e["id"], part, rows) == e["parts"][part]
+            if not ok:
+                what = "" if part == "all" else f" of its {part} arrays"
+                problems.append(f"case {e['id']}: content hash mismatch{what} (data was "
+                                "modified)")
+        return problems
+
+    def _read(self, group: str, names) -> dict[str, np.ndarray]:
+        import h5py
+
+        from resblock.golden.store import expected_dtype, expected_shape
+
+        types = {np.dtype("<f4"): h5py.h5t.IEEE_F32LE, np.dtype("<f8"): h5py.h5t.IEEE_F64LE}
+        g = next(g for g in self.metadata["groups"] if g["name"] == group)
+        path = f"groups/{group}"
+        arrays = {}
+        try:
+            grp = h5py.h5o.open(self._f.id, path.encode("utf-8"))
+            for name in names:
+                dtype = expected_dtype(name)
+                want = (g["size"],) + expected_shape(name, g["n"], g["h"], g["w"],
+                                                     g["features"])
+                ds = self._dataset(f"{path}/{name}", want, types[dtype], loc=grp, name=name,
+                                   expected=f"{want} {dtype}")
+                a = np.empty(want, dtype=dtype)
+                ds.read(h5py.h5s.ALL, h5py.h5s.ALL, a)
+                arrays[name] = a
+        except GoldenFormatError:
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise GoldenFormatError(f"{self.path}: damaged data in group {group} "
+                                    f"({type(e).__name__}: {e})") from None
+        return arrays
 
     # -- access -------------------------------------------------------------------
     def group_has_grad(self, group: str) -> bool:
@@ -305,41 +411,11 @@ class GoldenFile:
                 f"{self.path}: no case {case_id!r}; `resblock list {self.path}` shows the ids"
             ) from None
 
-    def _group_arrays(self, group: str) -> dict[str, np.ndarray]:
-        import h5py
-
-        from resblock.golden.store import expected_dtype
-
-        arrays = self._cache.get(group)
-        if arrays is None:
-            try:  # through the datasets checked on open: low-level reads, ~6x faster
-                arrays = {}
-                for name in self._names[group]:
-                    ds = self._datasets.get((group, name))
-                    if ds is None:  # read on open, then evicted: reopen (checked on open)
-                        ds = h5py.h5o.open(self._f.id, f"groups/{group}/{name}".encode())
-                    a = np.empty(ds.shape, dtype=expected_dtype(name))
-                    ds.read(h5py.h5s.ALL, h5py.h5s.ALL, a)
-                    arrays[name] = a
-            except (OSError, RuntimeError, KeyError, ValueError) as e:
-                raise GoldenFormatError(f"{self.path}: damaged data in group {group} "
-                                        f"({type(e).__name__}: {e})") from None
-            # Keep groups resident up to a byte budget (evicting the oldest): a small file
-            # is read once however often it is traversed; a huge one stays bounded.
-            self._cache[group] = arrays
-            size = sum(a.nbytes for v in self._cache.values() for a in v.values())
-            while size > self.cache_bytes and len(self._cache) > 1:
-                oldest = next(iter(self._cache))
-                size -= sum(a.nbytes for a in self._cache.pop(oldest).values())
-        return arrays
-
     def case(self, case_id: str):
         from resblock.golden.store import GoldenCase
 
         e = self.entry(case_id)
-        arrays = self._group_arrays(e["group"])
-        rows = {k: v[e["row"]] for k, v in arrays.items()}
-        return GoldenCase(case=Case.from_id(case_id), entry=e, arrays=rows)
+        return GoldenCase(case=Case.from_id(case_id), entry=e, arrays=CaseArrays(self, e))
 
     def iter_cases(self, ids=None):
         """Yield GoldenCase objects in file order (group by group), optionally filtered."""
@@ -348,3 +424,29 @@ class GoldenFile:
         for e in order:
             if wanted is None or e["id"] in wanted:
                 yield self.case(e["id"])
+
+
+class CaseArrays(Mapping):
+    """The arrays of one stored case by name, each part read and its seal verified on
+    first use (a forward check never reads the gradients)."""
+
+    __slots__ = ("_file", "_group", "_row", "_names")
+
+    def __init__(self, gf: GoldenFile, entry: dict):
+        self._file, self._group, self._row = gf, entry["group"], entry["row"]
+        self._names = gf._name_sets[self._group]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._names:
+            raise KeyError(name)
+        part = self._file.part_of(self._group, name)
+        return self._file.part(self._group, part)[0][name][self._row]
+
+    def __contains__(self, name) -> bool:
+        return name in self._names
+
+    def __iter__(self):
+        return iter(self._file._names[self._group])
+
+    def __len__(self) -> int:
+        return len(self._names)

@@ -50,6 +50,8 @@ def verify_file(path, profile: str = "fp32", derive: bool = True) -> FileVerdict
         return verdict
     with gf:
         verdict.problems.extend(f"{path}: {p}" for p in gf.hash_problems())
+        if verdict.problems:  # nothing computed from data that fails its seal means much
+            return verdict
         if not gf.entries:
             verdict.problems.append(f"{path}: the file holds no case: there is nothing to "
                                     "check against; regenerate it")

@@ -37,7 +37,7 @@ def render(golden_path=None, case_id: str = CASE_ID) -> str:
 
     path = Path(golden_path) if golden_path else Path(committed_paths()[0])
     with GoldenFile(path) as gf:
-        gc = gf.case(case_id)
+        gc = gf.case(case_id).detached()  # used after the file is closed
         spec_version = gf.metadata["spec_version"]
     a = gc.arrays
     bw = backward.backward(gc.x, gc.params, gc.batch_stats_in, gc.y_bar)

@@ -46,7 +46,7 @@ def render(golden_path=None, case_id: str = CASE_ID) -> str:
     with GoldenFile(path) as gf:
         if case_id not in {e["id"] for e in gf.entries}:
             raise SystemExit(f"{case_id} is not in {path}: choose another case (CASE_ID)")
-        gc = gf.case(case_id)
+        gc = gf.case(case_id).detached()  # used after the file is closed
         spec_version = gf.metadata["spec_version"]
     a, p, s = gc.arrays, gc.params, gc.batch_stats_in
     first = (0, 0, 0)  # element [n=0, h=0, w=0, :] of each NHWC tensor

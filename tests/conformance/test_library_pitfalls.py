@@ -30,7 +30,7 @@ def test_fix_speaks_the_library_language(name):
 def _single_value_case():
     with GoldenFile(default_goldens()[0]) as gf:
         e = next(e for e in gf.entries if e["n"] * e["h"] * e["w"] == 1)
-        return gf.case(e["id"])
+        return gf.case(e["id"]).detached()
 
 
 def test_real_pytorch_exception_is_recognised():

@@ -19,7 +19,8 @@ from resblock.errors import GoldenFormatError, HarnessError
 from resblock.generator import engine, grid
 from resblock.generator.run import generate, resolve_device
 from resblock.golden.reader import GoldenFile
-from resblock.golden.store import CASE_ARRAYS, GoldenWriter
+from resblock.golden.store import CASE_ARRAYS
+from resblock.golden.writer import GoldenWriter
 from resblock.schemas import errors
 
 # 3 cases in 2 shape groups; shapes shared with tests/spec so JAX compiles stay cached.

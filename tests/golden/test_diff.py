@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from resblock.cli import cli
 from resblock.golden.diff import diff_files, input_difference_reason
-from resblock.golden.store import CASE_ARRAYS, case_sha256, content_sha256, index_fields
+from resblock.golden.store import content_sha256, group_arrays, seal
 
 
 def _edit(path, case_index, name, fn):
@@ -23,8 +23,7 @@ def _edit(path, case_index, name, fn):
         a = g[name][()]
         a[e["row"]] = fn(a[e["row"]])
         g[name][...] = a
-        e["sha256"] = case_sha256(e["id"], {k: g[k][e["row"]] for k in CASE_ARRAYS},
-                                  index_fields(e))
+        seal(e, {k: g[k][e["row"]] for k in group_arrays(g)})
         meta["content_sha256"] = content_sha256(meta["cases"])
         del f["metadata"]
         f.create_dataset("metadata", data=json.dumps(meta), dtype=h5py.string_dtype("utf-8"))

@@ -85,7 +85,7 @@ def test_verify_recomputes_the_backward(pair):
     prof = tolerance.profile("fp32")
     assert verify_file(pair[1]).ok
     with GoldenFile(pair[1]) as gf:
-        gc = gf.case(CASES[0].id)
+        gc = gf.case(CASES[0].id).detached()
     assert gradient_problem(gc, prof) is None
 
     def edited(name, f):
@@ -99,3 +99,44 @@ def test_verify_recomputes_the_backward(pair):
         edited("budget/grad/x", lambda a: a * 10), prof)
     assert "deviate from the float64 oracle backward" in gradient_problem(
         edited("grad/params/BatchNorm_0/scale", lambda a: a + 1.0), prof)
+
+
+def test_a_check_reads_and_verifies_only_the_parts_it_uses(pair, tmp_path):
+    """Format 3 seals forward, stages and gradients apart: damaged gradients do not stop
+    a forward check (it never reads them) and refuse a backward check before anything
+    runs; damaged forward arrays refuse both."""
+    import shutil
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from resblock.cli import cli
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    forward = ["check", "-q", "--in-process", "--impl", f"{examples}/numpy_float32.py:forward"]
+    backward = ["check", "-q", "--in-process", "--api", "backward", "--impl",
+                f"{examples}/numpy_backward.py:backward"]
+
+    def damaged(name):
+        path = tmp_path / f"{name.replace('/', '_')}.h5"
+        shutil.copy(pair[1], path)
+        with h5py.File(path, "r+") as f:
+            ds = f[f"groups/{CASES[0].group}/{name}"]
+            a = ds[()]
+            a.flat[0] += 1
+            ds[...] = a
+        return str(path)
+
+    intact = [CliRunner().invoke(cli, cmd + ["--goldens", str(pair[1])]) for cmd in
+              (forward, backward)]
+    assert [r.exit_code for r in intact] == [0, 0], [r.output for r in intact]
+    grad = damaged("grad/params/Conv_0/kernel")
+    r = CliRunner().invoke(cli, forward + ["--goldens", grad])
+    assert r.exit_code == 0 and "CONFORMS: 2 passed" in r.output, r.output
+    r = CliRunner().invoke(cli, backward + ["--goldens", grad])
+    assert r.exit_code == 2 and "content hash mismatch of its grad arrays" in r.output
+    assert "passed" not in r.output  # refused before any case ran
+    fwd = damaged("oracle/y")
+    for cmd in (forward, backward):
+        r = CliRunner().invoke(cli, cmd + ["--goldens", fwd])
+        assert r.exit_code == 2 and "content hash mismatch of its forward arrays" in r.output

@@ -114,9 +114,9 @@ def test_metadata_with_bad_hash(golden, rewrite_metadata):
 
 def test_newer_format_version(golden, rewrite_metadata):
     path, meta = golden
-    meta["format_version"] = "3.0.0"
+    meta["format_version"] = "4.0.0"
     rewrite_metadata(path, meta)
-    _open_fails(path, "format version 3.0.0, but this kit reads format 2.1.0")
+    _open_fails(path, "format version 4.0.0, but this kit reads formats 2.x, 3.x")
 
 
 def test_format_1_files_get_a_regeneration_message(golden, rewrite_metadata):
@@ -165,7 +165,19 @@ def test_wrong_dtype(golden):
         x = f["groups/n1_h4_w4_f4/x"][()]
         del f["groups/n1_h4_w4_f4/x"]
         f["groups/n1_h4_w4_f4/x"] = x.astype(np.float64)
-    _open_fails(path, "/groups/n1_h4_w4_f4/x has shape (1, 1, 4, 4, 4) dtype float64")
+    with GoldenFile(path) as gf:  # the dataset is checked when its part is first read
+        gf.part("n1_h4_w4_f4", "stages")
+        with pytest.raises(GoldenFormatError,
+                           match=r"/groups/n1_h4_w4_f4/x has shape \(1, 1, 4, 4, 4\) dtype "
+                                 "float64; expected"):
+            _ = gf.case(gf._by_group["n1_h4_w4_f4"][0]["id"]).x
+
+
+def test_a_forged_group_shape_is_refused_on_open(golden, rewrite_metadata):
+    path, meta = golden
+    meta["groups"][0].update(h=20000, w=20000)
+    rewrite_metadata(path, meta)
+    _open_fails(path, "is listed with the shape of")
 
 
 def test_modified_element_is_a_hash_problem(golden):
@@ -174,8 +186,11 @@ def test_modified_element_is_a_hash_problem(golden):
         ds = f["groups/n1_h3_w5_f2/params/Conv_1/bias"]
         ds[0, 1] = ds[0, 1] + np.float32(1e-3)
     with GoldenFile(path) as gf:  # opens: structure and schema are intact
-        assert gf.hash_problems() == [
-            "case seeded-normal-n1-3x5-f2-s0: content hash mismatch (data was modified)"]
+        assert gf.hash_problems() == ["case seeded-normal-n1-3x5-f2-s0: content hash "
+                                      "mismatch of its forward arrays (data was modified)"]
+        assert gf.hash_problems(parts=("stages",)) == []  # the edit is not in the stages
+        with pytest.raises(GoldenFormatError, match="forward arrays"):
+            _ = gf.case("seeded-normal-n1-3x5-f2-s0").params
 
 
 def test_case_ids_disagreeing_with_the_index_fail_verification(golden):

@@ -20,7 +20,13 @@ from resblock.errors import GoldenFormatError
 from resblock.golden.diff import diff_files
 from resblock.golden.merge import merge_files
 from resblock.golden.reader import GoldenFile
-from resblock.golden.store import CASE_ARRAYS, case_sha256, content_sha256, index_fields
+from resblock.golden.store import (
+    case_sha256,
+    content_sha256,
+    group_arrays,
+    index_fields,
+    seal,
+)
 from resblock.golden.verify import verify_file
 
 EXAMPLE_ZEROS = """
@@ -55,15 +61,15 @@ def test_an_inflated_kappa_is_refused_by_check_diff_and_merge(golden, rewrite_me
     path, _ = golden
     _set_kappa(path, rewrite_metadata, 1e30)
     with GoldenFile(path) as gf:
-        assert any("content hash mismatch" in p for p in gf.hash_problems())
+        assert any("index hash mismatch" in p for p in gf.hash_problems())
     impl = tmp_path / "zeros.py"
     impl.write_text(EXAMPLE_ZEROS)
     r = CliRunner().invoke(cli, ["check", "-q", "--in-process", "--impl", f"{impl}:forward",
                                  "--goldens", str(path)])
-    assert r.exit_code == 2 and "content hash mismatch" in r.output, r.output
-    with pytest.raises(GoldenFormatError, match="content hash mismatch"):
+    assert r.exit_code == 2 and "index hash mismatch" in r.output, r.output
+    with pytest.raises(GoldenFormatError, match="index hash mismatch"):
         diff_files(smoke_golden[0], path)
-    with pytest.raises(GoldenFormatError, match="content hash mismatch"):
+    with pytest.raises(GoldenFormatError, match="index hash mismatch"):
         merge_files(tmp_path / "merged.h5", [path])
     assert not (tmp_path / "merged.h5").exists()
 
@@ -76,8 +82,7 @@ def test_verify_rederives_replaced_inputs(golden, rewrite_metadata):
         x = g["x"][()]
         x[e["row"]] = x[e["row"]] * np.float32(0.5)
         g["x"][...] = x
-        rows = {k: g[k][e["row"]] for k in CASE_ARRAYS}
-    e["sha256"] = case_sha256(e["id"], rows, index_fields(e))
+        seal(e, {k: g[k][e["row"]] for k in group_arrays(g)})
     meta["content_sha256"] = content_sha256(meta["cases"])
     rewrite_metadata(path, meta)
     v = verify_file(path)
@@ -120,8 +125,7 @@ def test_verify_recomputes_the_oracle(golden, rewrite_metadata):
             a = g[name][()]
             a[e["row"]] = a[e["row"]] * 0.9
             g[name][...] = a
-        rows = {k: g[k][e["row"]] for k in CASE_ARRAYS}
-    e["sha256"] = case_sha256(e["id"], rows, index_fields(e))
+        seal(e, {k: g[k][e["row"]] for k in group_arrays(g)})
     meta["content_sha256"] = content_sha256(meta["cases"])
     rewrite_metadata(path, meta)
     v = verify_file(path, derive=False)

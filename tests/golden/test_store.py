@@ -9,7 +9,6 @@ import h5py
 import numpy as np
 import pytest
 
-from resblock.errors import GoldenFormatError, SchemaError
 from resblock.golden import store
 from resblock.golden.reader import GoldenFile
 from resblock.spec.cases import Case
@@ -92,7 +91,7 @@ def test_content_sha256_by_hand():
 def test_file_layout(smoke_golden):
     path, meta = smoke_golden
     with h5py.File(path, "r") as f:
-        assert f.attrs["format_version"] == "2.1.0" == meta["format_version"]
+        assert f.attrs["format_version"] == "3.0.0" == meta["format_version"]
         assert f.attrs["spec_version"] == "2.1.0"
         assert json.loads(f["metadata"][()]) == meta
         assert sorted(f["groups"]) == sorted(g["name"] for g in meta["groups"])
@@ -125,36 +124,33 @@ def test_index_entries(smoke_golden):
     assert meta["grid"]["preset"] == "smoke" and "rows" in meta["grid"]["definition"]
 
 
-def _arrays(case, k=1):
-    n, h, w, f = case.x_shape
-    return {name: np.zeros((k,) + store.expected_shape(name, n, h, w, f),
-                           store.expected_dtype(name)) for name in store.CASE_ARRAYS}
+def test_parts_partition_every_array():
+    names = [n for p in store.PARTS.values() for n in p]
+    assert len(names) == len(set(names))
+    assert set(names) == set(store.CASE_ARRAYS + store.GRAD_ARRAYS)
+    # a forward verdict needs only the forward part: inputs, outputs, their oracle/budgets
+    assert {"x", "y", "oracle/y", "budget/y", "budget_conv/batch_stats_out/BatchNorm_1/var",
+            "params/Conv_1/kernel"} <= set(store.PARTS["forward"])
+    assert not any("stages/" in n or "grad" in n for n in store.PARTS["forward"])
+    assert store.group_parts(store.CASE_ARRAYS) == ("forward", "stages")
+    assert store.group_parts(store.CASE_ARRAYS + store.GRAD_ARRAYS)[-1] == "grad"
 
 
-def test_writer_refuses_missing_and_misshapen_arrays(tmp_path):
-    case = Case("seeded", "normal", 1, 2, 2, 2, 0)
-    path = tmp_path / "w.h5"
-    with pytest.raises(GoldenFormatError, match=r"missing arrays \['y'\]"):
-        with store.GoldenWriter(path) as w:
-            arrays = _arrays(case)
-            del arrays["y"]
-            w.write_group([case], arrays, [{"kappa": 1.0, "ref_score": 0.0}])
-    with pytest.raises(GoldenFormatError, match=r"n1_h2_w2_f2/x: shape \(1, 1, 2, 2, 3\)"):
-        with store.GoldenWriter(path) as w:
-            arrays = _arrays(case)
-            arrays["x"] = np.zeros((1, 1, 2, 2, 3), np.float32)
-            w.write_group([case], arrays, [{"kappa": 1.0, "ref_score": 0.0}])
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_writer_validates_metadata_before_renaming(tmp_path):
-    case = Case("seeded", "normal", 1, 2, 2, 2, 0)
-    path = tmp_path / "w.h5"
-    with pytest.raises(SchemaError, match=f"metadata for {path}"):
-        with store.GoldenWriter(path) as w:
-            w.write_group([case], _arrays(case), [{"kappa": 1.0, "ref_score": 0.0}])
-            w.finish({"format_version": "1.0.0"})
-    assert list(tmp_path.iterdir()) == []
+def test_part_sha256_by_hand_and_the_seal_covers_the_parts():
+    a = np.arange(3, dtype=np.float32)
+    h = hashlib.sha256(b"cid\0part\0forward\0")
+    h.update(b"x\0<f4\0(3,)\0" + a.tobytes())
+    assert store.part_sha256("cid", "forward", {"x": a}) == h.hexdigest()
+    assert store.part_sha256("cid", "stages", {"x": a}) != h.hexdigest()
+    rows = {n: np.zeros(1, np.float32) for n in store.CASE_ARRAYS}
+    entry = store.seal({"id": "cid", "kappa": 1.0, "group": "g", "row": 0}, rows)
+    assert sorted(entry["parts"]) == ["forward", "stages"]
+    assert entry["sha256"] == store.case_sha256("cid", {}, store.index_fields(entry))
+    rows["oracle/stages/bn1"] = np.ones(1, np.float32)
+    again = store.seal(dict(entry), rows)
+    assert again["parts"]["forward"] == entry["parts"]["forward"]
+    assert again["parts"]["stages"] != entry["parts"]["stages"]
+    assert again["sha256"] != entry["sha256"]
 
 
 def test_golden_case_accessors(smoke_golden):

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from resblock.cli import cli
 from resblock.golden.reader import GoldenFile
-from resblock.golden.store import CASE_ARRAYS, case_sha256, content_sha256, index_fields
+from resblock.golden.store import content_sha256, seal
 from resblock.golden.verify import verify_file
 
 TARGET = "functional-normal-n2-4x4-f4-s0"
@@ -45,7 +45,8 @@ def test_modified_element_fails_the_hash(golden):
         f["groups/n2_h4_w4_f4/y"][0, 1, 2, 3, 0] += np.float32(0.5)
     v = verify_file(path)
     assert not v.ok
-    assert f"{path}: case {TARGET}: content hash mismatch (data was modified)" in v.problems
+    assert (f"{path}: case {TARGET}: content hash mismatch of its forward arrays (data was "
+            "modified)") in v.problems
     r = CliRunner().invoke(cli, ["verify", str(path)])
     assert r.exit_code == 1
     assert f"FAIL {path}: case {TARGET}: content hash mismatch" in r.output
@@ -55,9 +56,8 @@ def _rehash(path, meta, rewrite_metadata):
     """Recompute every case hash and the content hash, as a careless regeneration would."""
     with GoldenFile(path) as gf:
         for e in meta["cases"]:
-            rows = gf._group_arrays(e["group"])
-            e["sha256"] = case_sha256(e["id"], {k: rows[k][e["row"]] for k in CASE_ARRAYS},
-                                      index_fields(e))
+            arrays = gf._read(e["group"], gf._names[e["group"]])  # unverified: resealed
+            seal(e, {k: v[e["row"]] for k, v in arrays.items()})
     meta["content_sha256"] = content_sha256(meta["cases"])
     rewrite_metadata(path, meta)
 
@@ -88,7 +88,8 @@ def test_recorded_score_that_disagrees_is_reported(golden, rewrite_metadata):
     rewrite_metadata(path, meta)
     v = verify_file(path)  # the case hash covers the index entry
     assert not v.ok
-    assert v.problems[0] == f"{path}: case {TARGET}: content hash mismatch (data was modified)"
+    assert v.problems[0] == (f"{path}: case {TARGET}: index hash mismatch (its index entry "
+                             "was modified)")
     _rehash(path, meta, rewrite_metadata)  # hashes made consistent: the score still differs
     v = verify_file(path)
     assert len(v.problems) == 1 and f"case {TARGET}: recorded ref_score" in v.problems[0]

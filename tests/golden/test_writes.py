@@ -9,11 +9,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from resblock.errors import GoldenFormatError
+from resblock.errors import GoldenFormatError, SchemaError
 from resblock.golden.reader import GoldenFile
-from resblock.golden.store import GoldenWriter
+from resblock.golden.writer import GoldenWriter
+from resblock.spec.cases import Case
 
 
 def _copy_into(writer, src):
@@ -111,3 +113,37 @@ def test_reports_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["report.json"]
     report.write_text_atomic(target, "new")
     assert target.read_text() == "new" and os.listdir(tmp_path) == ["report.json"]
+
+
+def _arrays(case, k=1):
+    from resblock.golden import store
+
+    n, h, w, f = case.x_shape
+    return {name: np.zeros((k,) + store.expected_shape(name, n, h, w, f),
+                           store.expected_dtype(name)) for name in store.CASE_ARRAYS}
+
+
+def test_writer_refuses_missing_and_misshapen_arrays(tmp_path):
+    case = Case("seeded", "normal", 1, 2, 2, 2, 0)
+    path = tmp_path / "w.h5"
+    with pytest.raises(GoldenFormatError, match=r"missing arrays \['y'\]"):
+        with GoldenWriter(path) as w:
+            arrays = _arrays(case)
+            del arrays["y"]
+            w.write_group([case], arrays, [{"kappa": 1.0, "ref_score": 0.0}])
+    with pytest.raises(GoldenFormatError, match=r"n1_h2_w2_f2/x: shape \(1, 1, 2, 2, 3\)"):
+        with GoldenWriter(path) as w:
+            arrays = _arrays(case)
+            arrays["x"] = np.zeros((1, 1, 2, 2, 3), np.float32)
+            w.write_group([case], arrays, [{"kappa": 1.0, "ref_score": 0.0}])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_validates_metadata_before_renaming(tmp_path):
+    case = Case("seeded", "normal", 1, 2, 2, 2, 0)
+    path = tmp_path / "w.h5"
+    with pytest.raises(SchemaError, match=f"metadata for {path}"):
+        with GoldenWriter(path) as w:
+            w.write_group([case], _arrays(case), [{"kappa": 1.0, "ref_score": 0.0}])
+            w.finish({"format_version": "1.0.0"})
+    assert list(tmp_path.iterdir()) == []

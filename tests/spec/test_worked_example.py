@@ -37,7 +37,7 @@ def test_worked_example_stages_follow_the_pseudo_code():
 
     we = _script()
     with GoldenFile(committed_paths()[0]) as gf:
-        gc = gf.case(we.CASE_ID)
+        gc = gf.case(we.CASE_ID).detached()
     a, p = gc.arrays, gc.params
     conv1 = a["oracle/stages/conv1"]
     mean, var = we.moments(conv1)
