@@ -13,6 +13,7 @@ import pytest
 from resblock.errors import GoldenFormatError
 from resblock.golden.reader import GoldenFile, open_golden
 from resblock.golden.store import CASE_ARRAYS
+from resblock.spec.cases import Case
 
 
 def test_round_trip(smoke_golden):
@@ -219,3 +220,51 @@ def test_metadata_roundtrips_as_json(smoke_golden):
     with h5py.File(path, "r") as f:
         raw = f["metadata"][()]
     assert json.loads(raw.decode() if isinstance(raw, bytes) else raw) == meta
+
+
+def _as_format_2(path, rewrite_metadata):
+    """Rewrite a golden as format 2.1 wrote it: no part digests, one hash per case over
+    every array of the case."""
+    from resblock.golden.store import case_sha256, content_sha256, group_arrays, index_fields
+
+    with h5py.File(path, "r") as f:
+        meta = json.loads(f["metadata"][()])
+        for e in meta["cases"]:
+            del e["parts"]
+            g = f[f"groups/{e['group']}"]
+            e["sha256"] = case_sha256(e["id"], {k: g[k][e["row"]] for k in group_arrays(g)},
+                                      index_fields(e))
+    meta["format_version"] = "2.1.0"
+    meta["content_sha256"] = content_sha256(meta["cases"])
+    rewrite_metadata(path, meta)
+
+
+def test_format_2_files_are_still_read_and_verified(golden, rewrite_metadata):
+    from resblock.golden.verify import verify_file
+
+    path, meta = golden
+    _as_format_2(path, rewrite_metadata)
+    with GoldenFile(path) as gf:
+        assert not gf.sealed_by_parts and gf.hash_problems() == []
+        group = meta["groups"][0]["name"]
+        assert list(gf.parts(group)) == ["all"]
+        assert gf.case(gf.ids[0]).x.shape == Case.from_id(gf.ids[0]).x_shape
+    assert verify_file(path, derive=False).ok
+    with h5py.File(path, "r+") as f:
+        f[f"groups/{group}/oracle/stages/bn2"][0, 0, 0, 0, 0] += 1.0
+    with GoldenFile(path) as gf:  # one hash over all arrays: a stage edit spoils the case
+        cid = next(e["id"] for e in gf.entries if e["group"] == group and e["row"] == 0)
+        assert gf.hash_problems() == [f"case {cid}: content hash mismatch (data was "
+                                      "modified)"]
+        with pytest.raises(GoldenFormatError, match="content hash mismatch"):
+            _ = gf.case(cid).x
+
+
+def test_a_part_digest_dropped_from_the_index_is_refused(golden, rewrite_metadata):
+    path, meta = golden
+    del meta["cases"][0]["parts"]["stages"]
+    rewrite_metadata(path, meta)
+    _open_fails(path, "at cases/0/parts: 'stages' is a required property")
+    del meta["cases"][0]["parts"]
+    rewrite_metadata(path, meta)
+    _open_fails(path, "has digests for parts [], but its group holds ['forward', 'stages']")
