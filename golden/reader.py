@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import json
-import math
-import os
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from resblock.errors import GoldenFormatError, GridError
+from resblock.golden.safety import checked_dataset, hard_links, regular_file_size
 from resblock.spec.cases import Case
 from resblock.spec.constants import FORMAT_VERSION
 
 METADATA_MAX_BYTES = 64 * 2**20  # /metadata is JSON text: a few hundred kB per 1000 cases
-# HDF5's own filters (deflate, shuffle, fletcher32, szip, nbit, scaleoffset): anything else
-# needs a plugin, which would run foreign code on read.
-KNOWN_FILTERS = frozenset({1, 2, 3, 4, 5, 6, 32000})  # and LZF, built into h5py
-MAX_COMPRESSION = 100  # declared bytes per stored byte of a filtered dataset (zip bombs)
 # Format 2 sealed each case with one hash over all its arrays; format 3 with a digest per
 # part (forward, stages, gradients), so that a check reads and hashes only what it uses.
 READABLE_MAJORS = ("2", "3")
@@ -40,16 +34,7 @@ class GoldenFile:
         import h5py
 
         self.path = Path(path)
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            raise GoldenFormatError(f"{self.path}: no such golden file") from None
-        if stat.S_ISDIR(st.st_mode):
-            raise GoldenFormatError(f"{self.path}: no such golden file (that is a folder)")
-        if not stat.S_ISREG(st.st_mode):
-            raise GoldenFormatError(f"{self.path}: not a regular file (a FIFO or a device); "
-                                    "a golden file is a plain HDF5 file")
-        self.file_size = st.st_size
+        self.file_size = regular_file_size(self.path)
         try:
             self._f = h5py.File(self.path, "r")
         except OSError as e:
@@ -58,7 +43,7 @@ class GoldenFile:
                 "Restore it from git or regenerate it with `resblock generate`."
             ) from None
         try:
-            self._check_links()
+            self._links = hard_links(self._f, self.path)  # every path, for lookups
             self.metadata = self._read_metadata()
             self._check_structure()
         except GoldenFormatError:
@@ -86,85 +71,10 @@ class GoldenFile:
     def _fail(self, what: str):
         raise GoldenFormatError(f"{self.path}: {what}")
 
-    def _check_links(self):
-        """Every object is reached by hard links: no external link (data in, or a hang
-        on, another file), no soft link. Walks the link table without following links."""
-        import h5py
-
-        bad = []
-        self._links = links = set()  # every path in the file, for existence checks
-
-        def visit(name, info):
-            if info.type != h5py.h5l.TYPE_HARD:
-                bad.append(name.decode("utf-8", "replace"))
-                return 1  # stop
-            links.add(name)
-            return None
-
-        self._f.id.links.visit(visit, info=True)
-        if bad:
-            link = self._f.get(bad[0], getlink=True)
-            what = (f"an external link to {link.filename}:{link.path}"
-                    if isinstance(link, h5py.ExternalLink) else
-                    f"a soft link to {link.path}" if isinstance(link, h5py.SoftLink) else
-                    "a user-defined link")
-            self._fail(f"/{bad[0]} is {what}; a golden file holds all its data itself "
-                       "(refusing to follow links)")
-
     def _dataset(self, path: str, want_shape: tuple | None = None, want_type=None,
                  loc=None, name: str | None = None, expected: str = ""):
-        """The dataset at ``path`` (a low-level ``DatasetID``; opened as ``name`` relative
-        to the group ``loc`` when given, which is faster), checked before a byte of it is
-        read: a dataset (not a group), stored in this file (not virtual, no external raw
-        storage), no unknown filter, and as many stored bytes as it declares (so a forged
-        size cannot make a reader allocate gigabytes). A shape other than ``want_shape``
-        or a type other than ``want_type`` (an HDF5 type) is returned for the caller to
-        describe."""
-        import h5py
-
-        try:
-            ds = (h5py.h5o.open(self._f.id, path.encode("utf-8")) if loc is None
-                  else h5py.h5o.open(loc, name.encode("utf-8")))
-        except KeyError:
-            self._fail(f"dataset /{path} is missing")
-        if not isinstance(ds, h5py.h5d.DatasetID):
-            kind = "group" if isinstance(ds, h5py.h5g.GroupID) else "named datatype"
-            self._fail(f"/{path} is a {kind} where a dataset is expected")
-        shape = ds.shape
-        tid = ds.get_type()
-        if (want_shape is not None and shape != want_shape) or \
-                (want_type is not None and not tid.equal(want_type)):
-            self._fail(f"/{path} has shape {shape} dtype {ds.dtype}; expected {expected}")
-        offset = ds.get_offset()  # None unless contiguous raw data in this file
-        if offset is not None and want_type is not None:
-            # What the writer makes: no filter, no link to elsewhere; one cheap check.
-            declared = math.prod(shape) * tid.get_size()
-            if ds.get_storage_size() == declared and offset + declared <= self.file_size:
-                return ds
-        dcpl = ds.get_create_plist()
-        if dcpl.get_layout() == h5py.h5d.VIRTUAL:
-            self._fail(f"/{path} is a virtual dataset (its data lives in other files); "
-                       "refusing to read it")
-        if dcpl.get_external_count():
-            ext = dcpl.get_external(0)[0].decode("utf-8", "replace")
-            self._fail(f"/{path} keeps its data in the external file {ext!r}; refusing to "
-                       "read it")
-        n_filters = dcpl.get_nfilters()
-        unknown = [f for f in (dcpl.get_filter(i)[0] for i in range(n_filters))
-                   if f not in KNOWN_FILTERS]
-        if unknown:
-            self._fail(f"/{path} uses the unknown HDF5 filter {unknown[0]} (a plugin); golden "
-                       "files use HDF5's built-in filters only")
-        if want_type is None and tid.get_class() == h5py.h5t.STRING and tid.is_variable_str():
-            return ds  # variable-length strings live in the heap: bounded after reading
-        declared = math.prod(shape) * tid.get_size()
-        stored = ds.get_storage_size()
-        if stored > self.file_size or (not n_filters and stored != declared) or \
-                declared > MAX_COMPRESSION * max(stored, 1):
-            self._fail(f"/{path} declares {ds.shape} {ds.dtype} ({declared} bytes) but stores "
-                       f"{stored} bytes in a {self.file_size}-byte file; the file is damaged "
-                       "or forged")
-        return ds
+        return checked_dataset(self._f, self.path, self.file_size, path, want_shape,
+                               want_type, loc, name, expected)
 
     def _read_metadata(self) -> dict:
         import h5py

@@ -1,5 +1,6 @@
-"""Hostile golden files (issue 12): golden/reader.py reads only what is in the file itself,
-checks every declared size before reading, and names each refusal in one line.
+"""Hostile golden files (issue 12): golden/safety.py and golden/reader.py read only what
+is in the file itself, check every declared size before reading, and name each refusal
+in one line.
 
 The fixture below builds each hostile file from a copy of the smoke golden: one dataset
 (``x`` of the first group, or ``/metadata``) replaced by a link, a virtual dataset,
