@@ -81,7 +81,9 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
         check_arity(fn, impl, api)
         invoker = invoke.InProcess(fn, api, layout)
     else:
-        invoker = invoke.Worker(impl, api, layout, timeout)
+        from resblock.conformance.worker import Worker
+
+        invoker = Worker(impl, api, layout, timeout)
         invoker.start()  # imports the implementation while the goldens are verified
 
     err = click.get_text_stream("stderr")

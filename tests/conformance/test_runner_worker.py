@@ -1,5 +1,5 @@
 """The worker process of the conformance run (conformance/runner.py's ``run_check`` over
-invoke.py's ``Worker``, as with --timeout): a hanging case is killed at the timeout and
+worker.py's ``Worker``, as with --timeout): a hanging case is killed at the timeout and
 the run finishes, a crash is reported with its signal and a fresh worker runs the next
 case, a result that cannot be sent back is a case error, and a target that does not load,
 or whose import kills the worker, is a harness error (exit code 2 in the CLI).
@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from test_runner import GOLDENS, TWO_1X1, statuses
 
 from resblock.cli import cli
-from resblock.conformance.invoke import Worker
 from resblock.conformance.runner import CheckConfig, run_check
+from resblock.conformance.worker import Worker
 from resblock.errors import TargetError
 
 # --- worker process: timeouts and crashes ---------------------------------------------
@@ -93,7 +93,7 @@ def test_worker_result_that_cannot_be_sent_back_is_a_case_error(tmp_path):
 
 
 def test_worker_dying_while_importing_the_target_is_a_harness_error(tmp_path):
-    # BUG (conformance/invoke.py, Worker._start): when the worker process dies while
+    # BUG (conformance/worker.py, Worker._start): when the worker process dies while
     # importing the target (os._exit, a segfaulting extension module), parent.recv()
     # raises EOFError, which escapes run_check; click turns it into "Aborted!" and exit
     # status 1 ("does not conform"). Suggested: catch EOFError/OSError around recv() in
