@@ -1,4 +1,5 @@
-"""Fixtures of the conformance tests: a headless Chromium for the HTML report (cdp.py)."""
+"""Fixtures of the conformance tests: a headless Chromium for the HTML report (cdp.py),
+and a wrong implementation file for the CLI's exit codes and reports."""
 
 import os
 
@@ -28,3 +29,12 @@ def chromium():
             f"{exe} did not start headless: {e}")
     yield browser
     browser.close()
+
+
+@pytest.fixture(scope="session")
+def missing_residual_impl(tmp_path_factory):
+    """A file whose ``forward`` is the missing-residual mistake (a NumPy twin)."""
+    p = tmp_path_factory.mktemp("impl") / "wrong.py"
+    p.write_text("from resblock.conformance.variants import make_forward\n\n"
+                 "forward = make_forward('missing_residual')\n")
+    return p

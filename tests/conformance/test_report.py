@@ -250,17 +250,9 @@ def test_terminal_summary_of_a_conforming_run():
 # --- through the CLI -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def wrong_file(tmp_path_factory):
-    p = tmp_path_factory.mktemp("impl") / "wrong.py"
-    p.write_text("from resblock.conformance.variants import make_forward\n\n"
-                 "forward = make_forward('missing_residual')\n")
-    return p
-
-
-def test_cli_writes_valid_json_and_junit(tmp_path, wrong_file):
+def test_cli_writes_valid_json_and_junit(tmp_path, missing_residual_impl):
     js, xml = tmp_path / "r.json", tmp_path / "r.xml"
-    r = CliRunner().invoke(cli, ["check", "-q", "--impl", f"{wrong_file}:forward", "-k",
+    r = CliRunner().invoke(cli, ["check", "-q", "--impl", f"{missing_residual_impl}:forward", "-k",
                                  "seeded", "--json-report", str(js), "--junit", str(xml)])
     assert r.exit_code == 1, r.output
     doc = json.loads(js.read_text())

@@ -146,14 +146,6 @@ def test_golden_errors_are_harness_errors():
 # --- the CLI: exit codes ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def wrong_impl(tmp_path_factory):
-    p = tmp_path_factory.mktemp("impl") / "wrong.py"
-    p.write_text("from resblock.conformance.variants import make_forward\n\n"
-                 "forward = make_forward('missing_residual')\n")
-    return p
-
-
 def invoke(*args):
     return CliRunner().invoke(cli, ["check", "-q", *args])
 
@@ -164,8 +156,8 @@ def test_cli_exit_0_for_a_correct_example():
     assert f"CONFORMS: {N_CASES} passed, 0 failed" in r.output
 
 
-def test_cli_exit_1_for_a_wrong_variant(wrong_impl):
-    r = invoke("--impl", f"{wrong_impl}:forward")
+def test_cli_exit_1_for_a_wrong_variant(missing_residual_impl):
+    r = invoke("--impl", f"{missing_residual_impl}:forward")
     assert r.exit_code == 1, r.output
     assert "DOES NOT CONFORM" in r.output
     assert "matches pitfall: missing_residual" in r.output
