@@ -1,5 +1,6 @@
 """Fixtures of the conformance tests: a headless Chromium for the HTML report (cdp.py),
-and a wrong implementation file for the CLI's exit codes and reports."""
+a wrong implementation file for the CLI's exit codes and reports, and the derived cases
+of the program-protocol tests."""
 
 import os
 
@@ -38,3 +39,31 @@ def missing_residual_impl(tmp_path_factory):
     p.write_text("from resblock.conformance.variants import make_forward\n\n"
                  "forward = make_forward('missing_residual')\n")
     return p
+
+
+# The cases of the program-protocol tests (test_program.py, test_program_files.py),
+# (n, h, w, features, seed): batch 1 and 2; 1x1, 3x5, 4x4; features 1, 2, 4.
+PROGRAM_SHAPES = [
+    (1, 1, 1, 1, 0),  # one value per channel: batch variance 0
+    (2, 1, 1, 2, 0),  # only the kernel's centre tap is used
+    (1, 3, 5, 4, 0),
+    (2, 3, 5, 4, 0),
+    (2, 3, 5, 4, 1),  # same shape group as the previous case
+    (1, 4, 4, 2, 0),
+    (2, 4, 4, 1, 0),
+]
+
+
+def _program_case(n, h, w, f, seed):
+    from resblock.spec.cases import Case
+    from resblock.spec.derivation import derive_random_variables, derive_x
+
+    case = Case(family="functional", inputs="normal", n=n, h=h, w=w, features=f, seed=seed)
+    params, stats = derive_random_variables(case)
+    return case.id, derive_x(case), params, stats
+
+
+@pytest.fixture(scope="session")
+def program_cases():
+    """``(id, x, params, stats)`` of each derived functional case of PROGRAM_SHAPES."""
+    return [_program_case(*s) for s in PROGRAM_SHAPES]
