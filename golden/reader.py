@@ -242,7 +242,7 @@ class GoldenFile:
                 raise GoldenFormatError(
                     f"{self.path} was closed before the {part} arrays of group {group} "
                     "were read; a case reads its arrays from the open file (take "
-                    "dict(case.arrays) before closing it)")
+                    "case.detached() before closing it)")
             names = self.parts(group)[part]
             arrays = self._read(group, names)
             hit = (arrays, self._seal_problems(group, part, arrays))
