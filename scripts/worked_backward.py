@@ -27,7 +27,6 @@ BLOCK = "worked-backward"
 BEGIN, END = docblocks.markers(BLOCK)
 
 
-_vec = docblocks.vector
 
 
 def render(golden_path=None, case_id: str = CASE_ID) -> str:
@@ -67,10 +66,8 @@ def render(golden_path=None, case_id: str = CASE_ID) -> str:
         rows += [(name, a[f"oracle/grad/{where}"][idx]),
                  ("  budget (fp32)", a[f"budget/grad/{where}"][idx]),
                  ("  float32 reference (jax.vjp)", a[f"grad/{where}"][idx])]
-    width = max(len(k) for k, _ in rows)
-    lines = [f"case {case_id}, committed golden set, spec {spec_version}", ""]
-    lines += [f"{k:<{width}}  {_vec(v)}" if v is not None else "" for k, v in rows]
-    return "```\n" + "\n".join(lines) + "\n```"
+    return docblocks.rows_block([f"case {case_id}, committed golden set, spec {spec_version}"],
+                                rows)
 
 
 def spec_block(text: str) -> str:

@@ -28,7 +28,6 @@ BLOCK = "worked-example"
 BEGIN, END = docblocks.markers(BLOCK)
 
 
-_vec = docblocks.vector
 
 
 def moments(stage: np.ndarray):
@@ -73,11 +72,9 @@ def render(golden_path=None, case_id: str = CASE_ID) -> str:
             rows.append((f"batch_stats out {bn}/{leaf}",
                          a[f"oracle/batch_stats_out/{bn}/{leaf}"]))
     n, h, w, f = gc.x.shape
-    width = max(len(k) for k, _ in rows)
-    lines = [f"case {case_id}: N={n} H={h} W={w} C=F={f}, {n * h * w} values per channel",
-             f"committed golden set, spec {spec_version}", ""]
-    lines += [f"{k:<{width}}  {_vec(v)}" if v is not None else "" for k, v in rows]
-    return "```\n" + "\n".join(lines) + "\n```"
+    return docblocks.rows_block(
+        [f"case {case_id}: N={n} H={h} W={w} C=F={f}, {n * h * w} values per channel",
+         f"committed golden set, spec {spec_version}"], rows)
 
 
 def spec_block(text: str) -> str:

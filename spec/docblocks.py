@@ -31,3 +31,12 @@ def vector(a) -> str:
     import numpy as np
 
     return "[" + ", ".join(f"{float(v): .7g}" for v in np.ravel(a)) + "]"
+
+
+def rows_block(header: list[str], rows) -> str:
+    """A fenced code block: ``header`` lines, a blank line, then each ``(label, vector)``
+    row with labels aligned (a ``None`` vector is a blank line)."""
+    width = max(len(k) for k, _ in rows)
+    lines = header + [""] + [f"{k:<{width}}  {vector(v)}" if v is not None else ""
+                             for k, v in rows]
+    return "```\n" + "\n".join(lines) + "\n```"
