@@ -258,10 +258,7 @@ def run_check(config: CheckConfig, invoker, golden_paths, progress=None) -> RunR
         # runs (a part that does not stay in the reader's cache is read again below).
         parts = ("forward", "grad") if config.api == "backward" else ("forward",)
         for members in groups.values():
-            f, group = members[0][0], members[0][1]["group"]
-            for part in f.parts(group):
-                if part in parts or part == "all":
-                    f.part(group, part)
+            members[0][0].require(members[0][1]["group"], parts)
         for members in groups.values():
             gcs = [f.case(e["id"]) for f, e in members]
             for gc, outcome in zip(gcs, invoker.run(gcs), strict=True):

@@ -226,10 +226,19 @@ class GoldenFile:
         every group; describe each mismatch."""
         problems = self.index_problems()
         for group in self._names:
-            for part in self.parts(group):
-                if parts is None or part in parts or part == "all":
-                    problems.extend(self.part(group, part, strict=False)[1])
+            for part in self._selected(group, parts):
+                problems.extend(self.part(group, part, strict=False)[1])
         return problems
+
+    def require(self, group: str, parts) -> None:
+        """Read and verify ``parts`` of ``group`` now (a format-2 file's single part
+        whatever is asked): raises :class:`GoldenFormatError` on a mismatch."""
+        for part in self._selected(group, parts):
+            self.part(group, part)
+
+    def _selected(self, group: str, parts) -> list[str]:
+        """The parts of ``group`` that hold ``parts`` (all when None)."""
+        return [p for p in self.parts(group) if parts is None or p in parts or p == "all"]
 
     def part(self, group: str, part: str, strict: bool = True):
         """``(arrays, problems)``: the stacked arrays of one part of a group, each dataset
