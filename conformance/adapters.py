@@ -110,15 +110,19 @@ def check_stats(stats, features: int) -> dict:
     if flat:
         raise ContractError(f"new batch_stats has flat keys such as {flat[0]!r}; nest them: "
                             "{'BatchNorm_0': {'mean': ..., 'var': ...}, 'BatchNorm_1': {...}}")
-    out = {}
-    for name in STAT_NAMES:
-        layer, leaf = name.split("/")
-        if layer not in stats or not isinstance(stats[layer], dict) or leaf not in stats[layer]:
-            have = {k: sorted(v) if isinstance(v, dict) else type(v).__name__
-                    for k, v in stats.items()}
-            raise ContractError(f"new batch_stats lacks {layer}/{leaf}; got {have}")
-        out[name] = check_array(stats[layer][leaf], f"batch_stats {name}", (features,))
-    return out
+    return {name: check_array(nested_leaf(stats, name, "new batch_stats"),
+                              f"batch_stats {name}", (features,)) for name in STAT_NAMES}
+
+
+def nested_leaf(tree: dict, name: str, what: str):
+    """``tree[layer][leaf]`` for ``name = "layer/leaf"``, or a ContractError naming what
+    is missing and showing what the tree has."""
+    layer, leaf = name.split("/")
+    if layer not in tree or not isinstance(tree[layer], dict) or leaf not in tree[layer]:
+        have = {k: sorted(v) if isinstance(v, dict) else type(v).__name__
+                for k, v in tree.items()}
+        raise ContractError(f"{what} lacks {layer}/{leaf}; got {have}")
+    return tree[layer][leaf]
 
 
 def split_result(result, api: str):
@@ -166,12 +170,8 @@ def split_backward(result, case, layout: str) -> dict:
     f = c.features
     kshape = (3, 3, f, f) if layout == "nhwc" else (f, f, 3, 3)
     for name in PARAM_NAMES:
-        layer, leaf = name.split("/")
-        if layer not in pbar or not isinstance(pbar[layer], dict) or leaf not in pbar[layer]:
-            have = {k: sorted(v) if isinstance(v, dict) else type(v).__name__
-                    for k, v in pbar.items()}
-            raise ContractError(f"params_bar lacks {layer}/{leaf}; got {have}")
-        a = check_array(pbar[layer][leaf], f"params_bar {name}",
+        leaf = name.split("/")[1]
+        a = check_array(nested_leaf(pbar, name, "params_bar"), f"params_bar {name}",
                         kshape if leaf == "kernel" else (f,))
         if leaf == "kernel" and layout == "nchw":
             a = np.transpose(a, (2, 3, 1, 0))  # OIHW -> HWIO
