@@ -78,6 +78,16 @@ def gone(pids, wait_s: float = 10.0) -> bool:
     return not any(alive(p) for p in pids)
 
 
+def wait_for_pids(proc, path, count: int, wait_s: float = 60.0) -> list[int]:
+    """The ``count`` process ids a probe writes to ``path`` once it runs, waiting while
+    the checker ``proc`` is alive."""
+    deadline = time.monotonic() + wait_s
+    while not (path.exists() and len(path.read_text().split()) == count):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    return [int(p) for p in path.read_text().split()]
+
+
 def no_traceback(r):
     assert "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
 
@@ -192,11 +202,7 @@ def forward(x, params, stats):
                              "--goldens", str(smoke)], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not (pids.exists() and pids.read_text().count(" ") == 1):
-            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-            time.sleep(0.05)
-        worker, child = map(int, pids.read_text().split())
+        worker, child = wait_for_pids(proc, pids, 2)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -292,11 +298,7 @@ def test_sigterm_ends_an_exec_program_its_children_and_its_folder(tmp_path, smok
                             cwd=tmp_path, env=dict(os.environ, TMPDIR=str(tmp)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not (pids.exists() and pids.read_text().count(" ") == 1):
-            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-            time.sleep(0.05)
-        program, child = map(int, pids.read_text().split())
+        program, child = wait_for_pids(proc, pids, 2)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -322,11 +324,7 @@ def forward(x, params, stats):
                              "--goldens", str(smoke)], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while not (pids.exists() and pids.read_text()):
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
-        worker = int(pids.read_text())
+        (worker,) = wait_for_pids(proc, pids, 1)
         proc.kill()
         proc.communicate(timeout=30)
     finally:
