@@ -16,16 +16,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _start_pair(out, port, env, cwd=None):
+    """Processes 0 and 1 of a two-process `generate --distributed` of the smoke preset."""
+    return [subprocess.Popen(
+        [sys.executable, "-m", "resblock", "generate", "--preset", "smoke", "-o", str(out),
+         "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+         "--process-id", str(i)], env=env, cwd=cwd, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True) for i in range(2)]
+
+
 def test_two_local_processes_shard_and_merge(smoke_golden, tmp_path):
     full, _ = smoke_golden
     out = tmp_path / "dist.h5"
     port = _free_port()
     env = dict(os.environ, SOURCE_DATE_EPOCH="1700000000", JAX_PLATFORMS="cpu")
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "resblock", "generate", "--preset", "smoke", "-o", str(out),
-         "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-         "--process-id", str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True) for i in range(2)]
+    procs = _start_pair(out, port, env)
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     with GoldenFile(out) as m, GoldenFile(full) as f:
@@ -43,11 +48,7 @@ def test_a_dead_peer_ends_the_job_in_seconds(tmp_path):
     out = tmp_path / "dist.h5"
     port = _free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu", RESBLOCK_PEER_TIMEOUT="3")
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "resblock", "generate", "--preset", "smoke", "-o", str(out),
-         "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-         "--process-id", str(i)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    procs = _start_pair(out, port, env, cwd=tmp_path)
     try:
         beat = tmp_path / "dist.h5.alive-2-of-2"
         deadline = time.monotonic() + 120
