@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import re
 import sys
 
 BIT_CHANGING_ENV = ("XLA_FLAGS", "NVIDIA_TF32_OVERRIDE", "JAX_DEFAULT_MATMUL_PRECISION",
@@ -20,6 +21,43 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# The /proc/cpuinfo flags that LLVM's host detection turns into code-generation features
+# (vector width, FMA, AVX-512 and its extensions...): XLA compiles its CPU kernels for the
+# host's features, and they, not the marketing model string, decide the rounding.
+_ISA_FLAG = re.compile(r"^(sse|ssse|avx|fma|f16c|amx|bmi|popcnt|lzcnt|abm|movbe|adx|gfni|vaes"
+                       r"|vpclmul|sha|cx16|xsave|prfchw|fp$|asimd|sve|sme$|sme2|i8mm|bf16|dotprod)")
+
+
+def xla_cpu_target(cpuinfo: str | None = None) -> str:
+    """What XLA's CPU compiler targets on this host: architecture, vendor, family and model
+    (LLVM's host CPU name is derived from them) and the instruction-set features it may use,
+    plus a `--xla_cpu_max_isa` cap from XLA_FLAGS. Two hosts with the same string and the
+    same versions compile the same kernels, so the reference's float32 bits agree; hosts
+    whose model strings match can still differ here (a virtualised "AMD EPYC" may be Zen 3
+    without AVX-512 or Zen 4 with it)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.split("\n\n")[0].splitlines():
+        if ":" in line:
+            key, value = line.split(":", 1)
+            fields.setdefault(key.strip(), value.strip())
+    ident = [fields[k] for k in ("vendor_id", "cpu family", "model", "CPU implementer",
+                                 "CPU architecture", "CPU variant", "CPU part") if k in fields]
+    flags = (fields.get("flags") or fields.get("Features") or "").split()
+    isa = sorted({f for f in flags if _ISA_FLAG.match(f)})
+    cap = re.search(r"--xla_cpu_max_isa=(\S+)", os.environ.get("XLA_FLAGS", ""))
+    parts = [platform.machine(), "/".join(ident) or platform.processor() or "unknown",
+             " ".join(isa) or "no-isa-flags"]
+    if cap:
+        parts.append(f"max_isa={cap.group(1)}")
+    return "; ".join(parts)
 
 
 def created_timestamp() -> str:
@@ -60,6 +98,7 @@ def environment(device) -> dict:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu": cpu_model(),
+        "xla_target": xla_cpu_target() if backend == "cpu" else None,
         "backend": backend,
         "device": str(getattr(device, "device_kind", backend)),
         "gpu_driver": gpu_driver,

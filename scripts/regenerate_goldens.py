@@ -4,8 +4,8 @@
 
 Run it only when the spec or the format changes (every regeneration stays in git
 history). The committed set carries the backward (``grad=True``: spec section 10).
-SOURCE_DATE_EPOCH is pinned so that the same environment (constraints.txt, same CPU
-kind) reproduces byte-identical files.
+SOURCE_DATE_EPOCH is pinned so that the same environment (constraints.txt, the same XLA CPU
+target as recorded in ``environment.xla_target``) reproduces byte-identical files.
 """
 
 from __future__ import annotations
