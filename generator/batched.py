@@ -19,7 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from resblock.spec.derivation import _cpu, derive_random_variables, derive_x, key_seed
+from resblock.spec.derivation import (
+    _cpu,
+    derive_random_variables,
+    derive_x,
+    key_seed,
+    zero_batch_norms,
+)
 
 CHUNK = 64  # keys per batched call (fixed, so the key count never forces a recompile)
 
@@ -261,7 +267,7 @@ def derive_cases(cases) -> list[tuple[np.ndarray, dict, dict]]:
             params, stats = derive_random_variables(c, replay)
         else:
             params, stats = inits[(c.seed, c.features)]
-        out.append((x, params, stats))
+        out.append((x, zero_batch_norms(c, params), stats))
     return out
 
 

@@ -8,7 +8,14 @@ from __future__ import annotations
 import numpy as np
 
 from resblock.golden.store import group_arrays
-from resblock.spec import backward, error_model, error_model_backward, oracle, tolerance
+from resblock.spec import (
+    backward,
+    error_model,
+    error_model_backward,
+    error_spread,
+    oracle,
+    tolerance,
+)
 from resblock.spec.cases import Case
 from resblock.spec.constants import PARAM_NAMES, STAT_NAMES
 
@@ -156,7 +163,8 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None):
 
 
 def budget_arrays(x, params, stats, stages: dict) -> dict:
-    """``budget/<t>`` and ``budget_conv/<t>`` arrays of one case (the error model)."""
+    """``budget/<t>`` and ``budget_conv/<t>`` arrays of one case (the error model), and
+    ``sigma/<t>``, ``sigma_conv/<t>`` of the output and stats (the spread model)."""
     from resblock.golden.store import tensor_path
 
     b = error_model.budgets(x, params, stats, stages)
@@ -164,6 +172,10 @@ def budget_arrays(x, params, stats, stages: dict) -> dict:
     for name in error_model.TENSORS:
         out[f"budget/{tensor_path(name)}"] = b.fp32[name]
         out[f"budget_conv/{tensor_path(name)}"] = b.conv[name]
+    sp = error_spread.forward_spread(x, params, stats, stages)
+    for name in error_spread.SPREAD_TENSORS:
+        out[f"sigma/{tensor_path(name)}"] = error_spread.stored(sp.sigma[name])
+        out[f"sigma_conv/{tensor_path(name)}"] = error_spread.stored(sp.sigma_conv[name])
     return out
 
 
@@ -173,7 +185,8 @@ def grad_arrays(x, params, stats, y_bar, x_bar, params_bar, bw, reference=True) 
     False: the oracle's and the budgets only, as ``resblock verify`` recomputes them)."""
     from resblock.golden.store import grad_path
 
-    b = error_model_backward.budgets(x, params, stats, y_bar, bw)
+    model = error_model_backward.model(x, params, stats, y_bar, bw)
+    b = model.budgets
     out = {"oracle/grad/x": bw.x_bar}
     if reference:
         out.update({"grad/y_bar": y_bar, "grad/x": np.asarray(x_bar)})
@@ -182,15 +195,19 @@ def grad_arrays(x, params, stats, y_bar, x_bar, params_bar, bw, reference=True) 
     for name in error_model_backward.GRAD_TENSORS:
         out[f"budget/{grad_path(name)}"] = b.fp32[name]
         out[f"budget_conv/{grad_path(name)}"] = b.conv[name]
+        out[f"sigma/{grad_path(name)}"] = model.sigma[name]
+        out[f"sigma_conv/{grad_path(name)}"] = model.sigma_conv[name]
     return out
 
 
 def reference_score(case: Case, arrays: dict, prof) -> float:
-    """Worst gate score of the float32 reference (y, batch_stats_out) against the oracle."""
+    """Worst gate score of the float32 reference (y, batch_stats_out) against the oracle:
+    per element and, where the arrays have spreads, per tensor (the aggregate test)."""
     from resblock.golden.store import GoldenCase
 
     gc = GoldenCase(case=case, entry={}, arrays=arrays)
-    return tolerance.worst_score(gc, arrays["y"], stats_view(arrays, "batch_stats_out"), prof)
+    stats = stats_view(arrays, "batch_stats_out")
+    return tolerance.worst_score(gc, arrays["y"], stats, prof, aggregate=True)
 
 
 def stats_view(arrays: dict, prefix: str) -> dict:

@@ -77,6 +77,11 @@ DEFAULT_ROWS: tuple[Row, ...] = (
     Row(_X, "normal", 1, (2, 2), 4, (0,), "4 values per channel, spatial"),
     Row(_X, "normal", 2, (2, 2), 2, (0,), "8 values per channel"),
     Row(_X, "normal", 4, (2, 2), 4, (0,), "16 values per channel"),
+    Row(_X, "zeroinit", 2, (6, 6), 4, (0, 1), "zero-init residual: the block outputs x, "
+        "whose exact zeros make the ReLU derivative at 0 decide x_bar"),
+    Row(_X, "deadchan", 2, (6, 6), 4, (0, 1), "a dead channel: relu1 is exactly 0 there"),
+    Row(_F, "normal", 8, (16, 16), 8, (0,), "2048 values per channel: the aggregate test "
+        "sees errors no element shows"),
 )
 
 SMOKE_ROWS: tuple[Row, ...] = (

@@ -42,7 +42,7 @@ def case_bytes(n: int, h: int, w: int, f: int, grad: bool = False) -> int:
     backward arrays too)."""
     from resblock.golden.store import expected_dtype, expected_shape, group_arrays
 
-    names = group_arrays(("grad/y_bar",) if grad else ())
+    names = group_arrays(("sigma/y", "grad/y_bar") if grad else ("sigma/y",))
     return sum(int(np.prod(expected_shape(name, n, h, w, f), dtype=np.int64))
                * expected_dtype(name).itemsize for name in names)
 

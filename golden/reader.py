@@ -16,7 +16,7 @@ from resblock.spec.constants import FORMAT_VERSION
 METADATA_MAX_BYTES = 64 * 2**20  # /metadata is JSON text: a few hundred kB per 1000 cases
 # Format 2 sealed each case with one hash over all its arrays; format 3 with a digest per
 # part (forward, stages, gradients), so that a check reads and hashes only what it uses.
-READABLE_MAJORS = ("2", "3")
+READABLE_MAJORS = ("2", "3", "4")
 
 
 def open_golden(path) -> GoldenFile:
@@ -149,8 +149,9 @@ class GoldenFile:
             if h5py.check_string_dtype(ids.dtype) is None:
                 self._fail(f"/{path}/case_ids is {ids.shape} {ids.dtype}; expected "
                            f"({g['size']},) strings")
-            names = group_arrays(("grad/y_bar",) if f"{path}/grad".encode() in self._links
-                                 else ())
+            have = tuple(n for n in ("grad/y_bar", "sigma/y")
+                         if f"{path}/{n.split('/')[0]}".encode() in self._links)
+            names = group_arrays(have)
             missing = next((n for n in names if f"{path}/{n}".encode() not in self._links),
                            None)
             if missing is not None:
@@ -195,12 +196,12 @@ class GoldenFile:
     def parts(self, group: str) -> dict[str, tuple[str, ...]]:
         """The parts of ``group`` and their array names. A format-2 file has one part,
         "all", sealed by each case's single hash."""
-        from resblock.golden.store import PARTS, group_parts
+        from resblock.golden.store import part_arrays
 
         names = self._names[group]
         if not self.sealed_by_parts:
             return {"all": names}
-        return {p: PARTS[p] for p in group_parts(names)}
+        return part_arrays(names)
 
     def part_of(self, group: str, name: str) -> str:
         from resblock.golden.store import part_of

@@ -52,7 +52,12 @@ BUDGET_TENSORS = (
 )
 BUDGET_ARRAYS = tuple(f"{kind}/{t}" for kind in ("budget", "budget_conv")
                       for t in BUDGET_TENSORS)
-CASE_ARRAYS = INPUT_ARRAYS + REFERENCE_ARRAYS + ORACLE_ARRAYS + BUDGET_ARRAYS
+# Spreads of the spread model (spec section 8.3, format 4): ``sigma/<t>`` and
+# ``sigma_conv/<t>`` of the output and the running statistics, what the aggregate test
+# of a tensor divides by.
+SPREAD_TENSORS = ("y",) + tuple(f"batch_stats_out/{s}" for s in STAT_NAMES)
+SPREAD_ARRAYS = tuple(f"{kind}/{t}" for kind in ("sigma", "sigma_conv") for t in SPREAD_TENSORS)
+CASE_ARRAYS = INPUT_ARRAYS + REFERENCE_ARRAYS + ORACLE_ARRAYS + BUDGET_ARRAYS + SPREAD_ARRAYS
 # Optional per group (format 2.1): the backward of spec section 10. ``grad/y_bar`` is the
 # cotangent, ``grad/<t>`` the reference's gradient (jax.vjp of the Flax block, float32),
 # ``oracle/grad/<t>`` the float64 oracle backward, ``budget[_conv]/grad/<t>`` its budgets;
@@ -61,6 +66,11 @@ GRAD_TENSORS = ("x",) + tuple(f"params/{p}" for p in PARAM_NAMES)
 GRAD_ARRAYS = (("grad/y_bar",) + tuple(f"grad/{t}" for t in GRAD_TENSORS)
                + tuple(f"{kind}/grad/{t}" for kind in ("oracle", "budget", "budget_conv")
                        for t in GRAD_TENSORS))
+GRAD_SPREAD_ARRAYS = tuple(f"{kind}/grad/{t}" for kind in ("sigma", "sigma_conv")
+                           for t in GRAD_TENSORS)
+GRAD_ARRAYS = GRAD_ARRAYS + GRAD_SPREAD_ARRAYS
+# Format 3 files have no spreads: read as before, without the aggregate test.
+_SPREADS = frozenset(SPREAD_ARRAYS + GRAD_SPREAD_ARRAYS)
 
 
 # The parts of a case, each sealed by its own digest (format 3): a reader reads and
@@ -75,6 +85,19 @@ PARTS = {"forward": FORWARD_ARRAYS, "stages": STAGE_ARRAYS, "grad": GRAD_ARRAYS}
 _PART_OF = {n: p for p, names in PARTS.items() for n in names}
 
 
+def has_spreads(names) -> bool:
+    """Whether a group (or a set of arrays) carries the spreads (format 4)."""
+    return "sigma/y" in names
+
+
+def part_arrays(names) -> dict[str, tuple[str, ...]]:
+    """The parts of a group and their array names, given its names (:func:`group_parts`;
+    without spreads for a format-3 group)."""
+    keep = has_spreads(names)
+    return {p: tuple(n for n in PARTS[p] if keep or n not in _SPREADS)
+            for p in group_parts(names)}
+
+
 def part_of(name: str) -> str:
     """The part ("forward", "stages" or "grad") whose digest covers array ``name``."""
     return _PART_OF[name]
@@ -87,12 +110,15 @@ def group_parts(names) -> tuple[str, ...]:
 
 def group_arrays(names) -> tuple[str, ...]:
     """The array names a group holds: CASE_ARRAYS, and GRAD_ARRAYS when ``names`` (what
-    a group or a set of arrays has) includes ``grad/y_bar``."""
-    return CASE_ARRAYS + GRAD_ARRAYS if "grad/y_bar" in names else CASE_ARRAYS
+    a group or a set of arrays has) includes ``grad/y_bar``; the spreads only when it
+    includes ``sigma/y`` (format 4)."""
+    out = CASE_ARRAYS + GRAD_ARRAYS if "grad/y_bar" in names else CASE_ARRAYS
+    return out if has_spreads(names) else tuple(n for n in out if n not in _SPREADS)
 
 
 def grad_path(name: str) -> str:
-    """Where a gradient lives under ``grad/``, ``oracle/grad/``, ``budget[_conv]/grad/``:
+    """Where a gradient lives under ``grad/``, ``oracle/grad/``, ``budget[_conv]/grad/``,
+    ``sigma[_conv]/grad/``:
     "x" -> "grad/x", "Conv_0/kernel" -> "grad/params/Conv_0/kernel"."""
     if name == "x":
         return "grad/x"
@@ -172,8 +198,8 @@ def part_sha256(case_id: str, part: str, arrays: dict[str, np.ndarray]) -> str:
 def seal(entry: dict, rows: dict[str, np.ndarray]) -> dict:
     """Set ``entry["parts"]`` (a digest per part of the case's ``rows``, every array of
     the case) and ``entry["sha256"]`` (over the id and the index fields, parts included)."""
-    entry["parts"] = {p: part_sha256(entry["id"], p, {n: rows[n] for n in PARTS[p]})
-                      for p in group_parts(rows)}
+    entry["parts"] = {p: part_sha256(entry["id"], p, {n: rows[n] for n in names})
+                      for p, names in part_arrays(rows).items()}
     entry["sha256"] = case_sha256(entry["id"], {}, index_fields(entry))
     return entry
 
@@ -228,6 +254,25 @@ class GoldenCase:
         t = tensor_path(name)
         return bound_from(self.arrays[f"budget/{t}"], self.arrays[f"budget_conv/{t}"],
                           prof.u_conv)
+
+    @property
+    def has_spreads(self) -> bool:
+        """Whether the case carries the spreads of the aggregate test (format 4)."""
+        return has_spreads(self.arrays)
+
+    def aggregate_score(self, name: str, got, prof, grad: bool = False) -> float | None:
+        """The aggregate test's score of a checked tensor ("output", a stat) or, with
+        ``grad``, a gradient: ``Q`` over its threshold (spec section 8.3); None for a file
+        without spreads."""
+        from resblock.spec.tolerance import aggregate_score
+
+        if not self.has_spreads:
+            return None
+        t = grad_path(name) if grad else tensor_path(name)
+        ref = self.arrays[f"oracle/{t}"]
+        return aggregate_score(got, ref, self.arrays[f"sigma/{t}"],
+                               self.arrays[f"sigma_conv/{t}"], prof.u_conv,
+                               self.case.features)
 
     @property
     def has_grad(self) -> bool:

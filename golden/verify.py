@@ -183,6 +183,8 @@ def gradient_problem(gc, prof) -> str | None:
     fresh = grad_arrays(gc.x, gc.params, gc.batch_stats_in, gc.y_bar, ref["x"],
                         {}, bw, reference=False)
     for name, a in fresh.items():
+        if name.startswith("sigma") and not gc.has_spreads:
+            continue  # format 3: no spreads
         stored = np.asarray(gc.arrays[name], np.float64)
         a = np.asarray(a, np.float64)
         if name.startswith("oracle/"):
@@ -212,6 +214,8 @@ def budget_problem(gc, stages: dict) -> str | None:
 
     fresh = budget_arrays(gc.x, gc.params, gc.batch_stats_in, stages)
     for name, a in fresh.items():
+        if name.startswith("sigma") and not gc.has_spreads:
+            continue  # format 3: no spreads
         stored = np.asarray(gc.arrays[name], np.float64)
         a = np.asarray(a, np.float64)
         if not np.all(np.abs(stored - a) <= 1e-5 * np.abs(a) + 1e-38):

@@ -48,6 +48,19 @@ INPUTS: dict[str, dict] = {
         "amplitude": 1.0,
         "purpose": "large per-channel mean: single-pass variance cancels (high kappa)",
     },
+    "zeroinit": {
+        "definition": "max(N(0, 1), 0); BatchNorm_1 scale and bias 0",
+        "amplitude": 1.0,
+        "purpose": "zero-init residual (torchvision's zero_init_residual=True) after a "
+        "previous block's ReLU: the block outputs x, whose exact zeros make the ReLU "
+        "derivative at 0 decide x_bar",
+    },
+    "deadchan": {
+        "definition": "N(0, 1); BatchNorm_0 scale and bias 0 in channel 0",
+        "amplitude": 1.0,
+        "purpose": "a dead channel: relu1 sees exactly 0 in channel 0, so the ReLU "
+        "derivative at 0 decides that channel's gradients",
+    },
 }
 
 _ID_RE = re.compile(

@@ -67,6 +67,10 @@ def derive_x(case: Case, draws=_EXACT) -> np.ndarray:
     if case.inputs == "offset":
         o = _uniform(case, "x/offset", (case.features,), -64.0, 64.0, draws)
         return (z + o).astype(np.float32)
+    if case.inputs == "zeroinit":
+        return np.maximum(z, np.float32(0.0))
+    if case.inputs == "deadchan":
+        return z
     raise AssertionError(case.inputs)  # Case.__post_init__ already refused it
 
 
@@ -113,13 +117,31 @@ def derive_random_variables(case: Case, draws=_EXACT) -> tuple[dict, dict]:
 
 
 def derive_variables(case: Case) -> tuple[dict, dict]:
-    """(params, batch_stats) of the case: Flax init for 'init', derived otherwise."""
+    """(params, batch_stats) of the case: Flax init for 'init', derived otherwise; the
+    'zeroinit' and 'deadchan' input kinds then zero a BatchNorm's scale and bias."""
     if case.params_source == "init":
         from resblock.spec.reference import init_variables
 
         with jax.default_device(_cpu()):
-            return init_variables(case.seed, case.features)
-    return derive_random_variables(case)
+            params, stats = init_variables(case.seed, case.features)
+    else:
+        params, stats = derive_random_variables(case)
+    return zero_batch_norms(case, params), stats
+
+
+def zero_batch_norms(case: Case, params: dict) -> dict:
+    """The BatchNorm scales and biases that the case's input kind sets to 0 (a copy)."""
+    if case.inputs not in ("zeroinit", "deadchan"):
+        return params
+    params = {layer: {leaf: np.array(v, np.float32) for leaf, v in leaves.items()}
+              for layer, leaves in params.items()}
+    if case.inputs == "zeroinit":
+        params["BatchNorm_1"]["scale"][:] = 0.0
+        params["BatchNorm_1"]["bias"][:] = 0.0
+    else:
+        params["BatchNorm_0"]["scale"][0] = 0.0
+        params["BatchNorm_0"]["bias"][0] = 0.0
+    return params
 
 
 def prng_config() -> dict:

@@ -24,8 +24,9 @@ def test_default_preset_covers_every_axis_value():
     cases = grid.preset_cases("default")
     assert len(cases) == sum(len(r.seeds) for r in grid.DEFAULT_ROWS)
     assert {c.family for c in cases} == {"seeded", "functional", "stress"}
-    assert {c.inputs for c in cases} == {"normal", "lowamp", "large", "offset"}
-    assert {c.n for c in cases} == {1, 2, 4}
+    assert {c.inputs for c in cases} == {"normal", "lowamp", "large", "offset", "zeroinit",
+                                         "deadchan"}
+    assert {c.n for c in cases} == {1, 2, 4, 8}
     assert Case("seeded", "normal", 1, 4, 4, 4, 0) in cases  # the worked example
     assert any(c.h != c.w for c in cases)
     assert {c.n * c.h * c.w for c in cases} >= {1, 2, 4, 8, 16}

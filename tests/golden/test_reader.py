@@ -115,9 +115,9 @@ def test_metadata_with_bad_hash(golden, rewrite_metadata):
 
 def test_newer_format_version(golden, rewrite_metadata):
     path, meta = golden
-    meta["format_version"] = "4.0.0"
+    meta["format_version"] = "5.0.0"
     rewrite_metadata(path, meta)
-    _open_fails(path, "format version 4.0.0, but this kit reads formats 2.x, 3.x")
+    _open_fails(path, "format version 5.0.0, but this kit reads formats 2.x, 3.x, 4.x")
 
 
 def test_format_1_files_get_a_regeneration_message(golden, rewrite_metadata):
@@ -268,3 +268,50 @@ def test_a_part_digest_dropped_from_the_index_is_refused(golden, rewrite_metadat
     del meta["cases"][0]["parts"]
     rewrite_metadata(path, meta)
     _open_fails(path, "has digests for parts [], but its group holds ['forward', 'stages']")
+
+
+def _as_format_3(path, rewrite_metadata):
+    """Rewrite a golden as format 3 wrote it: no spreads (``sigma/``, ``sigma_conv/``),
+    each case sealed in parts over the remaining arrays."""
+    from resblock.golden.store import content_sha256, group_arrays, seal
+
+    with h5py.File(path, "r+") as f:
+        meta = json.loads(f["metadata"][()])
+        for g in meta["groups"]:
+            grp = f[f"groups/{g['name']}"]
+            for kind in ("sigma", "sigma_conv"):
+                del grp[kind]
+        for e in meta["cases"]:
+            g = f[f"groups/{e['group']}"]
+            names = group_arrays(("grad/y_bar",) if "grad" in g else ())
+            seal(e, {k: g[k][e["row"]] for k in names})
+    meta["format_version"] = "3.1.0"
+    meta["content_sha256"] = content_sha256(meta["cases"])
+    rewrite_metadata(path, meta)
+
+
+def test_format_3_files_are_read_without_the_aggregate_test(golden, rewrite_metadata):
+    from resblock.golden.verify import verify_file
+    from resblock.spec import tolerance
+
+    path, meta = golden
+    _as_format_3(path, rewrite_metadata)
+    with GoldenFile(path) as gf:
+        assert gf.sealed_by_parts and gf.hash_problems() == []
+        gc = gf.case(gf.ids[0])
+        assert not gc.has_spreads and "sigma/y" not in gc.arrays
+        assert gc.aggregate_score("output", gc.arrays["y"], tolerance.profile()) is None
+    assert verify_file(path, derive=False).ok
+
+
+def test_format_4_cases_carry_spreads_for_the_aggregate_test(golden):
+    from resblock.spec import tolerance
+
+    path, _ = golden
+    with GoldenFile(path) as gf:
+        gc = gf.case(gf.ids[0])
+        assert gc.has_spreads
+        score = gc.aggregate_score("output", gc.arrays["y"], tolerance.profile())
+        assert 0 <= score < 0.1  # the reference's own output
+        wrong = np.asarray(gc.arrays["y"]) * np.float32(1 + 2 ** -10)
+        assert gc.aggregate_score("output", wrong, tolerance.profile()) > 1

@@ -17,7 +17,7 @@ from resblock.spec.cases import Case
 def test_array_tables():
     assert store.CASE_ARRAYS[0] == "x"
     assert len(store.CASE_ARRAYS) == len(set(store.CASE_ARRAYS)) == (
-        1 + 8 + 4 + 1 + 4 + 1 + 4 + 6 + 2 * (1 + 4 + 6))
+        1 + 8 + 4 + 1 + 4 + 1 + 4 + 6 + 2 * (1 + 4 + 6) + 2 * (1 + 4))
     assert "oracle/stages/sum" in store.ORACLE_ARRAYS
     assert "oracle/stages/output" not in store.ORACLE_ARRAYS  # that is oracle/y
     # every checked tensor of the oracle has a budget and a conv budget of the same shape
@@ -91,8 +91,8 @@ def test_content_sha256_by_hand():
 def test_file_layout(smoke_golden):
     path, meta = smoke_golden
     with h5py.File(path, "r") as f:
-        assert f.attrs["format_version"] == "3.1.0" == meta["format_version"]
-        assert f.attrs["spec_version"] == "2.1.0"
+        assert f.attrs["format_version"] == "4.0.0" == meta["format_version"]
+        assert f.attrs["spec_version"] == "3.0.0"
         assert json.loads(f["metadata"][()]) == meta
         assert sorted(f["groups"]) == sorted(g["name"] for g in meta["groups"])
         g = f["groups/n2_h4_w4_f4"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from resblock.errors import GridError, HarnessError
@@ -113,7 +114,7 @@ def test_from_id_validates_the_fields(bad, match):
 
 def test_tables_name_the_families_and_inputs():
     assert set(FAMILIES) == {"seeded", "functional", "stress"}
-    assert set(INPUTS) == {"normal", "lowamp", "large", "offset"}
+    assert set(INPUTS) == {"normal", "lowamp", "large", "offset", "zeroinit", "deadchan"}
     assert all(row["purpose"] for row in (*FAMILIES.values(), *INPUTS.values()))
 
 
@@ -142,3 +143,26 @@ def test_bool_fields_are_refused(name):
     base = dict(family="functional", inputs="normal", n=1, h=4, w=4, features=4, seed=0)
     with pytest.raises(GridError):
         Case(**{**base, name: True})
+
+
+def test_zero_init_and_dead_channel_kinds_zero_a_batch_norm():
+    from resblock.spec.derivation import derive_variables, derive_x
+
+    zc = Case("stress", "zeroinit", 2, 3, 3, 4, 0)
+    x = derive_x(zc)
+    params, _ = derive_variables(zc)
+    assert np.all(x >= 0) and np.any(x == 0)
+    assert np.all(params["BatchNorm_1"]["scale"] == 0)
+    assert np.all(params["BatchNorm_1"]["bias"] == 0)
+    assert np.all(params["BatchNorm_0"]["scale"] != 0)
+    dc = Case("stress", "deadchan", 2, 3, 3, 4, 0)
+    params, _ = derive_variables(dc)
+    assert params["BatchNorm_0"]["scale"][0] == 0 == params["BatchNorm_0"]["bias"][0]
+    assert np.all(params["BatchNorm_0"]["scale"][1:] != 0)
+    # the batched derivation (resblock generate) agrees bit for bit
+    from resblock.generator.batched import derive_cases
+
+    (bx, bparams, _), = derive_cases([dc])
+    for layer, leaves in params.items():
+        for leaf, v in leaves.items():
+            assert np.array_equal(bparams[layer][leaf], v), (layer, leaf)

@@ -111,7 +111,9 @@ def derive_from_text(fields: dict):
     x = {"normal": lambda: N("x", xs),
          "lowamp": lambda: np.float32(1e-3) * N("x", xs),
          "large": lambda: np.float32(1e3) * N("x", xs),
-         "offset": lambda: N("x", xs) + U("x/offset", (c,), -64, 64)}[fields["inputs"]]()
+         "offset": lambda: N("x", xs) + U("x/offset", (c,), -64, 64),
+         "zeroinit": lambda: np.maximum(N("x", xs), np.float32(0)),
+         "deadchan": lambda: N("x", xs)}[fields["inputs"]]()
     amplitude = {"lowamp": 1e-3, "large": 1e3}.get(fields["inputs"], 1.0)
     if fields["family"] == "seeded":
         return x, None, None
@@ -125,6 +127,13 @@ def derive_from_text(fields: dict):
                       "bias": np.float32(0.5) * N(f"{bn}/bias", (f,))}
         stats[bn] = {"mean": np.float32(0.5) * N(f"batch_stats/{bn}/mean", (f,)),
                      "var": U(f"batch_stats/{bn}/var", (f,), 0.5, 2.0)}
+    params = {k: {kk: np.array(vv) for kk, vv in v.items()} for k, v in params.items()}
+    if fields["inputs"] == "zeroinit":  # spec 5.2: then a BatchNorm's scale and bias are 0
+        params["BatchNorm_1"]["scale"][:] = 0
+        params["BatchNorm_1"]["bias"][:] = 0
+    if fields["inputs"] == "deadchan":
+        params["BatchNorm_0"]["scale"][0] = 0
+        params["BatchNorm_0"]["bias"][0] = 0
     return x, params, stats
 
 
@@ -146,7 +155,8 @@ def test_input_derivation_matches_committed_goldens():
 
     with GoldenFile(committed_paths()[0]) as gf:
         entries = _one_case_per_inputs_kind(gf)
-        assert {e["inputs"] for e in entries} == {"normal", "lowamp", "large", "offset"}
+        assert {e["inputs"] for e in entries} == {"normal", "lowamp", "large", "offset",
+                                                  "zeroinit", "deadchan"}
         for e in entries:
             fields = {k: e[k] for k in ("family", "inputs", "n", "h", "w", "features", "seed")}
             assert Case(**fields).id == e["id"]

@@ -1,0 +1,331 @@
+"""The spread model: how large a correct float32 port's errors are *on average*.
+
+The budgets of :mod:`resblock.spec.error_model` bound each element's error on its own,
+so they must cover the worst element of the worst algorithm; they grow with the square
+root of every reduction and add propagated errors by the triangle inequality. That is
+right for one element, but it hides an error that is far larger than float32's in every
+element and still under each element's worst case (a TF32 or bfloat16 convolution at
+512 channels, an unbiased variance at 2^14 values per channel). TOSA's dot-product
+compliance check adds, beside its per-element bound, a test of the *distribution* of the
+normalised errors over a tensor; this module gives the scale that test normalises by
+(spec section 8.3).
+
+For every element the model gives ``sigma``, an upper estimate of the root-mean-square
+error of a correct float32 evaluation, under the standard probabilistic assumption
+(Higham and Mary, 2019) that rounding errors are independent, zero-mean and at most
+``u = 2^-24`` relative. Errors are carried in two parts:
+
+* ``v``: the variance of errors that are independent from element to element (each
+  element's own roundings, and what reaches it from independent errors upstream). It
+  propagates through linear maps with squared coefficients: a 3x3 convolution of ``v``
+  with ``w^2``, a sum of ``n`` such errors by ``sum(coef^2 v)``, not ``sum(|coef|) e``.
+* ``k``: a standard deviation of errors that are the same for every element of a
+  channel, the rounding of the batch mean and variance and what they cause. A sum over
+  the elements of a channel adds them coherently, so reductions over ``N, H, W`` take
+  them by the triangle inequality (``mean(k)``). Channels are independent of each other:
+  a convolution combines them in quadrature, with the factor 9 of Cauchy-Schwarz for
+  the nine taps that see the same channel's error (``sqrt(9 conv(k^2, w^2))``).
+
+The rounding of a float32 sum of ``n`` terms ``t`` (any order, recursive summation being
+the worst of the usual ones) has variance at most ``u^2 n ((sum t)^2 + sum t^2)``: for
+recursive summation it is ``u^2/3 sum_j s_j^2`` over the partial sums ``s_j``, at most
+``u^2 n ((sum t)^2/3 + sum t^2/2) / 3``; the factor 3 to 6 left over covers blocked,
+Winograd and FFT evaluation orders (measured in DESIGN section 6). A convolution
+output sums ``K + 1 = 9C + 1`` terms; a batch mean ``n = N*H*W``.
+
+Reduced-precision convolution inputs (the ``tf32-conv`` and ``bf16-conv`` profiles) add,
+per unit ``u_conv^2``, the variance ``(8/3) sum (a w)^2``: two operands per product, each
+rounded to nearest (variance ``u_conv^2/3``) or truncated (second moment
+``4 u_conv^2/3``).
+
+Per tensor the golden file stores ``sigma/<t>`` (``sqrt(v + k^2)``) and
+``sigma_conv/<t>`` (the same per unit ``u_conv``), float32 rounded up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from resblock.spec.constants import EPSILON, MOMENTUM, STAT_NAMES
+from resblock.spec.error_model import (
+    D_EPSILON,
+    D_MOMENTUM,
+    D_ONE_MINUS_MOMENTUM,
+    FLOOR,
+    U,
+    abs_conv,
+)
+
+# Second moment, per unit u_conv^2, of the relative error of one product whose two
+# operands are each rounded to u_conv (round to nearest: 2/3; truncation: 8/3).
+CONV_ROUNDING_VAR = 8.0 / 3.0
+SPREAD_TENSORS = ("output",) + STAT_NAMES
+_AXES = (0, 1, 2)
+
+
+def sum_var(n: int, total, sum_sq):
+    """Variance of the rounding of a float32 sum of ``n`` terms with sum ``total`` and sum
+    of squares ``sum_sq`` (the recursive-summation estimate with its margin)."""
+    if n <= 1:
+        return np.zeros_like(np.asarray(total, np.float64))
+    return U * U * n * (np.square(total) + sum_sq)
+
+
+@dataclass(frozen=True)
+class Err:
+    """An error estimate: ``v`` independent variance, ``k`` coherent standard deviation
+    (both per element), for the float32 part and per unit ``u_conv`` (``vs``, ``ks``);
+    ``sources``: channel errors known exactly up to one number per channel; ``kx``
+    (``kxs``): the per-element standard deviation of the image of such sources after a
+    convolution, whose effect on the next batch statistics is computed exactly (so
+    reductions do not take it again)."""
+
+    v: np.ndarray
+    k: np.ndarray
+    vs: np.ndarray
+    ks: np.ndarray
+    sources: tuple = ()
+    kx: np.ndarray | float = 0.0
+    kxs: np.ndarray | float = 0.0
+
+    def sigma(self) -> np.ndarray:
+        return np.sqrt(self.v + np.square(self.k + self.kx + _source_rms(self, "sigma")))
+
+    def sigma_conv(self) -> np.ndarray:
+        return np.sqrt(self.vs + np.square(self.ks + self.kxs + _source_rms(self, "sigma_s")))
+
+
+@dataclass(frozen=True)
+class ChannelErr:
+    """Per-channel standard deviations of a BatchNorm's batch mean and variance
+    (absolute) and of its ``inv = 1/sqrt(var + eps)`` (relative), float32 part and per
+    unit ``u_conv`` (``_s``)."""
+
+    mean: np.ndarray
+    var: np.ndarray
+    rel: np.ndarray
+    mean_s: np.ndarray
+    var_s: np.ndarray
+    rel_s: np.ndarray
+
+
+@dataclass(frozen=True)
+class ChannelSource:
+    """An error shared by every element of each channel, known exactly up to one random
+    number per channel: the error is ``eps_c * direction[..., c]`` with ``eps_c`` of
+    standard deviation ``sigma[c]`` (``sigma_s[c]`` per unit ``u_conv``), independent
+    between channels. A BatchNorm's batch mean and ``inv`` errors reach the next
+    convolution this way."""
+
+    direction: np.ndarray
+    sigma: np.ndarray
+    sigma_s: np.ndarray
+
+
+def exact(shape) -> Err:
+    z = np.zeros(shape)
+    return Err(z, z, z, z)
+
+
+def conv(a, err: Err, kernel, bias, c) -> tuple[Err, tuple]:
+    """Spread of ``c = conv3x3(a, kernel) + bias`` (``a``, ``c``: float64 stage values),
+    and per channel source of ``err`` the moments a following BatchNorm needs:
+    ``(sigma, sigma_s, M_mean, M_var)`` with ``M_mean[c_in, f] = mean(T)`` and
+    ``M_var[c_in, f] = mean((c - mean(c)) T)`` of that input channel's image ``T``."""
+    k_terms = 9 * a.shape[-1] + 1
+    w2 = np.square(kernel)
+    t2 = abs_conv(np.square(a), w2).astype(np.float64)
+    v = abs_conv(err.v, w2) + U * U * k_terms * (t2 + np.square(bias) + np.square(c))
+    k = np.sqrt(9.0 * abs_conv(np.square(err.k + err.kx), w2).astype(np.float64))
+    vs = abs_conv(err.vs, w2) + CONV_ROUNDING_VAR * t2
+    ks = np.sqrt(9.0 * abs_conv(np.square(err.ks + err.kxs), w2).astype(np.float64))
+    k2 = np.zeros(c.shape, np.float32)
+    ks2 = np.zeros(c.shape, np.float32)
+    moments = []
+    if err.sources:
+        n = c.shape[0] * c.shape[1] * c.shape[2]
+        dev = np.asarray(c - c.mean(axis=_AXES), np.float32).reshape(n, -1)
+        w_taps = np.asarray(kernel, np.float64)
+        h, w = c.shape[1], c.shape[2]
+        for src in err.sources:
+            # mean(T) and mean(dev T) of each input channel's image T, from the taps:
+            # sum_t w[t, ci, f] * (correlation of the direction with 1 and with dev).
+            dp = np.pad(np.asarray(src.direction, np.float32),
+                        ((0, 0), (1, 1), (1, 1), (0, 0)))
+            m_mean = np.zeros(kernel.shape[2:])
+            m_var = np.zeros(kernel.shape[2:])
+            for i in range(3):
+                for j in range(3):
+                    sl = dp[:, i:i + h, j:j + w, :].reshape(n, -1)
+                    m_mean += w_taps[i, j] * sl.sum(axis=0, dtype=np.float64)[:, None] / n
+                    m_var += w_taps[i, j] * (sl.T @ dev).astype(np.float64) / n
+            for ci in range(a.shape[-1]):  # the image of one input channel's error
+                t = single_channel_conv(src.direction[..., ci], kernel[:, :, ci, :])
+                ts = t * np.float32(src.sigma_s[ci])
+                t *= np.float32(src.sigma[ci])
+                k2 += np.square(t, out=t)
+                ks2 += np.square(ts, out=ts)
+            moments.append((src.sigma, src.sigma_s, m_mean, m_var))
+    k2 = k2.astype(np.float64)
+    ks2 = ks2.astype(np.float64)
+    return (Err(np.asarray(v, np.float64), k, np.asarray(vs, np.float64), ks,
+                kx=np.sqrt(k2), kxs=np.sqrt(ks2)), tuple(moments))
+
+
+def single_channel_conv(d, kernel_c):
+    """3x3 SAME convolution of one channel ``d`` (N, H, W) with ``kernel_c`` (3, 3, F):
+    one (N*H*W, 9) by (9, F) product."""
+    n, h, w = d.shape
+    dp = np.pad(np.asarray(d, np.float32), ((0, 0), (1, 1), (1, 1)))
+    patches = np.stack([dp[:, i:i + h, j:j + w] for i in range(3) for j in range(3)],
+                       axis=-1)
+    kc = np.asarray(kernel_c, np.float32).reshape(9, -1)
+    return (patches.reshape(-1, 9) @ kc).reshape(n, h, w, -1)
+
+
+def channel_errors(c, err: Err, moments=()) -> ChannelErr:
+    """Errors of a channel's float32 batch mean and of ``inv``: their own rounding
+    (single-pass ``E[c^2] - E[c]^2``, the spec's formula; two-pass and Welford err less)
+    and what the errors already in ``c`` do to them."""
+    n = c.shape[0] * c.shape[1] * c.shape[2]
+    mean = c.mean(axis=_AXES)
+    if n == 1:  # the mean is the value; the variance is exactly 0 in every evaluation
+        zero = np.zeros_like(mean)
+        return ChannelErr(np.sqrt(err.v[0, 0, 0]) + err.k[0, 0, 0], zero, zero,
+                          np.sqrt(err.vs[0, 0, 0]) + err.ks[0, 0, 0], zero, zero)
+    dev = c - mean
+    var = np.square(dev).mean(axis=_AXES)
+    ec2 = var + mean * mean
+    sig2 = var + EPSILON
+    var_mean = sum_var(n, n * mean, n * ec2) / (n * n) + U * U * mean * mean
+    var_ec2 = (sum_var(n, n * ec2, np.square(np.square(c)).sum(axis=_AXES)) / (n * n)
+               + U * U * ec2 * ec2)
+    var_var = var_ec2 + 4.0 * mean * mean * var_mean + U * U * (mean ** 4 + var * var)
+    mean_in = np.sqrt(err.v.sum(axis=_AXES)) / n + err.k.mean(axis=_AXES)
+    adev = np.abs(dev)
+    var_in = (2.0 * np.sqrt((np.square(dev) * err.v).sum(axis=_AXES)) / n
+              + 2.0 * (adev * err.k).mean(axis=_AXES))
+    for sig, _, m_mean, m_var in moments:  # exact: independent input channels
+        mean_in = mean_in + np.sqrt(np.square(sig[:, None] * m_mean).sum(axis=0))
+        var_in = var_in + 2.0 * np.sqrt(np.square(sig[:, None] * m_var).sum(axis=0))
+    d_mean = np.sqrt(var_mean) + mean_in
+    d_var = np.sqrt(var_var) + var_in + D_EPSILON
+    # inv: the sqrt and the division (or an approximate rsqrt, GPU-style: 2^-22.9
+    # relative) add up to 3u.
+    rel = d_var / (2.0 * sig2) + 3.0 * U
+    mean_s = np.sqrt(err.vs.sum(axis=_AXES)) / n + err.ks.mean(axis=_AXES)
+    var_s = (2.0 * np.sqrt((np.square(dev) * err.vs).sum(axis=_AXES)) / n
+             + 2.0 * (adev * err.ks).mean(axis=_AXES))
+    for _, sig_s, m_mean, m_var in moments:
+        mean_s = mean_s + np.sqrt(np.square(sig_s[:, None] * m_mean).sum(axis=0))
+        var_s = var_s + 2.0 * np.sqrt(np.square(sig_s[:, None] * m_var).sum(axis=0))
+    return ChannelErr(d_mean, d_var, rel, mean_s, var_s, var_s / (2.0 * sig2))
+
+
+def batch_norm(c, err: Err, scale, beta, z, mean_in, var_in, moments=()):
+    """Spread of a training-mode BatchNorm's output and of its two running statistics
+    (``c``, ``z``: float64 stages). Returns ``(Err of z, ChannelErr, mean_sigma,
+    mean_sigma_conv, var_sigma, var_sigma_conv)``."""
+    n = c.shape[0] * c.shape[1] * c.shape[2]
+    ch = channel_errors(c, err, moments)
+    mean = c.mean(axis=_AXES)
+    var = np.square(c - mean).mean(axis=_AXES)
+    m = MOMENTUM
+    new_mean = m * mean_in + (1.0 - m) * mean
+    new_var = m * var_in + (1.0 - m) * var
+    s_mean = ((1.0 - m) * ch.mean
+              + U * np.sqrt(2.0 * (m * mean_in) ** 2 + 2.0 * ((1.0 - m) * mean) ** 2
+                            + new_mean ** 2)
+              + D_MOMENTUM * np.abs(mean_in) + D_ONE_MINUS_MOMENTUM * np.abs(mean))
+    s_mean_conv = (1.0 - m) * ch.mean_s
+    sig2 = var + EPSILON
+    s_var = ((1.0 - m) * ch.var
+             + U * np.sqrt(2.0 * (m * var_in) ** 2 + 16.0 * ((1.0 - m) * var) ** 2
+                           + new_var ** 2)
+             + D_MOMENTUM * np.abs(var_in) + D_ONE_MINUS_MOMENTUM * var)
+    s_var_conv = (1.0 - m) * ch.var_s
+    if n == 1:  # (c - mean) is exactly 0: z is beta, up to the folded form's rounding
+        inv = np.abs(scale) / np.sqrt(sig2)
+        k = np.broadcast_to(U * (2.0 * np.abs(mean * inv) + np.abs(beta)), c.shape)
+        zero = np.zeros(c.shape)
+        return (Err(zero, np.array(k), zero, zero), ch, s_mean, s_mean_conv, s_var,
+                s_var_conv)
+    inv = np.abs(scale) / np.sqrt(sig2)
+    zg = np.abs(c - mean) * inv  # |scale * zhat|
+    v = (np.square(inv) * err.v
+         + U * U * (5.0 * np.square(zg) + np.square(c * inv) + 2.0 * np.square(z)))
+    vs = np.square(inv) * err.vs
+    # The channel errors move z along 1 (the mean, and the folded form's per-channel
+    # rounding) and along z - beta (inv): exact sources for the next convolution.
+    local = U * (2.0 * np.abs(mean * inv) + np.abs(beta))
+    sources = (ChannelSource(np.ones(c.shape), np.hypot(inv * ch.mean, local),
+                             inv * ch.mean_s),
+               ChannelSource(z - beta, ch.rel, ch.rel_s))
+    return (Err(v, inv * err.k, vs, inv * err.ks, sources, inv * err.kx, inv * err.kxs), ch,
+            s_mean, s_mean_conv, s_var, s_var_conv)
+
+
+def relu(out, err: Err) -> Err:
+    """``relu1``'s errors from bn1's (ReLU is 1-Lipschitz): the element-wise parts are
+    kept whole (an input near 0 may pass on either side), the channel sources act only
+    where the ReLU passes (``out > 0``)."""
+    open_ = out > 0
+    return Err(err.v, err.k, err.vs, err.ks, tuple(
+        ChannelSource(src.direction * open_, src.sigma, src.sigma_s) for src in err.sources),
+        err.kx, err.kxs)
+
+
+def _source_rms(err: Err, which: str) -> np.ndarray:
+    """Per-element standard deviation of the channel sources of ``err``."""
+    out = np.zeros(err.v.shape)
+    for src in err.sources:
+        out = out + np.square(getattr(src, which) * src.direction)
+    return np.sqrt(out)
+
+
+@dataclass(frozen=True)
+class ForwardSpread:
+    """The spread of a whole forward: ``sigma``/``sigma_conv`` of :data:`SPREAD_TENSORS`,
+    and the pieces the backward spread builds on (``err[stage]``, ``channel[layer]``)."""
+
+    sigma: dict
+    sigma_conv: dict
+    err: dict
+    channel: dict
+
+
+def forward_spread(x, params, batch_stats, stages: dict) -> ForwardSpread:
+    f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+    p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
+    st = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in batch_stats.items()}
+    x = f64(x)
+    err, chan, sig, sig_c = {}, {}, {}, {}
+    a, a_err = x, exact(x.shape)
+    for conv_name, layer, conv_stage, bn_stage in (("Conv_0", "BatchNorm_0", "conv1", "bn1"),
+                                                   ("Conv_1", "BatchNorm_1", "conv2", "bn2")):
+        err[conv_stage], moments = conv(a, a_err, p[conv_name]["kernel"],
+                                        p[conv_name]["bias"], stages[conv_stage])
+        e, ch, sm, smc, sv, svc = batch_norm(
+            stages[conv_stage], err[conv_stage], p[layer]["scale"], p[layer]["bias"],
+            stages[bn_stage], st[layer]["mean"], st[layer]["var"], moments)
+        err[bn_stage], chan[layer] = e, ch
+        sig[f"{layer}/mean"], sig_c[f"{layer}/mean"] = sm, smc
+        sig[f"{layer}/var"], sig_c[f"{layer}/var"] = sv, svc
+        # ReLU is 1-Lipschitz and passes nothing where it is closed
+        a, a_err = stages["relu1"], relu(stages["relu1"], e)
+    err["relu1"] = a_err
+    b2 = err["bn2"]
+    err["sum"] = Err(b2.v + U * U * np.square(stages["sum"]),
+                     b2.k + b2.kx + _source_rms(b2, "sigma"), b2.vs,
+                     b2.ks + b2.kxs + _source_rms(b2, "sigma_s"))
+    sig["output"] = err["sum"].sigma()
+    sig_c["output"] = err["sum"].sigma_conv()
+    return ForwardSpread(sigma=sig, sigma_conv=sig_c, err=err, channel=chan)
+
+
+def stored(a) -> np.ndarray:
+    """float32, rounded up, floored at float32's smallest normal number."""
+    a = np.maximum(np.asarray(a, np.float64) * (1.0 + 2.0 ** -18), FLOOR)
+    return a.astype(np.float32)
