@@ -36,7 +36,7 @@ def chromium():
 def missing_residual_impl(tmp_path_factory):
     """A file whose ``forward`` is the missing-residual mistake (a NumPy twin)."""
     p = tmp_path_factory.mktemp("impl") / "wrong.py"
-    p.write_text("from resblock.conformance.variants import make_forward\n\n"
+    p.write_text("from resblock.conformance.mistakes.variants import make_forward\n\n"
                  "forward = make_forward('missing_residual')\n")
     return p
 

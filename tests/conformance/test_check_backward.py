@@ -9,10 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resblock.conformance.invoke import InProcess
-from resblock.conformance.runner import CheckConfig, run_check
-from resblock.conformance.targets import load_target
-from resblock.conformance.variants_backward import BACKWARD_PITFALLS, applies, lookup, twin_backward
+from resblock.conformance.judging.runner import CheckConfig, run_check
+from resblock.conformance.mistakes.variants_backward import (
+    BACKWARD_PITFALLS,
+    applies,
+    lookup,
+    twin_backward,
+)
+from resblock.conformance.running.invoke import InProcess
+from resblock.conformance.running.targets import load_target
 from resblock.errors import GoldenFormatError
 from resblock.spec.cases import Case
 
@@ -147,8 +152,8 @@ def test_program_protocol_backward_mode(tmp_path):
     gradients out); the forward protocol is unchanged."""
     import sys
 
-    from resblock.conformance.invoke import Program
-    from resblock.conformance.program_files import write_inputs
+    from resblock.conformance.running.invoke import Program
+    from resblock.conformance.running.program_files import write_inputs
 
     prog = f"{sys.executable} {ROOT / 'examples/numpy_backward_program.py'} {{input}} {{output}}"
     cfg = CheckConfig(target=prog, api="backward", keyword="n2 and 4x4", program=True)
@@ -173,7 +178,7 @@ def test_program_protocol_backward_mode(tmp_path):
 
 
 def test_failure_lines_name_the_index_axes():
-    from resblock.conformance.report import _tensor_line
+    from resblock.conformance.reporting.report import _tensor_line
 
     run = _check(_twin_impl("bwd_conv_kernel_grad_flipped"), keyword="functional and n2",
                  diagnose=False)
@@ -186,7 +191,7 @@ def test_pytest_plugin_backward(pytester):
     fails with its pitfall's fix."""
     pytester.makepyfile(bad_bw="""
 import numpy as np
-from resblock.conformance.variants_backward import twin_backward
+from resblock.conformance.mistakes.variants_backward import twin_backward
 
 def backward(x, params, batch_stats, y_bar):
     xb, pb = twin_backward("bwd_residual_dropped", x, params, batch_stats, y_bar)

@@ -1,4 +1,4 @@
-"""Tests of conformance/compare.py: per-tensor reports and the first diverging stage.
+"""Tests of conformance/judging/compare.py: per-tensor reports and the first diverging stage.
 
 ``compare_tensor`` is checked on hand-made arrays with a hand-made bound
 (``bound = 0.25 + 0.5*|ref|``, exact in binary), so every expected number below is
@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from resblock.conformance.compare import CaseResult, compare_tensor, first_diverging_stage
+from resblock.conformance.judging.compare import CaseResult, compare_tensor, first_diverging_stage
 from resblock.golden.cli import default_goldens
 from resblock.golden.reader import GoldenFile
 from resblock.spec import tolerance
@@ -78,7 +78,7 @@ def test_bound_is_per_element_and_floored():
 
 def test_committed_case_bound_is_its_stored_budget(gc):
     """compare_case's bound is budget + u_conv * budget_conv from the file, per element."""
-    from resblock.conformance.compare import compare_case
+    from resblock.conformance.judging.compare import compare_case
 
     y = gc.reference("output").copy()
     b = gc.arrays["budget/y"].astype(np.float64)

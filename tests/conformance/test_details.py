@@ -1,4 +1,4 @@
-"""Tests of conformance/details.py: score levels, pooling, and the evidence the runner
+"""Tests of conformance/judging/details.py: score levels, pooling, and the evidence the runner
 collects for the worst failing cases (error maps, running-stat vectors) for the HTML
 report. Kept cheap: a few committed cases selected with -k.
 """
@@ -6,11 +6,11 @@ report. Kept cheap: a few committed cases selected with -k.
 import numpy as np
 import pytest
 
-from resblock.conformance import details
-from resblock.conformance.invoke import InProcess
-from resblock.conformance.report import json_report
-from resblock.conformance.runner import CheckConfig, run_check
-from resblock.conformance.variants import make_forward
+from resblock.conformance.judging import details
+from resblock.conformance.judging.runner import CheckConfig, run_check
+from resblock.conformance.mistakes.variants import make_forward
+from resblock.conformance.reporting.report import json_report
+from resblock.conformance.running.invoke import InProcess
 from resblock.golden.cli import default_goldens
 from resblock.schemas import validate
 

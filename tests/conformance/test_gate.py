@@ -3,7 +3,7 @@
 A checker that passes a wrong implementation is broken, and so is one that fails a
 correct one. So, against ``default_goldens()``:
 
-* every wrong variant of conformance/variants.py is rejected under ``fp32``, and the
+* every wrong variant of conformance/mistakes/variants.py is rejected under ``fp32``, and the
   pitfall named most often for its failures is the variant itself;
 * the looser profiles accept exactly the rounding they are meant to accept: ``tf32``
   accepts ``tf32_conv``; ``bf16`` accepts ``tf32_conv`` and ``bf16_conv`` and is blind to
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resblock.conformance.invoke import InProcess
-from resblock.conformance.pitfalls import PITFALLS, lookup
-from resblock.conformance.runner import CheckConfig, run_check
-from resblock.conformance.targets import load_target
-from resblock.conformance.variants import CORRECT_VARIANTS, VARIANTS, make_forward
+from resblock.conformance.judging.runner import CheckConfig, run_check
+from resblock.conformance.mistakes.pitfalls import PITFALLS, lookup
+from resblock.conformance.mistakes.variants import CORRECT_VARIANTS, VARIANTS, make_forward
+from resblock.conformance.running.invoke import InProcess
+from resblock.conformance.running.targets import load_target
 from resblock.golden.cli import default_goldens
 from resblock.golden.reader import GoldenFile
 from resblock.spec.constants import STAT_NAMES
@@ -75,7 +75,7 @@ def describe(run):
 
 
 def test_the_wrong_variants_are_all_the_pitfalls():
-    from resblock.conformance.pitfalls import names
+    from resblock.conformance.mistakes.pitfalls import names
 
     assert WRONG == sorted(names())
     assert len(WRONG) >= 30

@@ -159,7 +159,7 @@ def test_a_failing_nchw_port_is_diagnosed_in_its_layout(smoke_golden, tmp_path, 
 
     (tmp_path / "nchw_wrong.py").write_text(
         NCHW.replace("_m.forward(np.transpose", "_wrong(np.transpose")
-        + "\nfrom resblock.conformance.variants import make_forward\n"
+        + "\nfrom resblock.conformance.mistakes.variants import make_forward\n"
           "_wrong = make_forward('missing_residual')\n")
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(cli, ["check", "-q", "--in-process", "--layout", "nchw", "--impl",

@@ -1,6 +1,7 @@
-"""Tests of conformance/html.py and the ``--html`` / ``resblock report`` commands, without a
-browser (test_html_browser.py opens the pages in Chromium): what the pages say, that they
-stay self-contained and bounded, and that a plain check never imports the template engine.
+"""Tests of conformance/reporting/html.py and the ``--html`` / ``resblock report`` commands,
+without a browser (test_html_browser.py opens the pages in Chromium): what the pages say,
+that they stay self-contained and bounded, and that a plain check never imports the
+template engine.
 """
 
 import json
@@ -13,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 
 from resblock.cli import cli
-from resblock.conformance import html
-from resblock.conformance.invoke import InProcess
-from resblock.conformance.report import json_report
-from resblock.conformance.runner import CheckConfig, run_check
-from resblock.conformance.variants import make_forward
+from resblock.conformance.judging.runner import CheckConfig, run_check
+from resblock.conformance.mistakes.variants import make_forward
+from resblock.conformance.reporting import html
+from resblock.conformance.reporting.report import json_report
+from resblock.conformance.running.invoke import InProcess
 from resblock.golden.cli import default_goldens
 
 pytest.importorskip("jinja2", reason="the HTML report needs the html extra (jinja2)")
@@ -192,7 +193,7 @@ def test_html_report_of_a_generated_grid(smoke_golden, tmp_path):
 def test_large_maps_say_they_are_pooled():
     import numpy as np
 
-    from resblock.conformance.details import tensor_maps
+    from resblock.conformance.judging.details import tensor_maps
 
     scores = np.full((1, 100, 40, 3), 2.0)
     part = html.tensor_maps_html(tensor_maps("output", scores))

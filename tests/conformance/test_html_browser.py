@@ -21,14 +21,14 @@ import pytest
 from cdp import png_rgb
 from test_html import coverage_doc, report_doc
 
-from resblock.conformance.invoke import InProcess
-from resblock.conformance.report import json_report
-from resblock.conformance.runner import CheckConfig, run_check
-from resblock.conformance.variants import make_forward
+from resblock.conformance.judging.runner import CheckConfig, run_check
+from resblock.conformance.mistakes.variants import make_forward
+from resblock.conformance.reporting.report import json_report
+from resblock.conformance.running.invoke import InProcess
 from resblock.golden.cli import default_goldens
 
 pytest.importorskip("jinja2", reason="the HTML report needs the html extra (jinja2)")
-from resblock.conformance import html  # noqa: E402
+from resblock.conformance.reporting import html  # noqa: E402
 
 GOOD = make_forward("correct_float32")
 FLIPPED = make_forward("kernel_flipped")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resblock.conformance.diagnose import diagnose_error
-from resblock.conformance.pitfalls import lookup
+from resblock.conformance.mistakes.diagnose import diagnose_error
+from resblock.conformance.mistakes.pitfalls import lookup
 from resblock.golden.cli import default_goldens
 from resblock.golden.reader import GoldenFile
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from resblock.conformance import invoke
-from resblock.conformance.runner import CheckConfig, run_check
-from resblock.conformance.targets import load_target
+from resblock.conformance.judging.runner import CheckConfig, run_check
+from resblock.conformance.running import invoke
+from resblock.conformance.running.targets import load_target
 from resblock.golden.cli import default_goldens
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

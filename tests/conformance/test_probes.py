@@ -257,7 +257,7 @@ def forward(x, params, stats):
 
 
 def test_program_output_is_bounded_and_a_lingering_child_does_not_hang(tmp_path):
-    from resblock.conformance import program
+    from resblock.conformance.running import program
 
     prog = tmp_path / "noisy.sh"
     prog.write_text("#!/bin/sh\n"
@@ -276,7 +276,7 @@ def test_program_output_is_bounded_and_a_lingering_child_does_not_hang(tmp_path)
 
 
 def test_program_output_is_drained_in_bounded_memory():
-    from resblock.conformance.program import OUTPUT_KEEP_BYTES, OutputTail
+    from resblock.conformance.running.program import OUTPUT_KEEP_BYTES, OutputTail
 
     proc = subprocess.Popen(["head", "-c", "20000000", "/dev/zero"], stdout=subprocess.PIPE)
     tail = OutputTail(proc.stdout)

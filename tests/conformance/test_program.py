@@ -1,4 +1,5 @@
-"""Tests of conformance/program.py, the ``resblock-program/1`` runner (spec/PROGRAM_PROTOCOL.md).
+"""Tests of conformance/running/program.py, the ``resblock-program/1`` runner
+(spec/PROGRAM_PROTOCOL.md).
 
 The C example (examples/c_program/resblock_block.c) is built with the system C compiler
 and compared with the Flax reference ``resblock.spec.reference.apply_block`` on derived
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resblock.conformance.program import (
+from resblock.conformance.running.program import (
     ProgramError,
     parse_exec,
     run_program,
@@ -152,7 +153,7 @@ def test_json_program_matches_reference(tmp_path, program_cases, expected):
         "json_block.py",
         """
         import numpy as np
-        from resblock.conformance.variants import Variant, make_forward
+        from resblock.conformance.mistakes.variants import Variant, make_forward
 
         forward = make_forward(Variant())  # the correct NumPy block
 

@@ -1,4 +1,4 @@
-"""Tests of the files of the ``resblock-program/1`` protocol (conformance/program_files.py,
+"""Tests of the files of the ``resblock-program/1`` protocol (conformance/running/program_files.py,
 spec/PROGRAM_PROTOCOL.md): the input folder a program reads (cases.json validated by the
 program-io schema, cases.txt, raw little-endian float32 files, case folders safe for any
 id) and the outputs read back, with every missing or wrong-size file named. The runs of
@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from resblock.conformance.program import PROTOCOL, ProgramError, read_outputs, write_inputs
+from resblock.conformance.running.program import PROTOCOL, ProgramError, read_outputs, write_inputs
 from resblock.errors import GridError, SchemaError, SpecError
 from resblock.schemas import errors as schema_errors
 from resblock.spec.constants import STAT_NAMES

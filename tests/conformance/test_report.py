@@ -1,4 +1,4 @@
-"""Tests of conformance/report.py: terminal summary, JSON report, JUnit XML, repro lines.
+"""Tests of conformance/reporting/report.py: terminal summary, JSON report, JUnit XML, repro lines.
 
 One failing run over the committed goldens feeds most tests: an implementation that
 raises on 1x1 inputs (errors), returns NaN on 2x2 inputs (failures with infinite
@@ -18,11 +18,16 @@ import pytest
 from click.testing import CliRunner
 
 from resblock.cli import cli
-from resblock.conformance.invoke import InProcess
-from resblock.conformance.pitfalls import lookup
-from resblock.conformance.report import json_report, junit_xml, terminal_summary, write_json
-from resblock.conformance.runner import CheckConfig, run_check
-from resblock.conformance.variants import make_forward
+from resblock.conformance.judging.runner import CheckConfig, run_check
+from resblock.conformance.mistakes.pitfalls import lookup
+from resblock.conformance.mistakes.variants import make_forward
+from resblock.conformance.reporting.report import (
+    json_report,
+    junit_xml,
+    terminal_summary,
+    write_json,
+)
+from resblock.conformance.running.invoke import InProcess
 from resblock.golden.cli import default_goldens
 from resblock.golden.reader import GoldenFile
 from resblock.schemas import validate
@@ -269,7 +274,7 @@ def test_cli_writes_valid_json_and_junit(tmp_path, missing_residual_impl):
 
 
 def test_repro_line_for_a_program_uses_exec():
-    # BUG (conformance/report.py, repro_line): CheckConfig has no ``is_program`` field, so
+    # BUG (conformance/reporting/report.py, repro_line): CheckConfig has no ``is_program`` field, so
     # the condition is always False and a --exec run is reproduced as
     # ``--impl PROGRAM {input} {output}``, which the CLI rejects (no colon). Suggested: add
     # ``CheckConfig.kind = "impl" | "exec"`` set by the CLI, and quote the template
@@ -284,7 +289,7 @@ def test_repro_line_for_a_program_uses_exec():
 
 
 def test_repro_line_names_non_default_goldens(tmp_path):
-    # BUG (conformance/report.py, repro_line): the repro line drops --goldens, so for a
+    # BUG (conformance/reporting/report.py, repro_line): the repro line drops --goldens, so for a
     # run on other golden files it checks the committed set instead (or selects nothing).
     # Suggested: append ``--goldens PATH`` per file in run.goldens unless they are the
     # committed defaults.
@@ -299,8 +304,8 @@ def test_repro_line_names_non_default_goldens(tmp_path):
 
 
 def test_repro_line_keeps_the_timeout():
-    # BUG (conformance/report.py, repro_line): --timeout is dropped, so the repro of a case
-    # that hung or crashed the worker runs in-process: it hangs forever or kills the CLI.
+    # BUG (conformance/reporting/report.py, repro_line): --timeout is dropped, so the repro of
+    # a case that hung or crashed the worker runs in-process: it hangs forever or kills the CLI.
     # Suggested: append ``--timeout {c.timeout:g}`` when set (and ``--xfail`` is not needed).
     cfg = CheckConfig(target="t", keyword="seeded-normal-n1-4x4-f4-s0", timeout=5.0,
                       diagnose=False)

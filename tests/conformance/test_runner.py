@@ -1,4 +1,4 @@
-"""Verdicts of the conformance run (conformance/runner.py: ``judge`` and ``run_check``).
+"""Verdicts of the conformance run (conformance/judging/runner.py: ``judge`` and ``run_check``).
 Whatever an in-process implementation does (raise, call sys.exit, return NaN, the wrong
 shape, dtype or structure, write into its inputs), the case becomes a per-case ``error``
 or ``fail`` with a message saying what to do, and the run goes on over every selected
@@ -15,9 +15,9 @@ import warnings
 import numpy as np
 import pytest
 
-from resblock.conformance.invoke import InProcess, Outcome
-from resblock.conformance.runner import CheckConfig, judge, run_check
-from resblock.conformance.variants import make_forward
+from resblock.conformance.judging.runner import CheckConfig, judge, run_check
+from resblock.conformance.mistakes.variants import make_forward
+from resblock.conformance.running.invoke import InProcess, Outcome
 from resblock.golden.cli import default_goldens
 from resblock.golden.reader import GoldenFile
 from resblock.spec import tolerance
@@ -87,7 +87,7 @@ def system_exit(x, params, batch_stats):
 
 
 def test_system_exit_in_the_implementation_is_a_case_error():
-    # BUG (conformance/invoke.py, call_once): only ``Exception`` is caught, so a port that
+    # BUG (conformance/running/invoke.py, call_once): only ``Exception`` is caught, so a port that
     # calls sys.exit() ends the whole run; in the CLI, SystemExit(1) even reads as
     # "does not conform" with no report. Expected: a per-case error like any exception.
     run = run_fn(system_exit, keyword="seeded-normal-n1-1x1")
@@ -113,8 +113,8 @@ def test_nan_output_fails_every_case_with_infinite_score():
 
 
 def test_nan_output_message_names_the_non_finite_values():
-    # BUG (conformance/runner.py, judge): the message is only "out of tolerance: output",
-    # although conformance/variants.py promises that NaN "the runner reports as non-finite
+    # BUG (conformance/judging/runner.py, judge): the message is only "out of tolerance: output",
+    # although conformance/mistakes/variants.py promises that NaN "the runner reports as non-finite
     # output". Suggested: "output has 64 non-finite values (NaN/Inf)" before the bound.
     run = run_fn(nan_output, keyword="seeded-normal-n1-1x1-f4-s0")
     msg = run.results[0].message.lower()

@@ -1,4 +1,4 @@
-"""Harness errors and exit codes of the conformance run (conformance/runner.py:
+"""Harness errors and exit codes of the conformance run (conformance/judging/runner.py:
 ``CheckConfig`` and the golden files it opens; cli.py). Whatever is wrong with the
 harness' own inputs (an option, a -k that selects nothing, a golden file that is
 truncated, unreadable, missing, schema-invalid, of another format version or modified)
@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from test_runner import GOLDENS, GOOD, N_CASES, TWO_1X1, run_fn
 
 from resblock.cli import cli
-from resblock.conformance.invoke import InProcess
-from resblock.conformance.runner import CheckConfig, run_check
+from resblock.conformance.judging.runner import CheckConfig, run_check
+from resblock.conformance.running.invoke import InProcess
 from resblock.errors import GoldenFormatError, HarnessError, TargetError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -1,4 +1,4 @@
-"""The worker process of the conformance run (conformance/runner.py's ``run_check`` over
+"""The worker process of the conformance run (conformance/judging/runner.py's ``run_check`` over
 worker.py's ``Worker``, as with --timeout): a hanging case is killed at the timeout and
 the run finishes, a crash is reported with its signal and a fresh worker runs the next
 case, a result that cannot be sent back is a case error, and a target that does not load,
@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from test_runner import GOLDENS, TWO_1X1, statuses
 
 from resblock.cli import cli
-from resblock.conformance.runner import CheckConfig, run_check
-from resblock.conformance.worker import Worker
+from resblock.conformance.judging.runner import CheckConfig, run_check
+from resblock.conformance.running.worker import Worker
 from resblock.errors import TargetError
 
 # --- worker process: timeouts and crashes ---------------------------------------------
@@ -21,7 +21,7 @@ CRASHER = """\
 import os
 import signal
 
-from resblock.conformance.variants import make_forward
+from resblock.conformance.mistakes.variants import make_forward
 
 _good = make_forward("correct_float32")
 
@@ -70,7 +70,7 @@ def test_crashing_implementation_is_reported_with_the_signal(tmp_path):
 UNPICKLABLE = """\
 import threading
 
-from resblock.conformance.variants import make_forward
+from resblock.conformance.mistakes.variants import make_forward
 
 _good = make_forward("correct_float32")
 
@@ -93,7 +93,7 @@ def test_worker_result_that_cannot_be_sent_back_is_a_case_error(tmp_path):
 
 
 def test_worker_dying_while_importing_the_target_is_a_harness_error(tmp_path):
-    # BUG (conformance/worker.py, Worker._start): when the worker process dies while
+    # BUG (conformance/running/worker.py, Worker._start): when the worker process dies while
     # importing the target (os._exit, a segfaulting extension module), parent.recv()
     # raises EOFError, which escapes run_check; click turns it into "Aborted!" and exit
     # status 1 ("does not conform"). Suggested: catch EOFError/OSError around recv() in

@@ -1,4 +1,4 @@
-"""Tests of conformance/select.py: ``-k`` expressions and ``--xfail`` files.
+"""Tests of conformance/judging/select.py: ``-k`` expressions and ``--xfail`` files.
 
 The last part runs the wrong variant ``missing_conv_bias`` (which fails only the cases
 whose running mean reveals the dropped bias) through ``run_check`` and checks how
@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from resblock.cli import cli
-from resblock.conformance.invoke import InProcess
-from resblock.conformance.report import json_report, terminal_summary
-from resblock.conformance.runner import CheckConfig, run_check
-from resblock.conformance.select import compile_keyword, read_xfail, xfail_for
-from resblock.conformance.variants import make_forward
+from resblock.conformance.judging.runner import CheckConfig, run_check
+from resblock.conformance.judging.select import compile_keyword, read_xfail, xfail_for
+from resblock.conformance.mistakes.variants import make_forward
+from resblock.conformance.reporting.report import json_report, terminal_summary
+from resblock.conformance.running.invoke import InProcess
 from resblock.errors import HarnessError
 from resblock.golden.cli import default_goldens
 from resblock.golden.reader import GoldenFile
@@ -239,7 +239,7 @@ def test_unlisted_failures_still_fail(tmp_path, bias_outcome):
 
 def test_cli_exit_codes_with_xfail(tmp_path, bias_outcome):
     failing, _ = bias_outcome
-    impl = write(tmp_path, "from resblock.conformance.variants import make_forward\n"
+    impl = write(tmp_path, "from resblock.conformance.mistakes.variants import make_forward\n"
                  f"forward = make_forward({VARIANT!r})\n", "impl.py")
     full = write(tmp_path, "".join(f"{i}  # bias dropped\n" for i in failing), "all.txt")
     part = write(tmp_path, f"{failing[0]}\n", "part.txt")

@@ -1,4 +1,4 @@
-"""Tests of conformance/targets.py: ``module:function`` and ``file.py:function`` targets.
+"""Tests of conformance/running/targets.py: ``module:function`` and ``file.py:function`` targets.
 
 Every failure is a :class:`TargetError` (a HarnessError: exit code 2 in the CLI) whose
 message quotes the target and says what was found and what is expected.
@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from resblock.conformance.targets import load_target
-from resblock.conformance.variants import make_forward
+from resblock.conformance.mistakes.variants import make_forward
+from resblock.conformance.running.targets import load_target
 from resblock.errors import HarnessError, TargetError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_module_function():
-    assert load_target("resblock.conformance.variants:make_forward") is make_forward
+    assert load_target("resblock.conformance.mistakes.variants:make_forward") is make_forward
 
 
 def test_file_function_absolute(tmp_path):

@@ -1,4 +1,5 @@
-"""Tests of conformance/variants.py (and its pitfall table, conformance/pitfalls.py).
+"""Tests of conformance/mistakes/variants.py (and its pitfall table,
+conformance/mistakes/pitfalls.py).
 
 Every variant is compared with the Flax reference ``resblock.spec.reference.apply_block``
 on seeded random cases with non-init parameters (``random_case`` in tests/conftest.py).
@@ -12,8 +13,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from resblock.conformance import pitfalls
-from resblock.conformance.variants import (
+from resblock.conformance.mistakes import pitfalls
+from resblock.conformance.mistakes.variants import (
     CORRECT_VARIANTS,
     VARIANTS,
     WRONG_SWITCHES,

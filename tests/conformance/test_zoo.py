@@ -1,4 +1,4 @@
-"""Meta-tests of the error model with conformance/zoo.py: correct float32 algorithms
+"""Meta-tests of the error model with conformance/mistakes/zoo.py: correct float32 algorithms
 computed differently from the reference must conform; the cheap slice of the grids that
 scripts/zoo_grids.py runs in full.
 
@@ -15,9 +15,9 @@ scripts/zoo_grids.py runs in full.
 import numpy as np
 import pytest
 
-from resblock.conformance import zoo
-from resblock.conformance.invoke import InProcess
-from resblock.conformance.runner import CheckConfig, run_check
+from resblock.conformance.judging.runner import CheckConfig, run_check
+from resblock.conformance.mistakes import zoo
+from resblock.conformance.running.invoke import InProcess
 from resblock.golden.cli import default_goldens
 from resblock.spec import oracle, tolerance
 from resblock.spec.constants import STAT_NAMES
@@ -133,7 +133,7 @@ def test_sequential_statistics_conform_on_short_reductions(stress_cases):
 def test_sequential_statistics_leave_the_envelope_on_a_long_reduction_and_are_named():
     """2^20 values per channel with a large per-channel mean: a float32 running sum
     stagnates; the pairwise-summing zoo rows and Flax stay far inside."""
-    from resblock.conformance.diagnose import best_match, match_scores, twin_outputs
+    from resblock.conformance.mistakes.diagnose import best_match, match_scores, twin_outputs
     from resblock.generator.batched import derive_cases
     from resblock.generator.engine import ReferenceRunner, compute_group
     from resblock.golden.store import GoldenCase

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from resblock.conformance import adapters
-from resblock.conformance.adapters import ContractError
-from resblock.conformance.compare import CaseResult, compare_case, first_diverging_stage
-from resblock.conformance.select import compile_keyword, read_xfail, xfail_for
+from resblock.conformance.judging.compare import CaseResult, compare_case, first_diverging_stage
+from resblock.conformance.judging.select import compile_keyword, read_xfail, xfail_for
+from resblock.conformance.running import adapters
+from resblock.conformance.running.adapters import ContractError
 from resblock.errors import GoldenFormatError, HarnessError
 from resblock.spec import tolerance
 
@@ -35,7 +35,7 @@ class CheckConfig:
     timeout: float | None = None
     diagnose: bool = True
     max_diagnosed: int = 24
-    details: int = 0  # worst failing cases that get error maps (conformance/details.py)
+    details: int = 0  # worst failing cases that get error maps (conformance/judging/details.py)
     program: bool = False  # target is an --exec template, not an --impl
 
     def __post_init__(self):
@@ -102,7 +102,7 @@ def judge(gc, outcome, config: CheckConfig, prof) -> CaseResult:
     try:
         return _judge(gc, outcome, config, prof)
     except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
-        from resblock.conformance.invoke import clean_text
+        from resblock.conformance.running.invoke import clean_text
 
         return CaseResult(id=gc.id, family=gc.case.family, status="error",
                           seconds=outcome.seconds,
@@ -124,7 +124,7 @@ def _layout_hint(error: str, config: CheckConfig) -> str:
 def _judge(gc, outcome, config: CheckConfig, prof) -> CaseResult:
     res = CaseResult(id=gc.id, family=gc.case.family, status="error", seconds=outcome.seconds)
     if outcome.error is not None:
-        from resblock.conformance.invoke import clean_text
+        from resblock.conformance.running.invoke import clean_text
 
         res.message = clean_text(outcome.error) + _layout_hint(outcome.error, config)
         return res
@@ -150,7 +150,7 @@ def _judge(gc, outcome, config: CheckConfig, prof) -> CaseResult:
                                 "are checked too")
         stats_flat = None if stats is None else adapters.check_stats(stats, c.features)
     except ContractError as e:
-        from resblock.conformance.invoke import clean_text
+        from resblock.conformance.running.invoke import clean_text
 
         res.message = clean_text(str(e))
         return res
@@ -188,12 +188,12 @@ def _conclude(res: CaseResult, outcome, nonfinite: str) -> CaseResult:
 
 def _judge_backward(gc, outcome, config: CheckConfig, prof, res: CaseResult) -> CaseResult:
     """Judge ``(x_bar, params_bar)`` against the oracle backward (spec section 10)."""
-    from resblock.conformance.compare import compare_backward
+    from resblock.conformance.judging.compare import compare_backward
 
     try:
         grads = adapters.split_backward(outcome.result, gc.case, config.layout)
     except ContractError as e:
-        from resblock.conformance.invoke import clean_text
+        from resblock.conformance.running.invoke import clean_text
 
         res.message = clean_text(str(e))
         return res
@@ -264,7 +264,7 @@ def run_check(config: CheckConfig, invoker, golden_paths, progress=None) -> RunR
             for gc, outcome in zip(gcs, invoker.run(gcs), strict=True):
                 res = judge(gc, outcome, config, prof)
                 if outcome.error is not None and config.diagnose:
-                    from resblock.conformance.diagnose import diagnose_error
+                    from resblock.conformance.mistakes.diagnose import diagnose_error
 
                     res.pitfall = diagnose_error(gc, outcome.error)
                     if res.pitfall:
@@ -285,7 +285,7 @@ def run_check(config: CheckConfig, invoker, golden_paths, progress=None) -> RunR
                 done += 1
                 if progress is not None:
                     progress(done, len(selected), res)
-        from resblock.conformance.diagnose import diagnose_case
+        from resblock.conformance.mistakes.diagnose import diagnose_case
 
         worst_first = sorted(candidates, key=lambda c: (-c[0], c[1]))
         diagnosed = worst_first[:config.max_diagnosed] if config.diagnose else []
@@ -294,7 +294,7 @@ def run_check(config: CheckConfig, invoker, golden_paths, progress=None) -> RunR
             if res.pitfall:
                 run.pitfalls[res.pitfall] += 1
         if config.details and config.api != "backward":
-            from resblock.conformance.details import case_detail
+            from resblock.conformance.judging.details import case_detail
 
             for _, _, res, gc, result in worst_first[:config.details]:
                 detail = case_detail(gc, result, config, prof, res.stage)

@@ -1,6 +1,6 @@
 """Name the known mistake a failing implementation's results match.
 
-For a failing case, every wrong variant of :mod:`resblock.conformance.variants` (a
+For a failing case, every wrong variant of :mod:`resblock.conformance.mistakes.variants` (a
 NumPy twin of the block with one pitfall switched on) is run on the case's inputs, and
 the implementation's results are scored against each variant's with the case's own
 bound. A pitfall is named when the implementation agrees with that variant within
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from resblock.conformance import adapters
+from resblock.conformance.running import adapters
 from resblock.spec import tolerance
 from resblock.spec.constants import STAT_NAMES
 
@@ -25,8 +25,8 @@ def twin_outputs(gc, errors: dict | None = None) -> dict:
     messages go to ``errors`` when given: a refusal is how some mistakes show)."""
     import warnings
 
-    from resblock.conformance.pitfalls import PITFALLS, applies
-    from resblock.conformance.variants import make_forward
+    from resblock.conformance.mistakes.pitfalls import PITFALLS, applies
+    from resblock.conformance.mistakes.variants import make_forward
 
     out = {}
     for p in PITFALLS:
@@ -59,7 +59,7 @@ def match_scores(gc, y, stats, prof, twins: dict) -> dict:
     For such a twin ``match`` is ``inf`` unless the result deviates from the oracle by
     no more than :data:`ROUNDING_SIZE` times the twin itself does (under that profile):
     a small logic error is not a rounding mode."""
-    from resblock.conformance.pitfalls import lookup
+    from resblock.conformance.mistakes.pitfalls import lookup
 
     out = {}
     for name, (vy, vstats) in twins.items():
@@ -103,7 +103,7 @@ def diagnose_case(gc, result, config, prof, twins: dict | None = None) -> str | 
     """The name of the pitfall whose variant best explains ``result``, or None."""
     c = gc.case
     if config.api == "backward":
-        from resblock.conformance.variants_backward import diagnose_backward
+        from resblock.conformance.mistakes.variants_backward import diagnose_backward
 
         try:
             grads = adapters.split_backward(result, c, config.layout)

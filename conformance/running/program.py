@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from resblock.conformance.program_files import (  # noqa: F401 - re-exported API
+from resblock.conformance.running.program_files import (  # noqa: F401 - re-exported API
     PROTOCOL,
     ProgramError,
     read_outputs,

@@ -1,17 +1,17 @@
 """Finding the known pitfalls: :func:`lookup` by name (forward rows, then the backward
-ones of :mod:`resblock.conformance.variants_backward`), :func:`names` in table order and
+ones of :mod:`resblock.conformance.mistakes.variants_backward`), :func:`names` in table order and
 :func:`applies` to a case; building the index refuses duplicate names. This is the public
 home of the pitfalls: it also re-exports the row type (``Pitfall``, ``STAGES``,
-``RESULTS``, from :mod:`resblock.conformance.pitfall_record`) and the table
-(``PITFALLS``, from :mod:`resblock.conformance.pitfall_table`).
+``RESULTS``, from :mod:`resblock.conformance.mistakes.pitfall_record`) and the table
+(``PITFALLS``, from :mod:`resblock.conformance.mistakes.pitfall_table`).
 """
 
 from __future__ import annotations
 
 import difflib
 
-from resblock.conformance.pitfall_record import RESULTS, STAGES, Pitfall
-from resblock.conformance.pitfall_table import PITFALLS
+from resblock.conformance.mistakes.pitfall_record import RESULTS, STAGES, Pitfall
+from resblock.conformance.mistakes.pitfall_table import PITFALLS
 
 __all__ = ["PITFALLS", "RESULTS", "STAGES", "Pitfall", "applies", "lookup", "names"]
 
@@ -28,7 +28,9 @@ def lookup(name: str) -> Pitfall:
     try:
         return _BY_NAME[name]
     except KeyError:
-        from resblock.conformance.variants_backward import BACKWARD_BY_NAME as backward_rows
+        from resblock.conformance.mistakes.variants_backward import (
+            BACKWARD_BY_NAME as backward_rows,
+        )
 
         if name in backward_rows:  # a backward pitfall (--api backward): same fields
             return backward_rows[name]

@@ -1,6 +1,6 @@
 """A zoo of correct float32 algorithms for the block: the error model's meta-tests.
 
-The pitfall twins of :mod:`resblock.conformance.variants` show that the checker rejects
+The pitfall twins of :mod:`resblock.conformance.mistakes.variants` show that the checker rejects
 wrong implementations; the zoo shows that it accepts right ones computed differently
 from the reference: other convolution algorithms (direct, im2col/GEMM, FFT, Winograd),
 other statistics (pairwise, blocked, chunked Welford, two-pass, Kahan, float64

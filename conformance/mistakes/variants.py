@@ -4,7 +4,7 @@ A :class:`Variant` is a row of switches; :func:`make_forward` turns it into a ca
 with the kit's functional contract ``forward(x, params, batch_stats) -> (y,
 new_batch_stats)`` (NHWC, HWIO kernels, NumPy float32 in and out). ``Variant()`` is the
 correct block in float32 with Flax's single-pass clipped variance. Each wrong switch
-reproduces one porting mistake from :mod:`resblock.conformance.pitfalls`; the kit runs
+reproduces one porting mistake from :mod:`resblock.conformance.mistakes.pitfalls`; the kit runs
 them to prove its checker catches each one (a checker that passes a wrong variant is
 itself broken), and a user can compare a failing implementation with them.
 
@@ -43,7 +43,7 @@ class Variant:
         ``max(mean(y**2) - mean**2, 0)`` (default: False). Both conform.
 
     Every other attribute is a wrong switch named after its pitfall (default: False);
-    see :mod:`resblock.conformance.pitfalls` for what each one reproduces.
+    see :mod:`resblock.conformance.mistakes.pitfalls` for what each one reproduces.
     """
 
     dtype: str = "float32"

@@ -4,7 +4,7 @@ Pure: a golden case and the implementation's raw result in, a small JSON-ready d
 out (schema ``check-report``, key ``details``). The runner calls :func:`case_detail` only
 for its worst failing cases, so a plain check pays nothing.
 
-Scores come from :func:`resblock.conformance.compare.element_scores` (``|got - ref| /
+Scores come from :func:`resblock.conformance.judging.compare.element_scores` (``|got - ref| /
 bound``; the bound is score 1) and are stored as integer *levels*:
 ``ceil(LEVELS_PER_DECADE * log10(score))``, clipped to ``[LEVEL_MIN, LEVEL_MAX]``. Level
 0 is the bound: a score just over it gets level 1, never 0, so the pass/fail boundary
@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from resblock.conformance import adapters
+from resblock.conformance.running import adapters
 from resblock.spec.constants import STAGES, STAT_NAMES
 
 LEVELS_PER_DECADE = 8
@@ -94,7 +94,7 @@ def tensor_maps(name: str, scores: np.ndarray, max_maps: int = MAX_MAPS) -> dict
 
 def stat_vectors(gc, stats: dict, prof) -> list[dict]:
     """Per-channel expected and returned values of the four running-stat vectors."""
-    from resblock.conformance.compare import element_scores
+    from resblock.conformance.judging.compare import element_scores
 
     out = []
     for name in STAT_NAMES:
@@ -122,7 +122,7 @@ def case_detail(gc, result, config, prof, stage: str | None) -> dict | None:
     ``result``: what the implementation returned; ``stage``: the first diverging stage
     the runner found (mapped too when the implementation returned intermediates).
     """
-    from resblock.conformance.compare import element_scores
+    from resblock.conformance.judging.compare import element_scores
 
     c = gc.case
     try:

@@ -6,7 +6,7 @@ lists which of the contract's results ("output", "batch_stats") it can change; a
 can change an intermediate and still leave the output intact (a conv bias is removed
 again by the training-mode BatchNorm after it), and one that changes the output changes
 BatchNorm_1's statistics too. The rows themselves are in
-:mod:`resblock.conformance.pitfall_table`.
+:mod:`resblock.conformance.mistakes.pitfall_table`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Reports of a conformance run: terminal summary, JSON (schema ``check-report``), JUnit.
 
-Pure formatting of a :class:`~resblock.conformance.runner.RunResult`.
+Pure formatting of a :class:`~resblock.conformance.judging.runner.RunResult`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections import Counter
 from xml.etree import ElementTree as ET
 
 from resblock import __version__
-from resblock.conformance.invoke import clean_text
+from resblock.conformance.running.invoke import clean_text
 from resblock.spec.constants import SPEC_VERSION
 
 ORDER = {"error": 0, "fail": 1, "xpass": 2, "xfail": 3, "pass": 4}
@@ -56,7 +56,7 @@ def _tensor_line(t, layout: str) -> str:
 
 
 def terminal_summary(run, max_cases: int = 10) -> str:
-    from resblock.conformance.pitfalls import lookup
+    from resblock.conformance.mistakes.pitfalls import lookup
 
     c = run.config
     lines = [f"resblock check: {c.target} (api {c.api}, layout {c.layout}, profile "
@@ -125,7 +125,7 @@ def terminal_summary(run, max_cases: int = 10) -> str:
 
 
 def json_report(run) -> dict:
-    from resblock.conformance.pitfalls import lookup
+    from resblock.conformance.mistakes.pitfalls import lookup
 
     c = run.config
     return {
@@ -221,6 +221,6 @@ def junit_xml(run) -> str:
 
 
 def _pitfall_fix(name):
-    from resblock.conformance.pitfalls import lookup
+    from resblock.conformance.mistakes.pitfalls import lookup
 
     return lookup(name).fix

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from resblock.conformance.adapters import user_index
+from resblock.conformance.running.adapters import user_index
 from resblock.spec import tolerance
 from resblock.spec.constants import STAGES, STAT_NAMES
 

@@ -2,8 +2,8 @@
 correct algorithm comes to the bound (``resblock coverage``).
 
 For every case of a golden set and every profile it runs every pitfall twin
-(:mod:`resblock.conformance.variants`), every correct algorithm of the zoo
-(:mod:`resblock.conformance.zoo`) and the stored Flax reference, scores each against the
+(:mod:`resblock.conformance.mistakes.variants`), every correct algorithm of the zoo
+(:mod:`resblock.conformance.mistakes.zoo`) and the stored Flax reference, scores each against the
 case's bounds, and for each rejected twin runs the same diagnosis ``resblock check``
 runs, so "named" means the checker would name it. The default grid is chosen from this
 matrix (spec/DESIGN.md), and SPEC.md's coverage table is its Markdown rendering.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from resblock.conformance.diagnose import best_match, match_scores, twin_outputs
+from resblock.conformance.mistakes.diagnose import best_match, match_scores, twin_outputs
 from resblock.spec import tolerance
 from resblock.spec.constants import STAT_NAMES
 
@@ -54,8 +54,8 @@ def _stored_reference(gc):
 
 def case_rows(gc, profiles, zoo_names=None) -> list[dict]:
     """Rows of the matrix for one case: ``{kind, name, profile, score, named}``."""
-    from resblock.conformance import zoo
-    from resblock.conformance.diagnose import diagnose_error
+    from resblock.conformance.mistakes import zoo
+    from resblock.conformance.mistakes.diagnose import diagnose_error
 
     b = _Bounded(gc, {})
     raised: dict = {}
@@ -95,7 +95,7 @@ def backward_rows(gc, prof) -> list[dict]:
     """Rows of a case with gradients (spec section 10): the stored ``jax.vjp`` reference
     (``reference flax_vjp``) and every backward pitfall's twin, scored against the oracle
     backward's bounds and diagnosed as ``resblock check --api backward`` does."""
-    from resblock.conformance.variants_backward import backward_score, twin_gradients
+    from resblock.conformance.mistakes.variants_backward import backward_score, twin_gradients
     from resblock.golden.store import grad_path
     from resblock.spec.error_model_backward import GRAD_TENSORS
 
@@ -117,8 +117,8 @@ def backward_rows(gc, prof) -> list[dict]:
 
 def coverage(golden_paths, profiles=tolerance.PROFILES, zoo_names=None, progress=None) -> dict:
     """The coverage document (``kind: resblock-coverage``) of golden files."""
-    from resblock.conformance.pitfalls import PITFALLS
-    from resblock.conformance.zoo import ZOO
+    from resblock.conformance.mistakes.pitfalls import PITFALLS
+    from resblock.conformance.mistakes.zoo import ZOO
     from resblock.golden.reader import GoldenFile
 
     cases, goldens, per_case = [], [], []
@@ -135,7 +135,7 @@ def coverage(golden_paths, profiles=tolerance.PROFILES, zoo_names=None, progress
     keys += [("zoo", a.name) for a in ZOO if zoo_names is None or a.name in zoo_names]
     keys += [("pitfall", p.name) for p in PITFALLS]
     if any(k[0] == "reference" and k[1] == "flax_vjp" for pc in per_case for k in pc):
-        from resblock.conformance.variants_backward import BACKWARD_PITFALLS
+        from resblock.conformance.mistakes.variants_backward import BACKWARD_PITFALLS
 
         keys.insert(1, ("reference", "flax_vjp"))
         keys += [("pitfall", p.name) for p in BACKWARD_PITFALLS]
@@ -264,7 +264,7 @@ def problems(cov: dict, min_cases: int = 2) -> list[str]:
     """What makes a golden set unfit as a gate: a correct algorithm rejected anywhere
     (a false reject), or a pitfall rejected and named by fewer than ``min_cases`` of the
     cases where it applies under ``fp32``."""
-    from resblock.conformance.zoo import ZOO_BY_NAME
+    from resblock.conformance.mistakes.zoo import ZOO_BY_NAME
 
     out = []
     for a in algorithm_summaries(cov):

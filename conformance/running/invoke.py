@@ -5,7 +5,7 @@ a hang (``--timeout``) or a crashing native implementation becomes that case's e
 never the runner's. This module holds what every invoker shares (:func:`case_inputs`,
 :func:`call_once` on read-only copies, :func:`clean_text`) and the two light invokers,
 :class:`InProcess` and :class:`Program` (``--exec``); the isolated worker process,
-``resblock check``'s default, is :class:`~resblock.conformance.worker.Worker`.
+``resblock check``'s default, is :class:`~resblock.conformance.running.worker.Worker`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from resblock.conformance.adapters import frozen_copy, frozen_tree, to_user_layout
+from resblock.conformance.running.adapters import frozen_copy, frozen_tree, to_user_layout
 
 
 @dataclass
@@ -39,7 +39,7 @@ def case_inputs(gc, api: str) -> dict:
 
 def _plain(obj):
     """Arrays of any framework -> NumPy; containers kept; for pickling out of a worker."""
-    from resblock.conformance.adapters import as_numpy
+    from resblock.conformance.running.adapters import as_numpy
 
     if isinstance(obj, dict) or hasattr(obj, "unfreeze"):
         d = obj.unfreeze() if hasattr(obj, "unfreeze") else obj
@@ -135,13 +135,13 @@ class Program:
     """An external program speaking resblock-program/1 (spec/PROGRAM_PROTOCOL.md)."""
 
     def __init__(self, template, timeout, api: str = "functional"):
-        from resblock.conformance.program import parse_exec
+        from resblock.conformance.running.program import parse_exec
 
         parse_exec(template)
         self.template, self.timeout, self.api = template, timeout, api
 
     def run(self, gcs):
-        from resblock.conformance.program import run_program
+        from resblock.conformance.running.program import run_program
 
         backward = self.api == "backward"
         batch = [(gc.id, gc.x, gc.params, gc.batch_stats_in) + ((gc.y_bar,) if backward else ())

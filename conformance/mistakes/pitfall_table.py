@@ -1,15 +1,15 @@
 """The porting mistakes the kit knows, one row each, with what to do about them: the
 ``PITFALLS`` table and nothing else. Each row names the wrong switch of
-:mod:`resblock.conformance.variants` that reproduces it, so the kit can show that its
+:mod:`resblock.conformance.mistakes.variants` that reproduces it, so the kit can show that its
 checker catches the mistake and a user can compare a failing implementation with the
 matching variant. The row's fields are described by
-:class:`resblock.conformance.pitfall_record.Pitfall`; finding a row by name is
-:mod:`resblock.conformance.pitfalls`' job.
+:class:`resblock.conformance.mistakes.pitfall_record.Pitfall`; finding a row by name is
+:mod:`resblock.conformance.mistakes.pitfalls`' job.
 """
 
 from __future__ import annotations
 
-from resblock.conformance.pitfall_record import RESULTS, Pitfall
+from resblock.conformance.mistakes.pitfall_record import RESULTS, Pitfall
 
 
 def _row(name, title, explanation, fix, stage, affects=RESULTS, **kw):

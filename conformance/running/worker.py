@@ -4,7 +4,7 @@
 message through a pipe (:func:`_worker_main`); the child leads its own process group, dies
 with the checker (``PR_SET_PDEATHSIG``) and always ends by ``os._exit``. A case that
 raises, exits, crashes, is killed by a signal or outlives ``--timeout`` becomes that
-case's :class:`~resblock.conformance.invoke.Outcome` error, and the worker is restarted
+case's :class:`~resblock.conformance.running.invoke.Outcome` error, and the worker is restarted
 for the next case; the calling of the implementation itself is ``call_once`` in invoke.py.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import signal
 import time
 
-from resblock.conformance.invoke import Outcome, call_once, case_inputs, clean_text
+from resblock.conformance.running.invoke import Outcome, call_once, case_inputs, clean_text
 
 
 def _die_with_parent() -> None:
@@ -53,7 +53,7 @@ def _worker_main(conn, target, api, layout, parent_pid):  # runs in the worker p
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        from resblock.conformance.targets import check_arity, load_target
+        from resblock.conformance.running.targets import check_arity, load_target
         from resblock.errors import TargetError
 
         try:

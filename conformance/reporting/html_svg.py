@@ -2,7 +2,7 @@
 the kit writes by hand, namely the inline SVG of the error maps, running-stat bars, score
 histogram and coverage-matrix strips, and the colour legends. Pure functions from levels
 and numbers to strings: no document is read and no template is involved here
-(:mod:`resblock.conformance.html` assembles the pages around them). Cells of a map are
+(:mod:`resblock.conformance.reporting.html` assembles the pages around them). Cells of a map are
 grouped into one ``<path>`` per colour, which keeps a map to a few hundred bytes.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from resblock.conformance.details import LEVEL_MAX, LEVEL_MIN, LEVELS_PER_DECADE
+from resblock.conformance.judging.details import LEVEL_MAX, LEVEL_MIN, LEVELS_PER_DECADE
 
 GRID_SPAN = 4 * LEVELS_PER_DECADE  # the fixed scale runs from 1e-4 to 1e4
 
@@ -47,7 +47,7 @@ def colour(level: int, lo: int = 1, hi: int = GRID_SPAN) -> str:
 
 def level_of(score) -> int:
     """Level of a report score (a number, or "inf"/"nan" from JSON)."""
-    from resblock.conformance.details import levels
+    from resblock.conformance.judging.details import levels
 
     try:
         s = float(score)

@@ -1,11 +1,11 @@
 """Self-contained HTML pages: a check report (``resblock check --html``, ``resblock
 report``) and the coverage command's detection matrix (:func:`render_coverage`). This
 module owns page assembly: from the JSON a run already writes (schema ``check-report``;
-its optional ``details`` carry the error maps, see :mod:`resblock.conformance.details`),
+its optional ``details`` carry the error maps, see :mod:`resblock.conformance.judging.details`),
 so that a saved report renders the same later, it derives what each page shows, renders
 the Jinja2 templates (the ``html`` extra, imported only when a page is rendered) and
 writes the file. The page is one file: inline CSS, inline SVG (drawn by
-:mod:`resblock.conformance.html_svg`), one small inline script that checks the page
+:mod:`resblock.conformance.reporting.html_svg`), one small inline script that checks the page
 itself, and a Content-Security-Policy that forbids every load from outside the file.
 """
 
@@ -15,7 +15,7 @@ import math
 from collections import Counter, defaultdict
 from importlib import resources
 
-from resblock.conformance.html_svg import (
+from resblock.conformance.reporting.html_svg import (
     ERROR_COLOUR,
     GRID_SPAN,
     NOT_RUN_COLOUR,  # noqa: F401 (re-exported: importable from here before the split)
@@ -89,7 +89,7 @@ def _sort_score(case) -> float:
 
 def report_context(doc: dict) -> dict:
     """Everything the template shows, derived from a check-report document."""
-    from resblock.conformance.pitfalls import lookup
+    from resblock.conformance.mistakes.pitfalls import lookup
 
     cases = [dict(c, details=c.get("details"), repro=c.get("repro", "")) for c in doc["cases"]]
     order = {"error": 0, "fail": 1, "xpass": 2, "xfail": 3, "pass": 4}
@@ -152,7 +152,7 @@ def _environment():
 
 
 def _template_source(name: str) -> str:
-    return resources.files("resblock.conformance").joinpath("templates", name).read_text(
+    return resources.files("resblock.conformance.reporting").joinpath("templates", name).read_text(
         encoding="utf-8")
 
 
@@ -240,6 +240,6 @@ def write_html(text: str, path) -> None:
     """Write a page atomically (a reader never sees half a file)."""
     import os
 
-    from resblock.conformance.report import write_text_atomic
+    from resblock.conformance.reporting.report import write_text_atomic
 
     write_text_atomic(os.fspath(path), text)

@@ -3,7 +3,7 @@ twin (the oracle backward of :mod:`resblock.spec.backward` with that one mistake
 
 ``resblock check --api backward`` runs the twins on a failing case's inputs and names the
 one the implementation's gradients match (:func:`diagnose_backward`), as the forward
-diagnosis does with :mod:`resblock.conformance.variants`. The committed golden set must
+diagnosis does with :mod:`resblock.conformance.mistakes.variants`. The committed golden set must
 reject every row (tests/conformance/test_backward.py; ``resblock coverage`` shows it).
 """
 
@@ -199,7 +199,7 @@ def twin_gradients(gc) -> dict:
 def diagnose_backward(gc, grads: dict, prof) -> str | None:
     """The backward pitfall whose twin explains ``grads`` (flat, NHWC/HWIO), or None:
     matched within tolerance, or ten times closer than to the oracle."""
-    from resblock.conformance.diagnose import best_match
+    from resblock.conformance.mistakes.diagnose import best_match
 
     d_ref = backward_score(gc, grads, prof)
     scores = {}
