@@ -4,7 +4,7 @@ twin (the oracle backward of :mod:`resblock.spec.backward` with that one mistake
 ``resblock check --api backward`` runs the twins on a failing case's inputs and names the
 one the implementation's gradients match (:func:`diagnose_backward`), as the forward
 diagnosis does with :mod:`resblock.conformance.mistakes.variants`. The committed golden set must
-reject every row (tests/conformance/test_backward.py; ``resblock coverage`` shows it).
+reject every row (tests/conformance/judging/test_check_backward.py; ``resblock coverage`` shows it).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def missing_residual_impl(tmp_path_factory):
     return p
 
 
-# The cases of the program-protocol tests (test_program.py, test_program_files.py),
+# The cases of the program-protocol tests (running/test_program.py and test_program_files.py),
 # (n, h, w, features, seed): batch 1 and 2; 1x1, 3x5, 4x4; features 1, 2, 4.
 PROGRAM_SHAPES = [
     (1, 1, 1, 1, 0),  # one value per channel: batch variance 0

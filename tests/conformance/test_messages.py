@@ -2,7 +2,7 @@
 once, instead of a traceback or the same error for every case.
 
 Run in-process (``--in-process``) against the smoke golden: these are about words, the
-isolation is tested in test_probes.py.
+isolation is tested in running/test_probes.py.
 """
 
 from __future__ import annotations

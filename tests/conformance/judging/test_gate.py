@@ -26,11 +26,11 @@ from resblock.golden.cli import default_goldens
 from resblock.golden.reader import GoldenFile
 from resblock.spec.constants import STAT_NAMES
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 GOLDENS = default_goldens()
 WRONG = sorted(name for name in VARIANTS if not name.startswith("correct"))
 # Mistakes that only long reductions reveal (Pitfall.min_values); the committed set's
-# cases are all below it, so they are tested on generated cases (test_zoo.py).
+# cases are all below it, so they are tested on generated cases (mistakes/test_zoo.py).
 LONG_ONLY = sorted(p.name for p in PITFALLS if p.min_values > 1)
 GATED = [n for n in WRONG if n not in LONG_ONLY]
 CORRECT = sorted(CORRECT_VARIANTS)

@@ -320,7 +320,7 @@ def test_unwritable_report_path_is_a_harness_error(tmp_path):
     # "does not conform", after printing CONFORMS. Suggested: wrap the writes and raise
     # HarnessError(f"--json-report {path}: cannot write: {e}") (exit 2); better, check the
     # paths' directories before the run.
-    example = Path(__file__).resolve().parents[2] / "examples" / "numpy_float32.py"
+    example = Path(__file__).resolve().parents[3] / "examples" / "numpy_float32.py"
     target = tmp_path / "no_such_dir" / "r.json"
     r = CliRunner().invoke(cli, ["check", "-q", "--impl", f"{example}:forward", "-k",
                                  "seeded-normal-n1-1x1", "--json-report", str(target)])

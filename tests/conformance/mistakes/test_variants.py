@@ -75,7 +75,7 @@ REVEALING = {
     "haiku_zero_debias": GENERIC,  # any case: the stats come back 100x
     "biased_running_var_converted": GENERIC,  # small n, var ~1: gap 0.01*var/n
     # sequential_f32_stats is a correct algorithm on small reductions (INVISIBLE below);
-    # tests/conformance/test_zoo.py shows where it leaves the error model's envelope.
+    # tests/conformance/mistakes/test_zoo.py shows where it leaves the error model's envelope.
 }
 
 # Pitfalls that a case cannot reveal: the variant matches the reference there.

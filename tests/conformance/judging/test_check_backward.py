@@ -21,7 +21,7 @@ from resblock.conformance.running.targets import load_target
 from resblock.errors import GoldenFormatError
 from resblock.spec.cases import Case
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 pytest_plugins = ["pytester"]
 COMMITTED = [ROOT / "golden" / "default.h5"]
 # Differs only where a ReLU input is exactly 0 with N*H*W > 1 (equal values in a channel,

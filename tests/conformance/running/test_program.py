@@ -33,7 +33,7 @@ from resblock.conformance.running.program import (
 from resblock.errors import TargetError
 from resblock.spec.constants import STAT_NAMES
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 C_SOURCE = REPO / "examples" / "c_program" / "resblock_block.c"
 OUT_TOL = 1e-4  # max abs error on y for N(0, 1) inputs
 STATS_TOL = 1e-5  # max abs error on the running mean/var

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "numpy_float32.py"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "numpy_float32.py"
 
 # A correct forward, loaded by path; each probe module misbehaves around it.
 GOOD = f"""

@@ -13,7 +13,7 @@ from resblock.conformance.mistakes.variants import make_forward
 from resblock.conformance.running.targets import load_target
 from resblock.errors import HarnessError, TargetError
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 def test_module_function():

@@ -19,7 +19,7 @@ from resblock.conformance.running import invoke
 from resblock.conformance.running.targets import load_target
 from resblock.golden.cli import default_goldens
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 TORCH_CONV = 'F.conv2d(h, t(params[conv]["kernel"]), t(params[conv]["bias"]), padding=1)'
 TORCH_EDITS = {

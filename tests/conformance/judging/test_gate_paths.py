@@ -21,7 +21,7 @@ from resblock.golden.reader import GoldenFile
 
 pytest_plugins = ["pytester"]
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples"
 
 # A resblock-program/1 program in Python: the correct NumPy block, or (with --skew) the

@@ -22,7 +22,7 @@ from resblock.conformance.judging.runner import CheckConfig, run_check
 from resblock.conformance.running.invoke import InProcess
 from resblock.errors import GoldenFormatError, HarnessError, TargetError
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 # --- configuration and goldens: HarnessError ------------------------------------------

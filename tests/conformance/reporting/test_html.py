@@ -24,7 +24,7 @@ from resblock.golden.cli import default_goldens
 pytest.importorskip("jinja2", reason="the HTML report needs the html extra (jinja2)")
 
 GOLDENS = default_goldens()
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 HTML_DEPS = ("jinja2", "markupsafe")
 
 
