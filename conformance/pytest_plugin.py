@@ -38,9 +38,9 @@ class ResblockItem(pytest.Item):
         outcome = invoker.run([gc])[0]
         res = judge(gc, outcome, cfg, prof)
         if res.status != "pass":
-            from resblock.conformance.reporting.report import _tensor_line
+            from resblock.conformance.reporting.report import tensor_line
 
-            lines = [res.message] + [_tensor_line(t, cfg.layout) for t in res.failing_tensors]
+            lines = [res.message] + [tensor_line(t, cfg.layout) for t in res.failing_tensors]
             pit = None
             if res.tensors:
                 pit = diagnose_case(gc, outcome.result, cfg, prof)

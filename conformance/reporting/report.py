@@ -46,7 +46,9 @@ def _real(path: str) -> str:
     return os.path.realpath(path)
 
 
-def _tensor_line(t, layout: str) -> str:
+def tensor_line(t, layout: str) -> str:
+    """One failing tensor in one line: how many elements are out of bound, the max abs and
+    rel errors, and the worst element (index in ``layout``) with expected, got and bound."""
     axes = ("".join(layout) if t.name in ("output", "x_bar") else
             "hwio" if t.name.endswith("kernel_bar") else "c")  # kernel grads: kit's HWIO
     idx = ",".join(map(str, t.worst_index))
@@ -82,7 +84,7 @@ def terminal_summary(run, max_cases: int = 10) -> str:
         if r.message:
             lines.extend("        " + m for m in r.message.splitlines())
         for t in r.failing_tensors:
-            lines.append("        " + _tensor_line(t, c.layout))
+            lines.append("        " + tensor_line(t, c.layout))
         lines.append("        repro: " + repro_line(run, r.id))
     if len(bad) > max_cases:
         lines.append(f"  ... and {len(bad) - max_cases} more (see --json-report)")
@@ -201,7 +203,7 @@ def junit_xml(run) -> str:
     for r in run.results:
         tc = ET.SubElement(suite, "testcase", classname=f"resblock.{r.family}", name=r.id,
                            time=f"{r.seconds:.6f}")
-        detail = "\n".join([r.message] + [_tensor_line(t, run.config.layout)
+        detail = "\n".join([r.message] + [tensor_line(t, run.config.layout)
                                            for t in r.failing_tensors]
                            + [f"repro: {repro_line(run, r.id)}"])
         if r.pitfall:

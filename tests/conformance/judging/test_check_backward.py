@@ -178,11 +178,11 @@ def test_program_protocol_backward_mode(tmp_path):
 
 
 def test_failure_lines_name_the_index_axes():
-    from resblock.conformance.reporting.report import _tensor_line
+    from resblock.conformance.reporting.report import tensor_line
 
     run = _check(_twin_impl("bwd_conv_kernel_grad_flipped"), keyword="functional and n2",
                  diagnose=False)
-    lines = [_tensor_line(t, "nhwc") for r in run.results for t in r.failing_tensors]
+    lines = [tensor_line(t, "nhwc") for r in run.results for t in r.failing_tensors]
     assert any(line.startswith("Conv_1/kernel_bar:") and "[hwio]=" in line for line in lines)
 
 
