@@ -42,8 +42,9 @@ import click
 def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_report, junit, html,
           timeout, in_process, no_diagnose, quiet):
     """Check an implementation against the float64 oracle of every golden case."""
-    from resblock.conformance import invoke, report
-    from resblock.conformance.runner import CheckConfig, run_check
+    from resblock.conformance.judging.runner import CheckConfig, run_check
+    from resblock.conformance.reporting import report
+    from resblock.conformance.running import invoke
     from resblock.errors import HarnessError
 
     if bool(impl) == bool(exec_):
@@ -75,13 +76,13 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
     if exec_:
         invoker = invoke.Program(exec_, timeout, api)
     elif in_process:
-        from resblock.conformance.targets import check_arity, load_target
+        from resblock.conformance.running.targets import check_arity, load_target
 
         fn = load_target(impl)
         check_arity(fn, impl, api)
         invoker = invoke.InProcess(fn, api, layout)
     else:
-        from resblock.conformance.worker import Worker
+        from resblock.conformance.running.worker import Worker
 
         invoker = Worker(impl, api, layout, timeout)
         invoker.start()  # imports the implementation while the goldens are verified
@@ -110,7 +111,7 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
     except OSError as e:
         raise HarnessError(f"could not write the report: {e}") from None
     if html:
-        from resblock.conformance import html as html_page
+        from resblock.conformance.reporting import html as html_page
 
         try:
             html_page.write_html(html_page.render_report(report.json_report(run)), html)
@@ -148,7 +149,7 @@ def report_cmd(report_json, output, coverage_json):
     """Render a saved `resblock check --json-report` as a self-contained HTML page."""
     import json
 
-    from resblock.conformance import html as html_page
+    from resblock.conformance.reporting import html as html_page
     from resblock.errors import HarnessError
     from resblock.schemas import validate
 

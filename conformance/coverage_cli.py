@@ -1,5 +1,5 @@
 """``resblock coverage``: the detection matrix of a golden set (a thin click layer over
-:mod:`resblock.conformance.coverage`).
+:mod:`resblock.conformance.mistakes.coverage`).
 
 Exit codes: 0 every correct algorithm conforms and every pitfall is rejected and named by
 at least ``--min-cases`` cases under ``fp32``; 1 otherwise; 2 the harness could not run.
@@ -19,7 +19,7 @@ import click
               type=click.Choice(["fp32", "tf32", "bf16"]),
               help="Profiles to evaluate (default: all). Repeatable.")
 @click.option("--zoo", "zoo", default="all", show_default=True, metavar="NAMES|all|none",
-              help="Comma-separated zoo algorithms to run (conformance/zoo.py).")
+              help="Comma-separated zoo algorithms to run (conformance/mistakes/zoo.py).")
 @click.option("--min-cases", default=2, show_default=True, type=click.IntRange(min=1),
               help="Cases that must reject and name each pitfall under fp32.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
@@ -33,8 +33,8 @@ def coverage_cmd(goldens, profiles, zoo, min_cases, json_out, html_out, markdown
     import json
     import os
 
-    from resblock.conformance import coverage as cov_mod
-    from resblock.conformance.zoo import ZOO_BY_NAME
+    from resblock.conformance.mistakes import coverage as cov_mod
+    from resblock.conformance.mistakes.zoo import ZOO_BY_NAME
     from resblock.errors import HarnessError
 
     if zoo == "all":
@@ -66,11 +66,11 @@ def coverage_cmd(goldens, profiles, zoo, min_cases, json_out, html_out, markdown
     if err.isatty():
         err.write("\r" + " " * 60 + "\r")
     if json_out:
-        from resblock.conformance.report import write_text_atomic
+        from resblock.conformance.reporting.report import write_text_atomic
 
         write_text_atomic(json_out, json.dumps(cov, indent=1))
     if html_out:
-        from resblock.conformance import html as html_page
+        from resblock.conformance.reporting import html as html_page
 
         html_page.write_html(html_page.render_coverage(cov), html_out)
     if markdown:

@@ -27,8 +27,8 @@ class ResblockItem(pytest.Item):
         self.state = state
 
     def runtest(self):
-        from resblock.conformance.diagnose import diagnose_case, diagnose_error
-        from resblock.conformance.runner import judge
+        from resblock.conformance.judging.runner import judge
+        from resblock.conformance.mistakes.diagnose import diagnose_case, diagnose_error
 
         cfg, prof, files, invoker = self.state
         for f in files:
@@ -38,16 +38,16 @@ class ResblockItem(pytest.Item):
         outcome = invoker.run([gc])[0]
         res = judge(gc, outcome, cfg, prof)
         if res.status != "pass":
-            from resblock.conformance.report import _tensor_line
+            from resblock.conformance.reporting.report import tensor_line
 
-            lines = [res.message] + [_tensor_line(t, cfg.layout) for t in res.failing_tensors]
+            lines = [res.message] + [tensor_line(t, cfg.layout) for t in res.failing_tensors]
             pit = None
             if res.tensors:
                 pit = diagnose_case(gc, outcome.result, cfg, prof)
             elif outcome.error is not None:
                 pit = diagnose_error(gc, outcome.error)
             if pit:
-                from resblock.conformance.pitfalls import lookup
+                from resblock.conformance.mistakes.pitfalls import lookup
 
                 lines.append(f"matches pitfall {pit}: {lookup(pit).fix}")
             raise ResblockFailure("\n".join(lines))
@@ -84,9 +84,9 @@ def pytest_collection_modifyitems(session, config, items):
     target = config.getoption("--resblock-impl")
     if not target:
         return
-    from resblock.conformance.invoke import InProcess
-    from resblock.conformance.runner import CheckConfig, open_goldens
-    from resblock.conformance.targets import load_target
+    from resblock.conformance.judging.runner import CheckConfig, open_goldens
+    from resblock.conformance.running.invoke import InProcess
+    from resblock.conformance.running.targets import load_target
     from resblock.errors import HarnessError
     from resblock.golden.cli import default_goldens
     from resblock.spec import tolerance
@@ -98,7 +98,7 @@ def pytest_collection_modifyitems(session, config, items):
         fn = load_target(target)
         files = open_goldens(config.getoption("--resblock-goldens") or default_goldens())
         if cfg.api == "backward":
-            from resblock.conformance.runner import check_gradients
+            from resblock.conformance.judging.runner import check_gradients
 
             check_gradients(files)
     except HarnessError as e:

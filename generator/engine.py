@@ -94,8 +94,8 @@ def compile_forward(case: Case, precision: str = "highest", grad: bool = False):
 
     The same jitted function and precision as :class:`ReferenceRunner`, lowered from
     abstract shapes, so it needs no input values: a separate process can compile while
-    this one derives inputs (``resblock.generator.run``). Executables are identical to
-    the jit path's (tests/generator/test_run_compile_worker.py).
+    this one derives inputs (``resblock.generator.compute``). Executables are identical to
+    the jit path's (tests/generator/test_compile_worker.py).
     """
     import contextlib
 

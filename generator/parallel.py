@@ -1,105 +1,23 @@
-"""Using both cores: a compile worker, forked group workers, spawned workers.
+"""Using both cores for the shape groups themselves: forked group workers
+(:func:`generate_forked`) or spawned ones (:func:`generate_spawned`), each computing its
+share into a shard file with :func:`resblock.generator.compute.compute_into`.
 
 Everything here exists because XLA compilation dominates cold generation and holds
 the GIL: the second core can only be used by a second process. Forking is cheap
-(~10 ms) but safe only before this process starts a JAX backend (:func:`can_fork`);
-otherwise workers are spawned and re-import JAX (~0.6 s each).
+(~10 ms) but safe only before this process starts a JAX backend
+(:func:`resblock.generator.compile_worker.can_fork`); otherwise workers are spawned and
+re-import JAX (~0.6 s each).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-from resblock.generator import provenance
+from resblock.generator import compute, provenance
 from resblock.generator.shard import plan
-
-# resblock.generator.run imports this module; its helpers are looked up at call time.
-from resblock.generator import run  # noqa: E402,I001  isort: skip
-
-
-class CompileWorker:
-    """A forked process that compiles the forward of each shape group ahead of time.
-
-    XLA compilation dominates cold runs and holds the GIL, so it cannot overlap with
-    this process's own work in a thread; a child forked after the imports and before
-    any JAX backend exists (~10 ms) compiles group after group and hands each
-    executable over as a serialized file, while this process derives inputs, runs the
-    float64 oracle, hashes and writes. If the child fails, this process compiles
-    itself: the worker only ever saves time.
-    """
-
-    def __init__(self, groups, precision: str, grad: bool = False):
-        self.dir = Path(tempfile.mkdtemp(prefix="resblock-compile-"))
-        self.pid = os.fork()
-        if self.pid == 0:  # child
-            code = 1
-            try:
-                import pickle
-
-                from jax.experimental import serialize_executable
-
-                from resblock.generator.engine import compile_forward
-
-                for i, g in enumerate(groups):
-                    exe = (compile_forward(g[0], precision, grad=True) if grad
-                           else compile_forward(g[0], precision))
-                    payload = serialize_executable.serialize(exe)
-                    tmp = self.dir / f".exe-{i}"
-                    tmp.write_bytes(pickle.dumps(payload))
-                    os.replace(tmp, self.dir / f"exe-{i}")
-                code = 0
-            except BaseException:  # noqa: BLE001 - the parent falls back to compiling
-                import traceback
-
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        self.alive = True
-
-    def executable(self, i: int):
-        """Group ``i``'s executable, waiting for the child; None if it gave up."""
-        import pickle
-        import time
-
-        from jax.experimental import serialize_executable
-
-        path = self.dir / f"exe-{i}"
-        while not path.exists():
-            if not self.alive:
-                return None
-            pid, _ = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.alive = False
-                continue
-            time.sleep(0.002)
-        try:
-            return serialize_executable.deserialize_and_load(*pickle.loads(path.read_bytes()))
-        except Exception:  # noqa: BLE001 - unusable here: the caller compiles instead
-            return None
-
-    def close(self):
-        if self.alive:
-            try:
-                os.kill(self.pid, 9)
-                os.waitpid(self.pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-            self.alive = False
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def can_fork() -> bool:
-    """Forking is safe only on Linux and before this process started a JAX backend
-    (XLA's threads do not survive a fork)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    from jax._src import xla_bridge
-
-    return not xla_bridge.backends_are_initialized()
 
 
 def generate_forked(groups, path, *, jobs, device, grid, force, progress, precision,
@@ -116,7 +34,7 @@ def generate_forked(groups, path, *, jobs, device, grid, force, progress, precis
     from resblock.golden.writer import GoldenWriter
 
     created = provenance.created_timestamp()
-    cache_dir = run.configure_cache(cache_dir)
+    cache_dir = compute.configure_cache(cache_dir)
     bins = [b for b in plan(groups, jobs) if b]
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.shards-", dir=path.parent or "."))
     children = []
@@ -127,9 +45,9 @@ def generate_forked(groups, path, *, jobs, device, grid, force, progress, precis
             if pid == 0:  # child: compute, write the shard, exit without cleanup
                 code = 1
                 try:
-                    run._compute_into(b, shard, device=device, grid=grid, force=True,
-                                  precision=precision, cache_dir=cache_dir,
-                                  compile_worker=False, grad=grad)
+                    compute.compute_into(b, shard, device=device, grid=grid, force=True,
+                                         precision=precision, cache_dir=cache_dir,
+                                         compile_worker=False, grad=grad)
                     code = 0
                 except BaseException:  # noqa: BLE001 - reported through the exit code
                     import traceback
@@ -138,9 +56,9 @@ def generate_forked(groups, path, *, jobs, device, grid, force, progress, precis
                 finally:
                     os._exit(code)
             children.append((pid, shard, b))
-        dev, runners = run._runners(device, precision, grad)
+        dev, runners = compute.device_runners(device, precision, grad)
         with GoldenWriter(path, force=force) as writer:
-            run._compute_groups(bins[0], writer, runners, progress)
+            compute.compute_groups(bins[0], writer, runners, progress)
             for pid, shard, b in children:
                 _, status = os.waitpid(pid, 0)
                 if os.waitstatus_to_exitcode(status) != 0:
@@ -151,7 +69,7 @@ def generate_forked(groups, path, *, jobs, device, grid, force, progress, precis
                         writer.copy_group(g, [gf.case(c.id) for c in g])
                 if progress is not None:
                     progress(sum(len(g) for g in b))
-            return writer.finish(run._metadata(created, dev, precision, cache_dir, grid))
+            return writer.finish(compute.metadata(created, dev, precision, cache_dir, grid))
     finally:
         for pid, _, _ in children:
             try:
@@ -168,9 +86,9 @@ def _worker(args):  # runs in a worker process
     from resblock.spec.cases import Case
 
     groups = _group([Case.from_id(i) for i in case_ids])
-    run._compute_into(groups, path, device=device, grid=grid, force=True, precision=precision,
-                  cache_dir=cache_dir, grad=grad,
-                  progress=(lambda n: queue.put(n)) if queue is not None else None)
+    compute.compute_into(groups, path, device=device, grid=grid, force=True,
+                         precision=precision, cache_dir=cache_dir, grad=grad,
+                         progress=(lambda n: queue.put(n)) if queue is not None else None)
     return path
 
 

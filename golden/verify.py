@@ -172,7 +172,7 @@ def gradient_problem(gc, prof) -> str | None:
     """The gradient datasets (format 2.1): the float64 oracle backward recomputed from the
     stored inputs and ``y_bar`` (to 1e-9 of each tensor's scale), its budgets (1e-5
     relative), and the stored ``jax.vjp`` gradients within those budgets under ``prof``."""
-    from resblock.conformance.variants_backward import backward_score
+    from resblock.conformance.mistakes.variants_backward import backward_score
     from resblock.generator.engine import grad_arrays
     from resblock.golden.store import grad_path
     from resblock.spec import backward

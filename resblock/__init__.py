@@ -9,7 +9,8 @@ def _checkout_path():
     import os
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    layout = ("spec/constants.py", "golden/reader.py", "conformance/runner.py", "pyproject.toml")
+    layout = ("spec/constants.py", "golden/reader.py", "conformance/judging/runner.py",
+              "pyproject.toml")
     if all(os.path.isfile(os.path.join(root, p)) for p in layout):
         __path__.append(root)  # noqa: F821 - a package's own __path__
 

@@ -18,7 +18,7 @@ BLOCK = "coverage"
 
 
 def table() -> str:
-    from resblock.conformance.coverage import coverage, markdown_table
+    from resblock.conformance.mistakes.coverage import coverage, markdown_table
     from resblock.golden.cli import default_goldens
 
     return markdown_table(coverage(default_goldens(), zoo_names=()))

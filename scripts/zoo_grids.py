@@ -8,7 +8,7 @@ For each case: the inputs are derived, the Flax reference and the float64 oracle
 the error model's budgets are computed exactly as ``resblock generate`` would (nothing is
 written), then every algorithm is scored under fp32. Prints one line per case and a
 summary: each algorithm's worst score and where; a correct algorithm ("conforms" in
-conformance/zoo.py, an example, Flax) above 1 is a false reject and exits 1. For the
+conformance/mistakes/zoo.py, an example, Flax) above 1 is a false reject and exits 1. For the
 "envelope" rows (sequential float32 statistics) it prints where they leave the envelope
 and whether the checker names ``sequential_f32_stats`` there.
 """
@@ -58,8 +58,8 @@ def examples() -> dict:
 
 
 def _run_example(fn, layout, gc):
-    from resblock.conformance import adapters
-    from resblock.conformance.invoke import call_once, case_inputs
+    from resblock.conformance.running import adapters
+    from resblock.conformance.running.invoke import call_once, case_inputs
 
     out = call_once(fn, "functional", layout, case_inputs(gc))
     if out.error:
@@ -74,8 +74,8 @@ def main(argv=None) -> int:
     ap.add_argument("--grid", action="append", choices=sorted(GRIDS),
                     help="grids to run (default: all)")
     args = ap.parse_args(argv)
-    from resblock.conformance import zoo
-    from resblock.conformance.diagnose import best_match, match_scores, twin_outputs
+    from resblock.conformance.mistakes import zoo
+    from resblock.conformance.mistakes.diagnose import best_match, match_scores, twin_outputs
     from resblock.generator.batched import derive_cases
     from resblock.generator.engine import ReferenceRunner, compute_group, stats_view
     from resblock.golden.store import GoldenCase

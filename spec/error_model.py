@@ -47,7 +47,7 @@ The model, stage by stage (first order in ``u = 2^-24``; every quantity is float
 
 The bound of an element is ``S (e + u_conv s)`` with one safety factor ``S``
 (:data:`SAFETY`, justified in spec section 8 by the zoo of correct algorithms of
-:mod:`resblock.conformance.zoo`), floored at float32's smallest normal number. The
+:mod:`resblock.conformance.mistakes.zoo`), floored at float32's smallest normal number. The
 golden file stores ``S e`` as ``budget/<tensor>`` and ``S s`` as ``budget_conv/<tensor>``
 (float32, rounded up), so a checker in any language computes
 ``bound = budget + u_conv * budget_conv`` and ``score = |got - ref| / bound``.

@@ -18,7 +18,8 @@ def test_subpackages_import_from_the_repository_root_without_an_install():
     # the path, as a non-editable install would leave it (minus the kit itself).
     code = ("import sys\n"
             f"sys.path[1:1] = {site.getsitepackages()!r}\n"
-            "import resblock.spec.constants, resblock.golden.reader, resblock.conformance.runner\n"
+            "import resblock.spec.constants, resblock.golden.reader\n"
+            "import resblock.conformance.judging.runner\n"
             "print(resblock.spec.constants.__file__)\n")
     r = subprocess.run([sys.executable, "-S", "-c", code], cwd=REPO, capture_output=True,
                        text=True, timeout=60)

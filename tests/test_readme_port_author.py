@@ -16,7 +16,7 @@ def test_every_recipe_is_linked_and_every_link_exists():
 
 
 def test_xfail_example_parses_and_matches_committed_cases(tmp_path):
-    from resblock.conformance.select import read_xfail
+    from resblock.conformance.judging.select import read_xfail
     from resblock.golden.cli import default_goldens
     from resblock.golden.reader import GoldenFile
 

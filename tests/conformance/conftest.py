@@ -36,12 +36,12 @@ def chromium():
 def missing_residual_impl(tmp_path_factory):
     """A file whose ``forward`` is the missing-residual mistake (a NumPy twin)."""
     p = tmp_path_factory.mktemp("impl") / "wrong.py"
-    p.write_text("from resblock.conformance.variants import make_forward\n\n"
+    p.write_text("from resblock.conformance.mistakes.variants import make_forward\n\n"
                  "forward = make_forward('missing_residual')\n")
     return p
 
 
-# The cases of the program-protocol tests (test_program.py, test_program_files.py),
+# The cases of the program-protocol tests (running/test_program.py and test_program_files.py),
 # (n, h, w, features, seed): batch 1 and 2; 1x1, 3x5, 4x4; features 1, 2, 4.
 PROGRAM_SHAPES = [
     (1, 1, 1, 1, 0),  # one value per channel: batch variance 0

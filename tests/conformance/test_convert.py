@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from resblock.conformance import convert
-from resblock.conformance.variants import make_forward
+from resblock.conformance.mistakes.variants import make_forward
 
 
 def _variables(f=3, seed=0):

@@ -2,7 +2,7 @@
 once, instead of a traceback or the same error for every case.
 
 Run in-process (``--in-process``) against the smoke golden: these are about words, the
-isolation is tested in test_probes.py.
+isolation is tested in running/test_probes.py.
 """
 
 from __future__ import annotations
@@ -109,10 +109,10 @@ def test_a_conforming_run_states_its_margin(check):
 
 
 def test_the_diagnosis_cap_is_stated(smoke_golden):
-    from resblock.conformance.invoke import InProcess
-    from resblock.conformance.report import terminal_summary
-    from resblock.conformance.runner import CheckConfig, run_check
-    from resblock.conformance.variants import make_forward
+    from resblock.conformance.judging.runner import CheckConfig, run_check
+    from resblock.conformance.mistakes.variants import make_forward
+    from resblock.conformance.reporting.report import terminal_summary
+    from resblock.conformance.running.invoke import InProcess
 
     fn = make_forward("missing_residual")
     run = run_check(CheckConfig(target="t", max_diagnosed=2), InProcess(fn, "functional", "nhwc"),

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from resblock.conformance.invoke import InProcess
-from resblock.conformance.pitfalls import lookup
-from resblock.conformance.runner import CheckConfig, run_check
-from resblock.conformance.variants import make_forward
+from resblock.conformance.judging.runner import CheckConfig, run_check
+from resblock.conformance.mistakes.pitfalls import lookup
+from resblock.conformance.mistakes.variants import make_forward
+from resblock.conformance.running.invoke import InProcess
 from resblock.golden.cli import default_goldens
 from resblock.golden.reader import GoldenFile
 
@@ -34,7 +34,7 @@ def expected_outcomes(variant, profile="fp32"):
 
 def variant_file(pytester, variant):
     pytester.makepyfile(**{f"impl_{variant}": (
-        "from resblock.conformance.variants import make_forward\n\n"
+        "from resblock.conformance.mistakes.variants import make_forward\n\n"
         f"forward = make_forward({variant!r})\n")})
     return f"{pytester.path / f'impl_{variant}.py'}:forward"
 

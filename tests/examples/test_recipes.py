@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from resblock.conformance.invoke import InProcess
-from resblock.conformance.runner import CheckConfig, run_check
+from resblock.conformance.judging.runner import CheckConfig, run_check
+from resblock.conformance.running.invoke import InProcess
 from resblock.golden.manifest import committed_paths
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "examples" / "recipes"

@@ -1,5 +1,5 @@
-"""generator/run.py CompileWorker: forwards compiled by a forked child change no bits,
-and a failing child only costs time (fresh processes: a pytest process has a JAX
+"""generator/compile_worker.py CompileWorker: forwards compiled by a forked child change no
+bits, and a failing child only costs time (fresh processes: a pytest process has a JAX
 backend already, so it never forks)."""
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from resblock.golden.reader import GoldenFile
 
 CODE = """
 import sys
-from resblock.generator import engine, parallel, run
+from resblock.generator import compile_worker, engine, run
 from resblock.generator.grid import preset_cases
-assert parallel.can_fork()
+assert compile_worker.can_fork()
 used = []
-orig = parallel.CompileWorker.executable
+orig = compile_worker.CompileWorker.executable
 def executable(self, i):
     exe = orig(self, i)
     used.append(exe is not None)
     return exe
-parallel.CompileWorker.executable = executable
+compile_worker.CompileWorker.executable = executable
 if {broken}:
     def broken(case, precision="highest"):
         raise RuntimeError("compile worker broken on purpose")

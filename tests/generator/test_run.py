@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from resblock.cli import cli
 from resblock.errors import GoldenFormatError, HarnessError
 from resblock.generator import engine, grid
-from resblock.generator.run import generate, resolve_device
+from resblock.generator.compute import resolve_device
+from resblock.generator.run import generate
 from resblock.golden.reader import GoldenFile
 from resblock.golden.store import CASE_ARRAYS
 from resblock.golden.writer import GoldenWriter

@@ -39,7 +39,7 @@ def test_forward_arrays_identical_and_gradients_present(pair):
 
 
 def test_reference_gradients_within_the_backward_budgets(pair):
-    from resblock.conformance.variants_backward import backward_score
+    from resblock.conformance.mistakes.variants_backward import backward_score
     from resblock.golden.store import grad_path
     from resblock.spec import tolerance
     from resblock.spec.error_model_backward import GRAD_TENSORS

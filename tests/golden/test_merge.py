@@ -101,9 +101,9 @@ def test_forked_workers_are_bit_identical(smoke_golden, tmp_path):
 
     full, _ = smoke_golden
     out = tmp_path / "fork.h5"
-    code = ("import sys\nfrom resblock.generator import parallel, run\n"
+    code = ("import sys\nfrom resblock.generator import compile_worker, run\n"
             "from resblock.generator.grid import preset_cases\n"
-            "assert parallel.can_fork()\n"
+            "assert compile_worker.can_fork()\n"
             f"run.generate(preset_cases('smoke'), {str(out)!r}, preset='smoke', jobs=2)\n")
     env = dict(os.environ, SOURCE_DATE_EPOCH="1700000000")
     subprocess.run([sys.executable, "-c", code], env=env, check=True)

@@ -98,7 +98,7 @@ def test_temporary_files_of_dead_writers_are_removed(smoke_golden, tmp_path):
 
 
 def test_reports_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
-    from resblock.conformance import report
+    from resblock.conformance.reporting import report
 
     target = tmp_path / "report.json"
     target.write_text("old")

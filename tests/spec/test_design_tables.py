@@ -24,7 +24,7 @@ def test_design_coverage_table_is_the_coverage_command_output():
 
 
 def test_every_pitfall_row_is_in_the_table():
-    from resblock.conformance.pitfalls import names
+    from resblock.conformance.mistakes.pitfalls import names
 
     block = _script().block_of((ROOT / "spec" / "DESIGN.md").read_text("utf-8"))
     for name in names():

@@ -3,7 +3,7 @@
 By hand on a case with one value per channel (every term of the model is then a short
 formula), the structural facts the model rests on (what is exactly zero at N*H*W = 1,
 linearity in u_conv, the safety factor), and its stated purpose: every float32 algorithm
-of the zoo stays inside it (tests/conformance/test_zoo.py runs the zoo on goldens).
+of the zoo stays inside it (tests/conformance/mistakes/test_zoo.py runs the zoo on goldens).
 """
 
 import numpy as np

@@ -1,0 +1,263 @@
+"""The implementation in an isolated worker process: ``resblock check``'s default invoker.
+
+:class:`Worker` forks (or spawns) a child that loads the target and answers one case per
+message through a pipe (:func:`_worker_main`); the child leads its own process group, dies
+with the checker (``PR_SET_PDEATHSIG``) and always ends by ``os._exit``. A case that
+raises, exits, crashes, is killed by a signal or outlives ``--timeout`` becomes that
+case's :class:`~resblock.conformance.running.invoke.Outcome` error, and the worker is restarted
+for the next case; the calling of the implementation itself is ``call_once`` in invoke.py.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from resblock.conformance.running.invoke import Outcome, call_once, case_inputs, clean_text
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process when the checker dies, even by SIGKILL."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - best effort
+        pass
+
+
+def _worker_main(conn, target, api, layout, parent_pid):  # runs in the worker process
+    """Load the target, then answer one case per message until told to stop.
+
+    The worker leads its own process group (so the checker can kill it together with any
+    process the implementation started), ignores the terminal's signals (the checker
+    decides when it ends) and never returns into the caller's code: it ends by
+    ``os._exit``, whatever the implementation did to the interpreter.
+    """
+    import os
+
+    code = 0
+    try:
+        try:
+            os.setpgid(0, 0)
+        except OSError:
+            pass
+        _die_with_parent()
+        if os.getppid() != parent_pid:  # the checker died before the line above
+            os._exit(1)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        from resblock.conformance.running.targets import check_arity, load_target
+        from resblock.errors import TargetError
+
+        try:
+            fn = load_target(target)
+            check_arity(fn, target, api)
+        except TargetError as e:
+            conn.send(("load_error", clean_text(str(e))))
+            return
+        except BaseException as e:  # noqa: BLE001 - the target broke the interpreter itself
+            conn.send(("load_error", clean_text(
+                f"--impl {target}: importing it left the worker unable to go on "
+                f"({type(e).__name__}: {e}); does the module clear sys.modules or replace "
+                "builtins?")))
+            return
+        conn.send(("ready", None))
+        while True:
+            try:
+                inputs = conn.recv()
+            except (EOFError, OSError):
+                return
+            if inputs is None:
+                return
+            try:
+                out = call_once(fn, api, layout, inputs, catch=BaseException)
+                conn.send(("ok", out))
+            except BaseException as e:  # noqa: BLE001 - unpicklable result, broken interpreter
+                conn.send(("error", clean_text(f"returned an object that cannot be sent back "
+                                               f"from the worker: {type(e).__name__}: {e}")))
+    except BaseException:  # noqa: BLE001 - the pipe broke or the interpreter is unusable
+        code = 70
+    finally:
+        os._exit(code)
+
+
+def _use_fork() -> bool:
+    """Fork (cheap, inherits the loaded kit) on Linux when nothing multithreaded runs."""
+    import sys
+    import threading
+
+    return (sys.platform.startswith("linux") and threading.active_count() == 1
+            and not any(m in sys.modules for m in ("jax", "torch", "tensorflow")))
+
+
+def exit_description(code) -> str:
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+class Worker:
+    """The implementation in a separate process (the default of ``resblock check``).
+
+    A case that exits, crashes, is killed by a signal or outlives ``timeout`` becomes
+    that case's error; the worker is then restarted for the next case. The worker is
+    forked (Linux, single-threaded caller: milliseconds; elsewhere it is spawned), and
+    ``resblock check`` starts it (:meth:`start`) before it opens the goldens, so the
+    implementation's imports run on another core while the goldens are verified. It and
+    its process group are killed when the run ends, whatever ends it.
+    """
+
+    poll_s = 0.25  # how often a waiting checker looks whether the worker still lives
+
+    def __init__(self, target, api, layout, timeout=None):
+        import multiprocessing as mp
+
+        self.ctx = mp.get_context("fork" if _use_fork() else "spawn")
+        self.target, self.api, self.layout, self.timeout = target, api, layout, timeout
+        self.proc = self.conn = None
+        self.busy = False  # a case is in the worker's hands
+        self.loading = False  # started, "ready" not yet received
+
+    def start(self) -> None:
+        """Start the worker without waiting for it to load the target; a load error is
+        raised by the first :meth:`run`."""
+        if self.proc is None:
+            self._spawn()
+            self.loading = True
+
+    def _start(self):
+        self._spawn()
+        self._await_ready()
+
+    def _spawn(self):
+        import os
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        parent, child = self.ctx.Pipe()
+        self.proc = self.ctx.Process(target=_worker_main, daemon=True,
+                                     args=(child, self.target, self.api, self.layout,
+                                           os.getpid()))
+        self.proc.start()
+        try:
+            os.setpgid(self.proc.pid, self.proc.pid)  # also done by the child: no race
+        except OSError:
+            pass
+        child.close()
+        self.conn = parent
+
+    def _await_ready(self):
+        from resblock.errors import TargetError
+
+        self.loading = False
+        msg = self._receive(max(60.0, self.timeout or 0))
+        if msg is None or msg[0] != "ready":
+            why = (msg[1] if msg and msg[0] == "load_error" else
+                   "the worker did not start within 60 s" if msg is None else
+                   f"the worker process ended while loading the target "
+                   f"({exit_description(msg[1])})")
+            self._kill()
+            raise TargetError(why if msg and msg[0] == "load_error"
+                              else f"--impl {self.target}: {why}")
+
+    def _receive(self, timeout):
+        """The worker's next message, ``("died", exitcode)``, or None after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = self.poll_s if deadline is None else min(self.poll_s,
+                                                             deadline - time.monotonic())
+            try:
+                if self.conn.poll(max(0.0, left)):
+                    return self.conn.recv()
+            except (EOFError, OSError):
+                return self._died()
+            if not self.proc.is_alive():
+                try:
+                    if self.conn.poll(0):
+                        return self.conn.recv()
+                except (EOFError, OSError):
+                    pass
+                return self._died()
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def _died(self):
+        self.proc.join(5)
+        return ("died", self.proc.exitcode)
+
+    def _kill(self):
+        import os
+
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            if self.proc.exitcode is None:
+                self.proc.kill()
+            self.proc.join()
+            self.conn.close()
+        self.proc = self.conn = None
+
+    def run(self, gcs):
+        outs = []
+        for gc in gcs:
+            if self.proc is None:
+                self._start()
+            elif self.loading:
+                self._await_ready()
+            t0 = time.perf_counter()
+            self.busy = True
+            try:
+                self.conn.send(case_inputs(gc, self.api))
+            except OSError:
+                msg = self._died()
+            else:
+                msg = self._receive(self.timeout)
+            self.busy = False
+            seconds = time.perf_counter() - t0
+            if msg is None:
+                self._kill()
+                outs.append(Outcome(error=f"timed out after {self.timeout:g} s (--timeout); "
+                                          "the worker was killed",
+                                    seconds=seconds))
+            elif msg[0] == "ok":
+                outs.append(msg[1])
+            elif msg[0] == "error":
+                outs.append(Outcome(error=msg[1], seconds=seconds))
+            else:
+                code = msg[1]
+                self._kill()
+                how = ("ended the worker process with exit status 0 (os._exit? an "
+                       "implementation must return its result)" if code == 0 else
+                       "left the worker process unable to go on (it broke the interpreter: "
+                       "sys.modules, builtins or the standard streams)" if code == 70 else
+                       f"crashed the worker process ({exit_description(code)})")
+                outs.append(Outcome(error=f"the implementation {how}", seconds=seconds))
+        return outs
+
+    def close(self):
+        """End the worker: politely when it is idle, at once when the run was interrupted
+        in the middle of a case; then kill its process group (what the implementation
+        started)."""
+        if self.proc is not None:
+            if not self.busy and not self.loading:
+                try:
+                    self.conn.send(None)
+                    self.proc.join(2)
+                except OSError:
+                    pass
+            self._kill()  # also any process the implementation left in its group

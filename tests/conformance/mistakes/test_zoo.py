@@ -1,0 +1,155 @@
+"""Meta-tests of the error model with conformance/mistakes/zoo.py: correct float32 algorithms
+computed differently from the reference must conform; the cheap slice of the grids that
+scripts/zoo_grids.py runs in full.
+
+* every zoo row (and each of its parts) is a correct block: it agrees with the float64
+  oracle to float32 accuracy on a plain case;
+* every "conforms" row conforms on the committed set through ``resblock check``'s own
+  runner, and on generated stress cases (one value per channel at batch 1 and 2 for
+  every input kind, wide convolutions);
+* sequential float32 statistics stay inside the model on short reductions and leave it
+  on a long one (2^20 values per channel), where the checker names
+  ``sequential_f32_stats``.
+"""
+
+import numpy as np
+import pytest
+
+from resblock.conformance.judging.runner import CheckConfig, run_check
+from resblock.conformance.mistakes import zoo
+from resblock.conformance.running.invoke import InProcess
+from resblock.golden.cli import default_goldens
+from resblock.spec import oracle, tolerance
+from resblock.spec.constants import STAT_NAMES
+
+CORRECT = [a.name for a in zoo.ZOO if a.expect != "envelope"]
+
+
+def _flat(stats):
+    return {n: stats[n.split("/")[0]][n.split("/")[1]] for n in STAT_NAMES}
+
+
+def test_zoo_table_is_well_formed():
+    assert len(zoo.ZOO) >= 12
+    assert {a.conv for a in zoo.ZOO} == set(zoo.CONVS)
+    assert {a.stats for a in zoo.ZOO} == set(zoo.STATS)
+    assert {a.norm for a in zoo.ZOO} == set(zoo.NORMS)
+    assert [a.name for a in zoo.ZOO if a.expect == "measured"] == ["winograd6-pairwise"]
+    with pytest.raises(ValueError, match="conv 'gemm' not in"):
+        zoo.Algorithm("x", "gemm", "pairwise", "folded", "")
+
+
+@pytest.mark.parametrize("m", [2, 4, 6])
+def test_winograd_matrices_compute_the_correlation_exactly(m):
+    """A^T [(G g) * (B^T d)] == correlation of d with g, for integer data (exact)."""
+    at, g, bt = (a.astype(np.float64) for a in zoo.winograd_matrices(m))
+    rng = np.random.default_rng(m)
+    d = rng.integers(-4, 5, m + 2).astype(np.float64)
+    k = rng.integers(-4, 5, 3).astype(np.float64)
+    want = np.array([d[i:i + 3] @ k for i in range(m)])
+    np.testing.assert_allclose(at @ ((g @ k) * (bt @ d)), want, atol=1e-4)
+
+
+@pytest.mark.parametrize("conv", sorted(zoo.CONVS))
+def test_each_convolution_is_the_spec_convolution(conv, make_case):
+    x, params, _ = make_case(3, 2, 7, 5, 3)
+    k, b = params["Conv_0"]["kernel"], params["Conv_0"]["bias"]
+    want = oracle.conv3x3(x.astype(np.float64), k.astype(np.float64), b.astype(np.float64))
+    got = zoo.CONVS[conv](x, k, b)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-4 if conv == "winograd6" else 2e-5)
+
+
+@pytest.mark.parametrize("stats", sorted(zoo.STATS))
+@pytest.mark.parametrize("n", [1, 2, 7, 300, 1025])
+def test_each_statistics_method_gives_mean_and_biased_variance(stats, n):
+    rng = np.random.default_rng(n)
+    rows = (rng.standard_normal((3, n)) * 2 + 5).astype(np.float32)
+    mean, var = zoo.STATS[stats](rows)
+    r = rows.astype(np.float64)
+    np.testing.assert_allclose(mean, r.mean(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(var, r.var(axis=1), rtol=2e-3, atol=1e-5)
+    if n == 1:
+        assert np.all(var == 0)  # one value per channel: exactly 0 whatever the formula
+
+
+@pytest.fixture(scope="module")
+def committed():
+    return default_goldens()
+
+
+@pytest.mark.parametrize("name", CORRECT)
+def test_zoo_algorithm_conforms_on_the_committed_set(name, committed):
+    cfg = CheckConfig(target=f"zoo:{name}")
+    run = run_check(cfg, InProcess(zoo.make_forward(name), "functional", "nhwc"), committed)
+    assert run.conforms, [(r.id, r.message) for r in run.results if r.status != "pass"][:3]
+    # with margin: a correct algorithm near the bound means the model is too tight
+    assert max(r.worst_score for r in run.results) < 0.25
+
+
+@pytest.fixture(scope="module")
+def stress_cases():
+    """Generated in memory: one value per channel at batch 1 and 2 (every input kind),
+    and 256 channels (9C = 2304 products per output)."""
+    from resblock.generator.batched import derive_cases
+    from resblock.generator.engine import ReferenceRunner, compute_group
+    from resblock.golden.store import GoldenCase
+    from resblock.spec.cases import Case
+
+    cases = [Case(fam, inp, n, 1, 1, f, 0) for fam in ("functional", "stress")
+             for inp in ("normal", "lowamp", "large", "offset") for n in (1, 2) for f in (8, 32)]
+    cases += [Case("stress", inp, 2, 3, 3, 256, 0) for inp in ("normal", "offset")]
+    runner = ReferenceRunner()
+    out = []
+    for c, inputs in zip(cases, derive_cases(cases), strict=True):
+        arrays, extras = compute_group([c], runner, [inputs])
+        out.append(GoldenCase(c, dict(extras[0]), {k: v[0] for k, v in arrays.items()}))
+    return out
+
+
+def test_flax_and_the_zoo_conform_on_generated_stress_cases(stress_cases):
+    fp32 = tolerance.profile("fp32")
+    worst = {}
+    for gc in stress_cases:
+        flax = tolerance.worst_score(gc, gc.arrays["y"], {
+            n: gc.arrays[f"batch_stats_out/{n}"] for n in STAT_NAMES}, fp32)
+        worst["flax"] = max(worst.get("flax", 0.0), flax)
+        for name in CORRECT:
+            y, st = zoo.make_forward(name)(gc.x, gc.params, gc.batch_stats_in)
+            s = tolerance.worst_score(gc, y, _flat(st), fp32)
+            worst[name] = max(worst.get(name, 0.0), s)
+    assert worst["flax"] <= 0.25, worst  # the spec's 4x margin for the reference
+    assert max(worst.values()) < 0.5, worst
+
+
+def test_sequential_statistics_conform_on_short_reductions(stress_cases):
+    fp32 = tolerance.profile("fp32")
+    for gc in stress_cases:
+        for name in ("direct-sequential", "direct-welford_sequential"):
+            y, st = zoo.make_forward(name)(gc.x, gc.params, gc.batch_stats_in)
+            assert tolerance.worst_score(gc, y, _flat(st), fp32) <= 1.0, (name, gc.id)
+
+
+def test_sequential_statistics_leave_the_envelope_on_a_long_reduction_and_are_named():
+    """2^20 values per channel with a large per-channel mean: a float32 running sum
+    stagnates; the pairwise-summing zoo rows and Flax stay far inside."""
+    from resblock.conformance.mistakes.diagnose import best_match, match_scores, twin_outputs
+    from resblock.generator.batched import derive_cases
+    from resblock.generator.engine import ReferenceRunner, compute_group
+    from resblock.golden.store import GoldenCase
+    from resblock.spec.cases import Case
+
+    case = Case("functional", "offset", 16, 256, 256, 2, 0)
+    arrays, extras = compute_group([case], ReferenceRunner(), derive_cases([case]))
+    gc = GoldenCase(case, dict(extras[0]), {k: v[0] for k, v in arrays.items()})
+    fp32 = tolerance.profile("fp32")
+    assert extras[0]["ref_score"] < 0.25
+    good_y, good = zoo.make_forward("direct-pairwise")(gc.x, gc.params, gc.batch_stats_in)
+    assert tolerance.worst_score(gc, good_y, _flat(good), fp32) < 0.25
+    y, st = zoo.make_forward("direct-sequential")(gc.x, gc.params, gc.batch_stats_in)
+    score = tolerance.worst_score(gc, y, _flat(st), fp32)
+    assert score > 10
+    twins = twin_outputs(gc)
+    assert "sequential_f32_stats" in twins  # 2^20 >= its min_values
+    assert best_match(score, match_scores(gc, y, _flat(st), fp32, twins)) == \
+        "sequential_f32_stats"
