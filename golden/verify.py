@@ -195,7 +195,7 @@ def gradient_problem(gc, prof) -> str | None:
         elif not np.all(np.abs(stored - a) <= 1e-5 * np.abs(a) + 1e-38):
             return (f"stored {name} differs from the backward error model's budget "
                     "recomputed from the stored inputs: the file's bounds are inconsistent")
-    score = backward_score(gc, ref, prof)
+    score = backward_score(gc, ref, prof, aggregate=True)
     if not score <= 1.0:
         return (f"stored reference gradients deviate from the float64 oracle backward (score "
                 f"{score:.3g} > 1 under profile {prof.name}); was the VJP computed with "

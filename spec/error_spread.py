@@ -239,13 +239,16 @@ def batch_norm(c, err: Err, scale, beta, z, mean_in, var_in, moments=()):
               + U * np.sqrt(2.0 * (m * mean_in) ** 2 + 2.0 * ((1.0 - m) * mean) ** 2
                             + new_mean ** 2)
               + D_MOMENTUM * np.abs(mean_in) + D_ONE_MINUS_MOMENTUM * np.abs(mean))
-    s_mean_conv = (1.0 - m) * ch.mean_s
+    # Truncated (not rounded) convolution inputs shrink every product by about u_conv per
+    # operand on average: a scaling of c that the normalisation divides out, but that
+    # moves the batch mean and variance themselves by 2 u_conv |mean| and 4 u_conv var.
+    s_mean_conv = (1.0 - m) * (ch.mean_s + 2.0 * np.abs(mean))
     sig2 = var + EPSILON
     s_var = ((1.0 - m) * ch.var
              + U * np.sqrt(2.0 * (m * var_in) ** 2 + 16.0 * ((1.0 - m) * var) ** 2
                            + new_var ** 2)
              + D_MOMENTUM * np.abs(var_in) + D_ONE_MINUS_MOMENTUM * var)
-    s_var_conv = (1.0 - m) * ch.var_s
+    s_var_conv = (1.0 - m) * (ch.var_s + 4.0 * var)
     if n == 1:  # (c - mean) is exactly 0: z is beta, up to the folded form's rounding
         inv = np.abs(scale) / np.sqrt(sig2)
         k = np.broadcast_to(U * (2.0 * np.abs(mean * inv) + np.abs(beta)), c.shape)

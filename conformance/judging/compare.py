@@ -2,7 +2,9 @@
 
 Pure: arrays in, :class:`TensorReport` records out (pytest-regressions' report fields:
 count and share out of bound, max abs and rel error, the worst element with expected,
-got and bound, in the implementation's own layout).
+got and bound, in the implementation's own layout), and each tensor's aggregate test
+(spec section 8.5: its mean squared normalised error against the threshold for its
+channel count), where the golden file has the spreads.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from resblock.conformance.running.adapters import user_index
+from resblock.golden.store import grad_path, tensor_path
 from resblock.spec import tolerance
 from resblock.spec.constants import STAGES, STAT_NAMES
 
@@ -29,18 +32,32 @@ class TensorReport:
     expected: float
     got: float
     bound: float
+    # The aggregate test (spec 8.5): Q over its limit (passes when <= 1), Q and the limit;
+    # None for a golden file without spreads (format 3), which has no such test.
+    aggregate: float | None = None
+    aggregate_q: float | None = None
+    aggregate_limit: float | None = None
 
     @property
     def share_bad(self) -> float:
         return self.n_bad / self.size if self.size else 0.0
 
+    @property
+    def score(self) -> float:
+        """The tensor's score under both tests: its worst element's or its aggregate's."""
+        return max(self.worst_score, self.aggregate or 0.0)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["worst_index"] = list(self.worst_index)
         d["share_bad"] = self.share_bad
-        for k in ("max_abs", "max_rel", "worst_score"):
-            d[k] = _finite(d[k])
+        for k in ("max_abs", "max_rel", "worst_score", "aggregate", "aggregate_q"):
+            if d[k] is not None:
+                d[k] = _finite(d[k])
         d["got"] = _finite(d["got"])
+        if self.aggregate is None:
+            for k in ("aggregate", "aggregate_q", "aggregate_limit"):
+                del d[k]
         return d
 
 
@@ -63,15 +80,38 @@ class CaseResult:
 
     @property
     def worst_score(self) -> float:
-        return max((t.worst_score for t in self.tensors), default=0.0)
+        """The worst score of the case: per element or per tensor (aggregate test)."""
+        return max((t.score for t in self.tensors), default=0.0)
 
     @property
     def failing_tensors(self) -> list[TensorReport]:
         return [t for t in self.tensors if not t.ok]
 
 
-def compare_tensor(name, got, ref, bound, layout="nhwc") -> TensorReport:
-    """Report of one tensor against its float64 reference under per-element ``bound``."""
+@dataclass(frozen=True)
+class Spread:
+    """What the aggregate test of one tensor needs: its spreads, the profile's
+    ``u_conv`` and the case's channel count."""
+
+    sigma: np.ndarray
+    sigma_conv: np.ndarray
+    u_conv: float
+    channels: int
+
+
+def spread_of(gc, path: str, prof) -> Spread | None:
+    """The :class:`Spread` of the tensor stored at ``path`` ("y", "grad/x", ...) of a
+    golden case, or None when the file has no spreads."""
+    if not gc.has_spreads:
+        return None
+    return Spread(gc.arrays[f"sigma/{path}"], gc.arrays[f"sigma_conv/{path}"], prof.u_conv,
+                  gc.case.features)
+
+
+def compare_tensor(name, got, ref, bound, layout="nhwc", spread: Spread | None = None
+                   ) -> TensorReport:
+    """Report of one tensor against its float64 reference under per-element ``bound``
+    and, with ``spread``, the aggregate test."""
     got = np.asarray(got, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     b = np.broadcast_to(np.asarray(bound, dtype=np.float64), ref.shape)
@@ -82,9 +122,15 @@ def compare_tensor(name, got, ref, bound, layout="nhwc") -> TensorReport:
     idx = tuple(int(i) for i in np.unravel_index(flat, ref.shape))
     with np.errstate(all="ignore"):
         rel = np.where(ref != 0, err / np.abs(ref), np.where(err == 0, 0.0, np.inf))
+    agg = q = limit = None
+    if spread is not None:
+        q = tolerance.aggregate_statistic(got, ref, spread.sigma, spread.sigma_conv,
+                                          spread.u_conv)
+        limit = tolerance.aggregate_threshold(spread.channels)
+        agg = q / limit
     return TensorReport(
         name=name,
-        ok=bool(np.all(sc <= 1.0)),
+        ok=bool(np.all(sc <= 1.0)) and (agg is None or agg <= 1.0),
         size=int(ref.size),
         n_bad=int(np.count_nonzero(~(sc <= 1.0))),
         max_abs=float(np.max(err)) if err.size else 0.0,
@@ -94,6 +140,9 @@ def compare_tensor(name, got, ref, bound, layout="nhwc") -> TensorReport:
         expected=float(ref[idx]),
         got=float(got[idx]),
         bound=float(b[idx]),
+        aggregate=agg,
+        aggregate_q=q,
+        aggregate_limit=limit,
     )
 
 
@@ -109,11 +158,12 @@ def element_scores(gc, name: str, got, prof) -> np.ndarray:
 def compare_case(gc, y, stats, prof, layout="nhwc") -> list[TensorReport]:
     """Reports for the output and (when given) the four running-stat vectors."""
     reports = [compare_tensor("output", y, gc.reference("output"), gc.bound("output", prof),
-                              layout)]
+                              layout, spread_of(gc, tensor_path("output"), prof))]
     if stats is not None:
         for name in STAT_NAMES:
             reports.append(compare_tensor(name, stats[name], gc.reference(name),
-                                          gc.bound(name, prof)))
+                                          gc.bound(name, prof), spread=spread_of(
+                                              gc, tensor_path(name), prof)))
     return reports
 
 
@@ -123,7 +173,8 @@ def compare_backward(gc, grads: dict, prof, layout="nhwc") -> list[TensorReport]
     out = []
     for name, got in grads.items():
         label = "x_bar" if name == "x" else f"{name}_bar"
-        rep = compare_tensor(label, got, gc.grad_reference(name), gc.grad_bound(name, prof))
+        rep = compare_tensor(label, got, gc.grad_reference(name), gc.grad_bound(name, prof),
+                             spread=spread_of(gc, grad_path(name), prof))
         if name == "x":
             rep = replace(rep, worst_index=user_index(rep.worst_index, layout))
         out.append(rep)

@@ -57,6 +57,15 @@ BACKWARD_PITFALLS: tuple[BackwardPitfall, ...] = (
         "use the biased variance (divide by n) that the forward used; better, save inv from "
         "the forward", _UPSTREAM_BN1, min_values=2),
     BackwardPitfall(
+        "bwd_bn_unbiased_var_everywhere", "Unbiased variance in the forward and the backward",
+        "both BatchNorms normalise with var * n / (n - 1) (torch.var's default, or "
+        "x.var() in a hand-written BatchNorm) and the backward differentiates that "
+        "forward: every gradient is off by about 1/(2n) of its size, more where it "
+        "cancels (the bias gradients)",
+        "normalise with the biased batch variance (divide by n, not n - 1: "
+        "x.var(unbiased=False) or correction=0) in the forward; the backward then follows",
+        _UPSTREAM_BN1 + ("BatchNorm_1/bias",), min_values=2),
+    BackwardPitfall(
         "bwd_conv_kernel_grad_transposed", "Conv kernel gradient with in/out channels swapped",
         "k_bar[i, j] = c_bar^T a instead of a^T c_bar: the (C_in, F) axes of each tap are "
         "transposed (silent when C == F)",
@@ -83,10 +92,12 @@ BACKWARD_PITFALLS: tuple[BackwardPitfall, ...] = (
         "to x unchanged", ("x",)),
     BackwardPitfall(
         "bwd_relu_one_at_zero", "ReLU derivative 1 at exactly 0",
-        "the mask is (input >= 0): where BatchNorm outputs exactly 0 (all values of a "
-        "channel equal, bias 0) the cotangent passes, where JAX and PyTorch pass none; "
-        "a correct float32 BatchNorm may put that input at +-1e-7 (PyTorch's CPU "
-        "batch_norm does), so the checker admits both and never names this one",
+        "the mask is (input >= 0): where the ReLU's input is exactly 0 the cotangent "
+        "passes, where JAX and PyTorch pass none. Where a BatchNorm's scale is 0 (a "
+        "zero-init residual, a dead channel) its output is exactly its bias in every "
+        "float32 evaluation and this is rejected; where a channel's values are all equal "
+        "a correct float32 BatchNorm may put them at +-1e-7 (PyTorch's CPU batch_norm "
+        "does), so there the checker admits both",
         "pass the cotangent where the ReLU input is > 0 only (derivative 0 at 0)",
         ("x", "Conv_0/kernel", "BatchNorm_0/scale"), min_values=2),
 )
@@ -108,13 +119,32 @@ def applies(p: BackwardPitfall, case, gc=None) -> bool:
     return True
 
 
+def _unbiased_forward(x, p) -> dict:
+    """The stages of a forward whose BatchNorms use the unbiased variance."""
+    x = np.asarray(x, np.float64)
+    st = {"conv1": oracle.conv3x3(x, p["Conv_0"]["kernel"], p["Conv_0"]["bias"])}
+    for conv, bn, c, b, nxt in (("Conv_0", "BatchNorm_0", "conv1", "bn1", "relu1"),
+                                ("Conv_1", "BatchNorm_1", "conv2", "bn2", None)):
+        if c == "conv2":
+            st["conv2"] = oracle.conv3x3(st["relu1"], p[conv]["kernel"], p[conv]["bias"])
+        y = st[c]
+        n = y.shape[0] * y.shape[1] * y.shape[2]
+        mean, var = oracle.batch_stats_of(y)
+        var = var * n / max(n - 1, 1)
+        st[b] = (y - mean) / np.sqrt(var + EPSILON) * p[bn]["scale"] + p[bn]["bias"]
+        if nxt:
+            st[nxt] = np.maximum(st[b], 0.0)
+    st["sum"] = st["bn2"] + x
+    return st
+
+
 def _bn_backward(mistake, c, scale, g, stats):
     axes = (0, 1, 2)
     n = c.shape[0] * c.shape[1] * c.shape[2]
     mean, var = oracle.batch_stats_of(c)
     if mistake == "bwd_bn_running_stats":
         mean, var = stats["mean"], stats["var"]
-    if mistake == "bwd_bn_unbiased_var":
+    if mistake in ("bwd_bn_unbiased_var", "bwd_bn_unbiased_var_everywhere"):
         var = var * n / (n - 1)
     inv = 1.0 / np.sqrt(var + EPSILON)
     zhat = (c - mean) * inv
@@ -143,7 +173,8 @@ def twin_backward(mistake: str | None, x, params, batch_stats, y_bar):
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
     p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
     s = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in batch_stats.items()}
-    st = oracle.forward(x, params, batch_stats).stages
+    st = (_unbiased_forward(x, p) if mistake == "bwd_bn_unbiased_var_everywhere" else
+          oracle.forward(x, params, batch_stats).stages)
 
     def relu_bw(pre, g):
         return np.where(pre >= 0 if mistake == "bwd_relu_one_at_zero" else pre > 0, g, 0.0)
@@ -171,9 +202,11 @@ def flat(x_bar, params_bar) -> dict:
     return out
 
 
-def backward_score(gc, grads: dict, prof, ref: dict | None = None) -> float:
+def backward_score(gc, grads: dict, prof, ref: dict | None = None,
+                   aggregate: bool = False) -> float:
     """Worst score of flat gradients against ``ref`` (default: the oracle) under the
-    case's gradient bounds."""
+    case's gradient bounds; with ``aggregate``, the aggregate test's scores against the
+    oracle too (spec 8.5; none for a file without spreads)."""
     from resblock.spec import tolerance
 
     worst = 0.0
@@ -182,6 +215,9 @@ def backward_score(gc, grads: dict, prof, ref: dict | None = None) -> float:
         s = tolerance.scores(np.asarray(got, np.float64), np.asarray(want, np.float64),
                              gc.grad_bound(name, prof))
         worst = max(worst, float(np.max(s)) if s.size else 0.0)
+        if aggregate:
+            a = gc.aggregate_score(name, got, prof, grad=True)
+            worst = max(worst, a if a is not None else 0.0)
     return worst
 
 

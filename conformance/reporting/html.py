@@ -317,6 +317,16 @@ def grid_rows(cases: list[dict], linked: set | None = None) -> list[dict]:
     return out
 
 
+def _worst_aggregate(case) -> str:
+    """"Q/limit (tensor)" of the case's worst aggregate test (spec 8.5), or "" when its
+    golden file has none."""
+    tensors = [t for t in case.get("tensors", ()) if "aggregate" in t]
+    if not tensors:
+        return ""
+    t = max(tensors, key=lambda t: as_float(t["aggregate"]))
+    return f"{fmt_score(t['aggregate'])} ({t['name']})"
+
+
 def _sort_score(case) -> float:
     return as_float(case["worst_score"]) if case["status"] != "error" else math.inf
 
@@ -325,7 +335,8 @@ def report_context(doc: dict) -> dict:
     """Everything the template shows, derived from a check-report document."""
     from resblock.conformance.mistakes.pitfalls import lookup
 
-    cases = [dict(c, details=c.get("details"), repro=c.get("repro", "")) for c in doc["cases"]]
+    cases = [dict(c, details=c.get("details"), repro=c.get("repro", ""),
+                  aggregate=_worst_aggregate(c)) for c in doc["cases"]]
     order = {"error": 0, "fail": 1, "xpass": 2, "xfail": 3, "pass": 4}
     worst_first = sorted(cases, key=lambda c: (order[c["status"]], -_sort_score(c)))
     detailed = [c for c in worst_first if c.get("details")]

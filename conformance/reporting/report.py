@@ -52,9 +52,14 @@ def tensor_line(t, layout: str) -> str:
     axes = ("".join(layout) if t.name in ("output", "x_bar") else
             "hwio" if t.name.endswith("kernel_bar") else "c")  # kernel grads: kit's HWIO
     idx = ",".join(map(str, t.worst_index))
-    return (f"{t.name}: {t.n_bad}/{t.size} ({100 * t.share_bad:.1f}%) out of bound; max abs "
+    line = (f"{t.name}: {t.n_bad}/{t.size} ({100 * t.share_bad:.1f}%) out of bound; max abs "
             f"{t.max_abs:.3g}, max rel {t.max_rel:.3g}; worst [{axes}]=[{idx}] expected "
             f"{t.expected:.7g} got {t.got:.7g} (bound {t.bound:.3g}, score {t.worst_score:.3g})")
+    if t.aggregate is not None:
+        verdict = "fails" if t.aggregate > 1 else "passes"
+        line += (f"; aggregate {verdict}: mean squared normalised error {t.aggregate_q:.3g} "
+                 f"of the allowed {t.aggregate_limit:.3g} (score {t.aggregate:.3g})")
+    return line
 
 
 def terminal_summary(run, max_cases: int = 10) -> str:
@@ -119,6 +124,15 @@ def terminal_summary(run, max_cases: int = 10) -> str:
                   else "")
         lines.append(f"worst score {worst.worst_score:.3g} of the allowed 1 ({worst.id}"
                      f"{margin})")
+        aggs = [(t.aggregate, r.id, t.name) for r in passed for t in r.tensors
+                if t.aggregate is not None]
+        if aggs:
+            a, cid, name = max(aggs)
+            lines.append(f"aggregate test (spec 8.5): worst mean squared normalised error "
+                         f"{a:.3g} of its limit ({cid}, {name})")
+        else:
+            lines.append("aggregate test (spec 8.5): not applied, the golden file has no "
+                         "spreads (format 3); regenerate it to apply it")
     lines.append(f"{verdict}: {run.count('pass')} passed, "
                  f"{run.count('fail') + run.count('error')} failed "
                  f"({run.count('error')} errors), {run.count('xfail')} xfailed, "

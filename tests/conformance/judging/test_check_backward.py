@@ -24,9 +24,9 @@ from resblock.spec.cases import Case
 ROOT = Path(__file__).resolve().parents[3]
 pytest_plugins = ["pytester"]
 COMMITTED = [ROOT / "golden" / "default.h5"]
-# Differs only where a ReLU input is exactly 0 with N*H*W > 1 (equal values in a channel,
-# BatchNorm bias 0), and there within forward rounding: never rejected (spec 10.2).
-NOT_IN_COMMITTED = {"bwd_relu_one_at_zero"}
+# Every backward pitfall is rejected by the committed set since spec 3.0: the ReLU
+# derivative at 0 by its zero-init-residual and dead-channel cases (spec 10.4).
+NOT_IN_COMMITTED: set = set()
 
 
 def _check(fn, layout="nhwc", goldens=COMMITTED, keyword=None, diagnose=True):

@@ -84,7 +84,17 @@ def test_committed_case_bound_is_its_stored_budget(gc):
     b = gc.arrays["budget/y"].astype(np.float64)
     y.flat[3] += 0.5 * b.flat[3]
     (t_out,) = compare_case(gc, y, None, FP32)
-    assert t_out.ok and t_out.worst_score == pytest.approx(0.5, rel=1e-6)
+    assert t_out.n_bad == 0 and t_out.worst_score == pytest.approx(0.5, rel=1e-6)
+    # ... but one element at half its worst-case bound is dozens of spreads away from
+    # the oracle: more than a correct port's whole tensor errs (spec 8.5)
+    sigma = gc.arrays["sigma/y"].astype(np.float64)
+    q = (0.5 * b.flat[3] / sigma.flat[3]) ** 2 / y.size
+    assert t_out.aggregate_q == pytest.approx(q, rel=1e-6)
+    assert t_out.aggregate > 1 and not t_out.ok
+    y = gc.reference("output").copy()
+    y.flat[3] += sigma.flat[3]  # one spread: the aggregate test passes
+    (t_out,) = compare_case(gc, y, None, FP32)
+    assert t_out.ok and t_out.aggregate_q == pytest.approx(1 / y.size, rel=1e-6)
     tf32 = tolerance.profile("tf32")
     want = b.flat[3] + 2.0**-11 * float(gc.arrays["budget_conv/y"].flat[3])
     assert gc.bound("output", tf32).flat[3] == pytest.approx(want, rel=1e-12)
