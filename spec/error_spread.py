@@ -129,49 +129,94 @@ def exact(shape) -> Err:
     return Err(z, z, z, z)
 
 
-def conv(a, err: Err, kernel, bias, c) -> tuple[Err, tuple]:
+@dataclass(frozen=True)
+class Reductions:
+    """What a convolution's errors do to the batch statistics of the BatchNorm after it:
+    standard deviations per output channel of the error of ``mean(c)`` and of
+    ``2 mean((c - mean) e_c)`` (the variance's first-order change), float32 part and per
+    unit ``u_conv``. Neighbouring outputs share inputs (each input pixel feeds nine taps)
+    and, under a reduced-precision profile, every position shares the rounded weights,
+    so these are not the element spreads averaged as if independent."""
+
+    mean: np.ndarray
+    var: np.ndarray
+    mean_s: np.ndarray
+    var_s: np.ndarray
+
+
+def tap_moments(a, dev):
+    """``(m1, m2)``: ``m1[i, j, c] = mean over positions of a shifted by tap (i, j)`` and
+    ``m2[i, j, c, f] = mean of that shifted a times dev[..., f]`` (SAME zero padding)."""
+    n, h, w, ch = a.shape
+    ap = np.pad(np.asarray(a, np.float32), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    dev2 = np.asarray(dev, np.float32).reshape(n * h * w, -1)
+    m1 = np.empty((3, 3, ch))
+    m2 = np.empty((3, 3, ch, dev2.shape[1]))
+    for i in range(3):
+        for j in range(3):
+            sl = ap[:, i:i + h, j:j + w, :].reshape(n * h * w, ch)
+            m1[i, j] = sl.sum(axis=0, dtype=np.float64) / (n * h * w)
+            m2[i, j] = (sl.T @ dev2).astype(np.float64) / (n * h * w)
+    return m1, m2
+
+
+def conv(a, err: Err, kernel, bias, c) -> tuple[Err, tuple, Reductions]:
     """Spread of ``c = conv3x3(a, kernel) + bias`` (``a``, ``c``: float64 stage values),
-    and per channel source of ``err`` the moments a following BatchNorm needs:
+    per channel source of ``err`` the moments a following BatchNorm needs,
     ``(sigma, sigma_s, M_mean, M_var)`` with ``M_mean[c_in, f] = mean(T)`` and
-    ``M_var[c_in, f] = mean((c - mean(c)) T)`` of that input channel's image ``T``."""
+    ``M_var[c_in, f] = mean((c - mean(c)) T)`` of that input channel's image ``T``, and
+    the :class:`Reductions` of its other errors."""
+    n = c.shape[0] * c.shape[1] * c.shape[2]
     k_terms = 9 * a.shape[-1] + 1
     w2 = np.square(kernel)
     t2 = abs_conv(np.square(a), w2).astype(np.float64)
-    v = abs_conv(err.v, w2) + U * U * k_terms * (t2 + np.square(bias) + np.square(c))
+    v_prop = abs_conv(err.v, w2).astype(np.float64)
+    v_round = U * U * k_terms * (t2 + np.square(bias) + np.square(c))
+    v = v_prop + v_round
     k = np.sqrt(9.0 * abs_conv(np.square(err.k + err.kx), w2).astype(np.float64))
-    vs = abs_conv(err.vs, w2) + CONV_ROUNDING_VAR * t2
+    vs_prop = abs_conv(err.vs, w2).astype(np.float64)
+    vs = vs_prop + CONV_ROUNDING_VAR * t2
     ks = np.sqrt(9.0 * abs_conv(np.square(err.ks + err.kxs), w2).astype(np.float64))
+    dev = c - c.mean(axis=_AXES)
+    dev2 = np.square(dev)
+    # The batch statistics: a product's rounding is its own, but an input's error (and,
+    # per unit u_conv, an input's rounding, half of CONV_ROUNDING_VAR) reaches the nine
+    # outputs around it, so the mean sees it with the taps' sum W = sum_t w[t, c, f]
+    # (exact); the centred product with dev, by Cauchy-Schwarz (a factor 9). A rounded
+    # weight is the same at every position: its effect on the mean and the variance is
+    # sum_t w[t, c, f] times the mean of a (of a times dev), shifted by the tap, exactly.
+    taps = np.square(kernel.sum(axis=(0, 1)))  # W^2, (C, F)
+    half = CONV_ROUNDING_VAR / 2.0
+    a2_sum = np.square(a).sum(axis=_AXES)
+    m1, m2 = tap_moments(a, dev)
+    red = Reductions(
+        mean=np.sqrt(v_round.sum(axis=_AXES) / (n * n)
+                     + err.v.sum(axis=_AXES) @ taps / (n * n)),
+        var=2.0 * np.sqrt((dev2 * (v_round + 9.0 * v_prop)).sum(axis=_AXES)) / n,
+        mean_s=np.sqrt((err.vs.sum(axis=_AXES) + half * a2_sum) @ taps / (n * n)
+                       + half * np.einsum("ijc,ijcf->f", np.square(m1), w2)),
+        var_s=(2.0 * np.sqrt(9.0 * (dev2 * (vs_prop + half * t2)).sum(axis=_AXES)) / n
+               + 2.0 * np.sqrt(half * (np.square(m2) * w2).sum(axis=(0, 1, 2)))))
     k2 = np.zeros(c.shape, np.float32)
     ks2 = np.zeros(c.shape, np.float32)
     moments = []
-    if err.sources:
-        n = c.shape[0] * c.shape[1] * c.shape[2]
-        dev = np.asarray(c - c.mean(axis=_AXES), np.float32).reshape(n, -1)
-        w_taps = np.asarray(kernel, np.float64)
-        h, w = c.shape[1], c.shape[2]
-        for src in err.sources:
-            # mean(T) and mean(dev T) of each input channel's image T, from the taps:
-            # sum_t w[t, ci, f] * (correlation of the direction with 1 and with dev).
-            dp = np.pad(np.asarray(src.direction, np.float32),
-                        ((0, 0), (1, 1), (1, 1), (0, 0)))
-            m_mean = np.zeros(kernel.shape[2:])
-            m_var = np.zeros(kernel.shape[2:])
-            for i in range(3):
-                for j in range(3):
-                    sl = dp[:, i:i + h, j:j + w, :].reshape(n, -1)
-                    m_mean += w_taps[i, j] * sl.sum(axis=0, dtype=np.float64)[:, None] / n
-                    m_var += w_taps[i, j] * (sl.T @ dev).astype(np.float64) / n
-            for ci in range(a.shape[-1]):  # the image of one input channel's error
-                t = single_channel_conv(src.direction[..., ci], kernel[:, :, ci, :])
-                ts = t * np.float32(src.sigma_s[ci])
-                t *= np.float32(src.sigma[ci])
-                k2 += np.square(t, out=t)
-                ks2 += np.square(ts, out=ts)
-            moments.append((src.sigma, src.sigma_s, m_mean, m_var))
+    w_taps = np.asarray(kernel, np.float64)
+    for src in err.sources:
+        # mean(T) and mean(dev T) of each input channel's image T, from the taps:
+        # sum_t w[t, ci, f] * (correlation of the direction with 1 and with dev).
+        d1, d2 = tap_moments(src.direction, dev)
+        m_mean = np.einsum("ijc,ijcf->cf", d1, w_taps)
+        m_var = np.einsum("ijcf,ijcf->cf", d2, w_taps)
+        for ci in range(a.shape[-1]):  # the image of one input channel's error
+            t = single_channel_conv(src.direction[..., ci], kernel[:, :, ci, :])
+            ts = t * np.float32(src.sigma_s[ci])
+            t *= np.float32(src.sigma[ci])
+            k2 += np.square(t, out=t)
+            ks2 += np.square(ts, out=ts)
+        moments.append((src.sigma, src.sigma_s, m_mean, m_var))
     k2 = k2.astype(np.float64)
     ks2 = ks2.astype(np.float64)
-    return (Err(np.asarray(v, np.float64), k, np.asarray(vs, np.float64), ks,
-                kx=np.sqrt(k2), kxs=np.sqrt(ks2)), tuple(moments))
+    return (Err(v, k, vs, ks, kx=np.sqrt(k2), kxs=np.sqrt(ks2)), tuple(moments), red)
 
 
 def single_channel_conv(d, kernel_c):
@@ -185,7 +230,7 @@ def single_channel_conv(d, kernel_c):
     return (patches.reshape(-1, 9) @ kc).reshape(n, h, w, -1)
 
 
-def channel_errors(c, err: Err, moments=()) -> ChannelErr:
+def channel_errors(c, err: Err, moments=(), red: Reductions | None = None) -> ChannelErr:
     """Errors of a channel's float32 batch mean and of ``inv``: their own rounding
     (single-pass ``E[c^2] - E[c]^2``, the spec's formula; two-pass and Welford err less)
     and what the errors already in ``c`` do to them."""
@@ -203,10 +248,14 @@ def channel_errors(c, err: Err, moments=()) -> ChannelErr:
     var_ec2 = (sum_var(n, n * ec2, np.square(np.square(c)).sum(axis=_AXES)) / (n * n)
                + U * U * ec2 * ec2)
     var_var = var_ec2 + 4.0 * mean * mean * var_mean + U * U * (mean ** 4 + var * var)
-    mean_in = np.sqrt(err.v.sum(axis=_AXES)) / n + err.k.mean(axis=_AXES)
     adev = np.abs(dev)
-    var_in = (2.0 * np.sqrt((np.square(dev) * err.v).sum(axis=_AXES)) / n
-              + 2.0 * (adev * err.k).mean(axis=_AXES))
+    if red is None:  # element-wise independent errors
+        red = Reductions(np.sqrt(err.v.sum(axis=_AXES)) / n,
+                         2.0 * np.sqrt((np.square(dev) * err.v).sum(axis=_AXES)) / n,
+                         np.sqrt(err.vs.sum(axis=_AXES)) / n,
+                         2.0 * np.sqrt((np.square(dev) * err.vs).sum(axis=_AXES)) / n)
+    mean_in = red.mean + err.k.mean(axis=_AXES)
+    var_in = red.var + 2.0 * (adev * err.k).mean(axis=_AXES)
     for sig, _, m_mean, m_var in moments:  # exact: independent input channels
         mean_in = mean_in + np.sqrt(np.square(sig[:, None] * m_mean).sum(axis=0))
         var_in = var_in + 2.0 * np.sqrt(np.square(sig[:, None] * m_var).sum(axis=0))
@@ -215,21 +264,20 @@ def channel_errors(c, err: Err, moments=()) -> ChannelErr:
     # inv: the sqrt and the division (or an approximate rsqrt, GPU-style: 2^-22.9
     # relative) add up to 3u.
     rel = d_var / (2.0 * sig2) + 3.0 * U
-    mean_s = np.sqrt(err.vs.sum(axis=_AXES)) / n + err.ks.mean(axis=_AXES)
-    var_s = (2.0 * np.sqrt((np.square(dev) * err.vs).sum(axis=_AXES)) / n
-             + 2.0 * (adev * err.ks).mean(axis=_AXES))
+    mean_s = red.mean_s + err.ks.mean(axis=_AXES)
+    var_s = red.var_s + 2.0 * (adev * err.ks).mean(axis=_AXES)
     for _, sig_s, m_mean, m_var in moments:
         mean_s = mean_s + np.sqrt(np.square(sig_s[:, None] * m_mean).sum(axis=0))
         var_s = var_s + 2.0 * np.sqrt(np.square(sig_s[:, None] * m_var).sum(axis=0))
     return ChannelErr(d_mean, d_var, rel, mean_s, var_s, var_s / (2.0 * sig2))
 
 
-def batch_norm(c, err: Err, scale, beta, z, mean_in, var_in, moments=()):
+def batch_norm(c, err: Err, scale, beta, z, mean_in, var_in, moments=(), red=None):
     """Spread of a training-mode BatchNorm's output and of its two running statistics
     (``c``, ``z``: float64 stages). Returns ``(Err of z, ChannelErr, mean_sigma,
     mean_sigma_conv, var_sigma, var_sigma_conv)``."""
     n = c.shape[0] * c.shape[1] * c.shape[2]
-    ch = channel_errors(c, err, moments)
+    ch = channel_errors(c, err, moments, red)
     mean = c.mean(axis=_AXES)
     var = np.square(c - mean).mean(axis=_AXES)
     m = MOMENTUM
@@ -308,11 +356,11 @@ def forward_spread(x, params, batch_stats, stages: dict) -> ForwardSpread:
     a, a_err = x, exact(x.shape)
     for conv_name, layer, conv_stage, bn_stage in (("Conv_0", "BatchNorm_0", "conv1", "bn1"),
                                                    ("Conv_1", "BatchNorm_1", "conv2", "bn2")):
-        err[conv_stage], moments = conv(a, a_err, p[conv_name]["kernel"],
-                                        p[conv_name]["bias"], stages[conv_stage])
+        err[conv_stage], moments, red = conv(a, a_err, p[conv_name]["kernel"],
+                                             p[conv_name]["bias"], stages[conv_stage])
         e, ch, sm, smc, sv, svc = batch_norm(
             stages[conv_stage], err[conv_stage], p[layer]["scale"], p[layer]["bias"],
-            stages[bn_stage], st[layer]["mean"], st[layer]["var"], moments)
+            stages[bn_stage], st[layer]["mean"], st[layer]["var"], moments, red)
         err[bn_stage], chan[layer] = e, ch
         sig[f"{layer}/mean"], sig_c[f"{layer}/mean"] = sm, smc
         sig[f"{layer}/var"], sig_c[f"{layer}/var"] = sv, svc

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resblock.conformance.variants import make_forward
+from resblock.conformance.mistakes.variants import make_forward
 from resblock.spec import backward, error_model_backward, error_spread, oracle, tolerance
 from resblock.spec.cases import Case
 from resblock.spec.constants import STAT_NAMES
@@ -129,7 +129,7 @@ def test_relu_derivative_one_at_zero_is_rejected_where_the_sign_is_exact(inputs)
     """A BatchNorm with scale 0 outputs its bias exactly in every float32 evaluation, so
     the ReLU after it sees an exact sign: no mask there is ambiguous, and the port with
     derivative 1 at 0 is out of bounds, while the oracle's own convention is in."""
-    from resblock.conformance.variants_backward import flat, twin_backward
+    from resblock.conformance.mistakes.variants_backward import flat, twin_backward
 
     case, x, params, stats, y_bar, bw = _backward_case("stress", inputs, 2, 6, 6, 4, 0)
     pre = bw.forward.stages["sum" if inputs == "zeroinit" else "bn1"]
@@ -157,7 +157,7 @@ def test_backward_budgets_are_tight_where_the_spec_2_model_was_not():
     0.02 to 0.4 here: 100 to 250 times looser, DESIGN section 6)."""
     case, x, params, stats, y_bar, bw = _backward_case("functional", "normal", 4, 8, 8, 8, 0)
     model = error_model_backward.model(x, params, stats, y_bar, bw)
-    from resblock.conformance.variants_backward import flat
+    from resblock.conformance.mistakes.variants_backward import flat
 
     ref = flat(bw.x_bar, bw.params_bar)
     for t, g in ref.items():

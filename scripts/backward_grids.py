@@ -1,0 +1,110 @@
+"""The backward rule on generated gradient grids too large for the test suite.
+
+    python scripts/backward_grids.py                       # the grids of issue 17
+    python scripts/backward_grids.py functional,normal,16,32,32,8,0
+
+For each case (family, inputs, n, h, w, features, seed) the inputs, the Flax reference's
+forward and ``jax.vjp``, the float64 oracle backward and the backward model are
+computed exactly as ``resblock generate --grad`` would (nothing is written); then the
+reference, the correct recipes (NumPy, PyTorch autograd when torch is installed) and
+wrong ports are scored per element and by the aggregate test (spec sections 8.5 and
+10.4). The wrong ports are the backward twins of
+``conformance/mistakes/variants_backward.py`` and a port whose ``Conv_0`` and
+``BatchNorm_0`` gradients are zero. Prints the worst score per port (1 = the bound) and
+the reference's slack; exits 1 when a correct port is rejected.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = ("functional,normal,2,4,4,4,0", "functional,normal,16,32,32,8,0",
+         "functional,normal,16,64,64,4,0", "functional,normal,2,8,8,256,0")
+WRONG = ("bwd_bn_stats_constant", "bwd_conv_kernel_grad_flipped",
+         "bwd_bn_unbiased_var_everywhere", "bwd_relu_one_at_zero")
+FIRST_LAYER = ("Conv_0/kernel", "Conv_0/bias", "BatchNorm_0/scale", "BatchNorm_0/bias")
+
+
+def _recipe(name: str, layout: str):
+    spec = importlib.util.spec_from_file_location(f"ex_{name}", ROOT / "examples" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.backward, layout
+
+
+def _score(gc, grads, prof) -> tuple[float, float]:
+    """(worst per-element score, worst aggregate score) over the gradients."""
+    from resblock.conformance.mistakes.variants_backward import backward_score
+
+    element = backward_score(gc, grads, prof)
+    return element, max(backward_score(gc, grads, prof, aggregate=True), element)
+
+
+def main(argv=None) -> int:
+    from resblock.conformance.mistakes.variants_backward import flat, twin_backward
+    from resblock.conformance.running import adapters
+    from resblock.conformance.running.invoke import call_once, case_inputs
+    from resblock.generator.batched import derive_cases
+    from resblock.generator.engine import ReferenceRunner, compute_group
+    from resblock.golden.store import GoldenCase, grad_path
+    from resblock.spec import tolerance
+    from resblock.spec.cases import Case
+    from resblock.spec.error_model_backward import GRAD_TENSORS
+
+    fp32 = tolerance.profile("fp32")
+    runner = ReferenceRunner(grad=True)
+    recipes = {"numpy_backward": _recipe("numpy_backward", "nhwc")}
+    try:
+        import torch  # noqa: F401
+
+        recipes["torch_autograd_backward"] = _recipe("torch_autograd_backward", "nchw")
+    except ImportError:
+        pass
+    false_rejects = 0
+    for arg in (argv if argv is not None else sys.argv[1:]) or CASES:
+        fam, inp, n, h, w, f, seed = arg.split(",")
+        case = Case(fam, inp, int(n), int(h), int(w), int(f), int(seed))
+        arrays, extras = compute_group([case], runner, derive_cases([case]))
+        gc = GoldenCase(case, dict(extras[0]), {k: v[0] for k, v in arrays.items()})
+        ref = {t: gc.grad_reference(t) for t in GRAD_TENSORS}
+        print(f"{case.id} ({case.n * case.h * case.w} values per channel)")
+        ports = {"jax.vjp": {t: gc.arrays[grad_path(t)] for t in GRAD_TENSORS}}
+        for name, (fn, layout) in recipes.items():
+            out = call_once(fn, "backward", layout, case_inputs(gc, "backward"))
+            if out.error:
+                raise RuntimeError(out.error)
+            ports[name] = adapters.split_backward(out.result, case, layout)
+        wrong = {}
+        with np.errstate(all="ignore"):
+            for m in WRONG:
+                wrong[m] = flat(*twin_backward(m, gc.x, gc.params, gc.batch_stats_in,
+                                               gc.y_bar))
+        zero = dict(ports["jax.vjp"])
+        zero.update({t: np.zeros_like(zero[t]) for t in FIRST_LAYER})
+        wrong["zero_first_layer"] = zero
+        for name, grads in ports.items():
+            element, both = _score(gc, grads, fp32)
+            d = {t: np.abs(np.asarray(grads[t], np.float64) - ref[t]) for t in GRAD_TENSORS}
+            slack = [np.median(gc.grad_bound(t, fp32)[d[t] > 0] / d[t][d[t] > 0])
+                     for t in GRAD_TENSORS if np.any(d[t] > 0)]
+            bad = both > 1.0
+            false_rejects += bad
+            print(f"  {name:30s} worst {both:9.3g} (per element {element:9.3g}); median "
+                  f"slack {np.median(slack):9.3g}{'  FALSE REJECT' if bad else ''}")
+        for name, grads in wrong.items():
+            element, both = _score(gc, grads, fp32)
+            same = all(np.array_equal(np.asarray(grads[t], np.float64), ref[t])
+                       for t in GRAD_TENSORS)
+            print(f"  X {name:28s} worst {both:9.3g} (per element {element:9.3g})"
+                  + ("  (identical to the oracle here)" if same else
+                     "  rejected" if both > 1.0 else "  ADMITTED"))
+    return 1 if false_rejects else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
