@@ -45,6 +45,8 @@ class Pitfall:
       match_profile: tolerance profile under which a result is compared with the twin
         when naming it (default "fp32"); a rounding mistake (TF32, bf16) is reproduced
         by its twin only to within that format's own rounding.
+      backward_fix: the fix as a port of the backward (``--api backward``) needs it,
+        where it differs from ``fix`` (default: None, the same).
     """
 
     name: str
@@ -57,6 +59,11 @@ class Pitfall:
     families: tuple[str, ...] = ("seeded", "functional", "stress")
     min_values: int = 1
     match_profile: str = "fp32"
+    backward_fix: str | None = None
+
+    def fix_for(self, api: str) -> str:
+        """The fix text for a check of ``api`` ("functional", "seeded", "backward")."""
+        return self.backward_fix if api == "backward" and self.backward_fix else self.fix
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -398,6 +405,12 @@ PITFALLS: tuple[Pitfall, ...] = (
         "running_mean + 0.01 * value, running_var = 0.99 * running_var (see "
         "examples/recipes/recipe_torch_batchnorm2d.py, SpecBatchNorm2d).",
         "bn1",
+        backward_fix="Handle N*H*W == 1 before calling BatchNorm2d: each BatchNorm outputs "
+        "its bias, so its input gradient and its scale gradient are exactly 0, its bias "
+        "gradient is the incoming cotangent, and both conv kernel and bias gradients "
+        "are 0 (spec 10.2 at n = 1); autograd through an explicit 'return bias' branch "
+        "gives exactly that (see examples/recipes/recipe_torch_batchnorm2d.py, "
+        "SpecBatchNorm2d).",
     ),
 )
 

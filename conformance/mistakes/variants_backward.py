@@ -31,6 +31,10 @@ class BackwardPitfall:
     min_values: int = 1  # N*H*W at which the mistake is visible
     min_features: int = 1
 
+    def fix_for(self, api: str) -> str:
+        """The fix text (a backward mistake has one, whatever the check)."""
+        return self.fix
+
 
 _UPSTREAM_BN0 = ("x", "Conv_0/kernel", "Conv_0/bias", "BatchNorm_0/scale", "BatchNorm_0/bias")
 _UPSTREAM_BN1 = ("x", "Conv_0/kernel", "BatchNorm_0/scale", "BatchNorm_0/bias",

@@ -343,7 +343,7 @@ def report_context(doc: dict) -> dict:
     for c in detailed:
         c["maps_html"] = "".join(tensor_maps_html(tm) for tm in c["details"]["maps"])
         c["stats_html"] = stats_html(c["details"]["stats"]) if c["details"].get("stats") else ""
-        c["pitfall_row"] = _pitfall(lookup, c.get("pitfall"))
+        c["pitfall_row"] = _pitfall(lookup, c.get("pitfall"), doc.get("api", "functional"))
     undetailed = [c for c in worst_first if c["status"] in ("fail", "error", "xpass")
                   and not c.get("details")]
     passing = [c for c in cases if c["status"] in ("pass", "xpass")]
@@ -368,7 +368,8 @@ def report_context(doc: dict) -> dict:
         "histogram": histogram_svg(scores) if scores else "",
         "closest": closest,
         "statuses": Counter(c["status"] for c in cases),
-        "pitfalls": [_pitfall(lookup, p["name"]) | {"cases": p["cases"]}
+        "pitfalls": [_pitfall(lookup, p["name"], doc.get("api", "functional"))
+                     | {"cases": p["cases"]}
                      for p in doc.get("pitfalls", [])],
         "sections": sections,
         "fmt_score": fmt_score,
@@ -376,14 +377,15 @@ def report_context(doc: dict) -> dict:
     }
 
 
-def _pitfall(lookup, name):
+def _pitfall(lookup, name, api: str = "functional"):
     if not name:
         return None
     try:
         p = lookup(name)
     except (KeyError, LookupError):
         return {"name": name, "title": name, "explanation": "", "fix": ""}
-    return {"name": p.name, "title": p.title, "explanation": p.explanation, "fix": p.fix}
+    return {"name": p.name, "title": p.title, "explanation": p.explanation,
+            "fix": p.fix_for(api)}
 
 
 def _environment():

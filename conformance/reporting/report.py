@@ -103,7 +103,7 @@ def terminal_summary(run, max_cases: int = 10) -> str:
         for name, n in run.pitfalls.most_common():
             p = lookup(name)
             lines.append(f"  {name} ({n} cases): {p.explanation}")
-            lines.append(f"      fix: {p.fix}")
+            lines.append(f"      fix: {p.fix_for(c.api)}")
     for s in run.stale_xfail:
         lines.append(f"warning: stale xfail entry {s}")
     for r in run.results:
@@ -159,7 +159,7 @@ def json_report(run) -> dict:
         "summary": {s: run.count(s) for s in ORDER} | {"total": len(run.results)},
         "seconds": round(run.seconds, 3),
         "pitfalls": [{"name": k, "cases": v, "explanation": lookup(k).explanation,
-                      "fix": lookup(k).fix} for k, v in run.pitfalls.most_common()],
+                      "fix": lookup(k).fix_for(c.api)} for k, v in run.pitfalls.most_common()],
         "stale_xfail": run.stale_xfail,
         "cases": [
             {"id": r.id, "family": r.family, "status": r.status, "message": r.message,
@@ -221,7 +221,8 @@ def junit_xml(run) -> str:
                                            for t in r.failing_tensors]
                            + [f"repro: {repro_line(run, r.id)}"])
         if r.pitfall:
-            detail += f"\nmatches pitfall {r.pitfall}: {_pitfall_fix(r.pitfall)}"
+            detail += (f"\nmatches pitfall {r.pitfall}: "
+                       f"{_pitfall_fix(r.pitfall, run.config.api)}")
         detail = clean_text(detail)  # XML 1.0 cannot hold NUL, ESC, lone surrogates, ...
         first = clean_text(r.message.splitlines()[0]) if r.message else ""
         if r.status == "fail":
@@ -236,7 +237,7 @@ def junit_xml(run) -> str:
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suite, encoding="unicode")
 
 
-def _pitfall_fix(name):
+def _pitfall_fix(name, api: str):
     from resblock.conformance.mistakes.pitfalls import lookup
 
-    return lookup(name).fix
+    return lookup(name).fix_for(api)

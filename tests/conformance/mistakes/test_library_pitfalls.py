@@ -47,3 +47,24 @@ def test_unrelated_errors_are_not_named():
     gc = _single_value_case()
     assert diagnose_error(gc, "raised RuntimeError: no 1x1 support") is None
     assert diagnose_error(gc, "raised ValueError: Expected") is None
+
+
+def test_a_backward_check_gets_a_fix_about_gradients():
+    """One value per channel in a PyTorch backward port: the fix says what the gradients
+    are there, not how to update the running statistics (which --api backward does not
+    check)."""
+    from resblock.conformance.judging.compare import CaseResult
+    from resblock.conformance.judging.runner import CheckConfig, RunResult
+    from resblock.conformance.reporting.report import json_report, terminal_summary
+
+    p = lookup("torch_one_value_per_channel")
+    assert "running_mean" in p.fix_for("functional") and "running_mean" in p.fix
+    back = p.fix_for("backward")
+    assert "gradient" in back and "running" not in back
+    run = RunResult(config=CheckConfig(target="t", api="backward"), goldens=[],
+                    results=[CaseResult("stress-normal-n1-1x1-f8-s0", "stress", "error",
+                                        "raised ValueError: Expected more than 1 value per "
+                                        "channel when training", pitfall=p.name)])
+    run.pitfalls[p.name] += 1
+    assert f"fix: {back}" in terminal_summary(run)
+    assert json_report(run)["pitfalls"][0]["fix"] == back
