@@ -161,6 +161,16 @@ class Worker:
             self._spawn()
             self.loading = True
 
+    def wait_ready(self) -> None:
+        """Wait until the worker has loaded the target.
+
+        Raises:
+          TargetError: loading failed, or the worker ended or hung while loading."""
+        if self.proc is None:
+            self._start()
+        elif self.loading:
+            self._await_ready()
+
     def _start(self):
         self._spawn()
         self._await_ready()
