@@ -1,17 +1,22 @@
 """The implementation in an isolated worker process: ``resblock check``'s default invoker.
 
-:class:`Worker` forks (or spawns) a child (:func:`_worker_main`) that loads the target
-and answers one case per message. Replies
+:class:`Worker` forks (or spawns) a *reaper* process that forks the worker proper
+(:func:`_worker_main`), which loads the target and answers one case per message. Replies
 are arrays and plain structures in :mod:`~resblock.conformance.running.wire`'s format,
 never pickles: nothing the implementation returns can run code in the checker, and a
 reply larger than the case needs is refused before it is read.
 
-The worker leads its own process group, dies with the checker (``PR_SET_PDEATHSIG``)
-and always ends by ``os._exit``. A case that raises, exits, crashes, is killed by a
-signal or outlives ``--timeout`` becomes that case's
-:class:`~resblock.conformance.running.invoke.Outcome` error, and the worker is restarted
-for the next case; the calling of the implementation itself is ``call_once`` in
-invoke.py.
+Containment (Linux): the reaper is a child subreaper (``PR_SET_CHILD_SUBREAPER``), so
+every process the implementation starts, even one that leaves the process group
+(``start_new_session=True``, ``setsid``, a double fork), stays its descendant; when the
+worker ends, when the checker asks it to (SIGTERM) and when the checker dies (its
+``PR_SET_PDEATHSIG`` is SIGTERM, which it handles), it kills all of them before it exits.
+The worker dies with the reaper (``PR_SET_PDEATHSIG`` SIGKILL) and always ends by
+``os._exit``. Elsewhere the worker runs without a reaper and the checker kills its
+process group. A case that raises, exits, crashes, is killed by a signal or outlives
+``--timeout`` becomes that case's :class:`~resblock.conformance.running.invoke.Outcome`
+error, and the worker is restarted for the next case; the calling of the implementation
+itself is ``call_once`` in invoke.py.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import time
 from resblock.conformance.running import wire
 from resblock.conformance.running.invoke import Outcome, call_once, case_inputs, clean_text
 
-_PR_SET_PDEATHSIG = 1
+_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
 
 
 def _prctl(option: int, value: int) -> bool:
@@ -43,6 +48,102 @@ def _die_with_parent(sig=signal.SIGKILL) -> None:
     """Linux: the kernel sends ``sig`` to this process when its parent dies, even by
     SIGKILL."""
     _prctl(_PR_SET_PDEATHSIG, int(sig))
+
+
+def descendants(root: int) -> list[int]:
+    """The live descendants of process ``root`` (Linux ``/proc``; zombies left out)."""
+    children: dict[int, list[int]] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in (b"Z", b"X"):
+            children.setdefault(int(fields[1]), []).append(int(name))
+    out, todo = [], [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out.extend(kids)
+        todo.extend(kids)
+    return out
+
+
+def _end_descendants() -> None:
+    """Kill every descendant of this process (a subreaper: orphans come back to it) and
+    reap them; repeated until none is left (a process may fork while it is killed)."""
+    me = os.getpid()
+    for _ in range(200):
+        pids = descendants(me)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+        if not pids:
+            return
+        time.sleep(0.01)
+
+
+def _reaper_main(conn, target, api, layout, parent_pid):  # runs in the reaper process
+    """Fork the worker, reap whatever comes back to this subreaper, and when the worker
+    ends (or SIGTERM comes: the checker asks, or died) kill every descendant and exit with
+    the worker's status."""
+    code = 70
+    try:
+        try:
+            os.setpgid(0, 0)
+        except OSError:
+            pass
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+        def ended(signum, frame):
+            _end_descendants()
+            os._exit(128 + signum)
+
+        signal.signal(signal.SIGTERM, ended)
+        _die_with_parent(signal.SIGTERM)
+        if os.getppid() != parent_pid:  # the checker died before the line above
+            os._exit(1)
+        if not _prctl(_PR_SET_CHILD_SUBREAPER, 1):
+            _worker_main(conn, target, api, layout, parent_pid)  # never returns
+        reaper = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            _worker_main(conn, target, api, layout, reaper)  # never returns
+        conn.close()
+        while True:
+            done, status = os.waitpid(-1, 0)
+            if done == pid:
+                break
+        _end_descendants()
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+                os.kill(os.getpid(), sig)  # the checker sees the worker's signal
+            except (OSError, ValueError):
+                pass
+            code = 128 + sig
+        else:
+            code = os.WEXITSTATUS(status)
+    except BaseException:  # noqa: BLE001 - end whatever happened
+        _end_descendants()
+    finally:
+        os._exit(code)
 
 
 def _worker_main(conn, target, api, layout, parent_pid):  # runs in the worker process
@@ -179,7 +280,7 @@ class Worker:
         sys.stdout.flush()
         sys.stderr.flush()
         parent, child = self.ctx.Pipe()
-        self.proc = self.ctx.Process(target=_worker_main, daemon=True,
+        self.proc = self.ctx.Process(target=_reaper_main, daemon=True,
                                      args=(child, self.target, self.api, self.layout,
                                            os.getpid()))
         self.proc.start()
@@ -229,6 +330,12 @@ class Worker:
 
     def _kill(self):
         if self.proc is not None:
+            if self.proc.exitcode is None:  # the reaper ends every descendant first
+                try:
+                    os.kill(self.proc.pid, signal.SIGTERM)
+                except OSError:
+                    pass
+                self.proc.join(5)
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except OSError:

@@ -441,3 +441,64 @@ def forward(x, params, stats):
     assert ("new batch_stats has keys the contract does not have: 'BatchNorm_2', "
             "BatchNorm_0/count") in r.stdout
 
+
+# -- issue 20: no process outlives the check ---------------------------------------------
+
+ESCAPES = GOOD + """
+import os, subprocess, sys
+PIDS = {pids!r}
+def _note(pid):
+    with open(PIDS, "a") as f:
+        f.write(f"{{pid}}\\n")
+def forward(x, params, stats):
+    _note(subprocess.Popen(["sleep", "600"], start_new_session=True).pid)
+    _note(subprocess.Popen(["sleep", "600"], process_group=0).pid)
+    r, w = os.pipe()
+    if os.fork() == 0:                    # double fork with setsid: an orphan daemon
+        os.setsid()
+        pid = os.fork()
+        if pid:
+            os.write(w, str(pid).encode())
+        else:
+            os.execvp("sleep", ["sleep", "600"])
+        os._exit(0)
+    os.close(w)
+    _note(int(os.read(r, 32)))
+    os.close(r)
+    return good(x, params, stats)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="subreaper: Linux only")
+@pytest.mark.parametrize("mode", ["check", "pytest"])
+def test_escaping_children_end_with_a_conforming_run(tmp_path, smoke, mode):
+    pids = tmp_path / "pids"
+    target = write(tmp_path, "daemon.py", ESCAPES.format(pids=str(pids)))
+    if mode == "check":
+        r = resblock("check", "-q", "--impl", target, "--goldens", smoke, cwd=tmp_path)
+    else:
+        (tmp_path / "test_nothing.py").write_text("")
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            "--resblock-impl", target, "--resblock-goldens", str(smoke)],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    started = [int(p) for p in pids.read_text().split()]
+    assert len(started) == 15  # three per case, five cases
+    assert gone(started)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="subreaper: Linux only")
+def test_a_killed_checker_takes_the_implementations_daemons_along(tmp_path, smoke):
+    pids = tmp_path / "pids"
+    target = write(tmp_path, "hang.py", ESCAPES.format(pids=str(pids)).replace(
+        "    return good(x, params, stats)", "    import time; time.sleep(600)"))
+    proc = subprocess.Popen([sys.executable, "-m", "resblock", "check", "-q", "--impl", target,
+                             "--goldens", str(smoke)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        started = wait_for_pids(proc, pids, 3)
+        proc.kill()
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert gone(started)
