@@ -135,7 +135,8 @@ def _html_path(path: str) -> str:
     if not os.path.isdir(os.path.dirname(path)):
         raise HarnessError(f"--html {path}: the folder {os.path.dirname(path)!r} does not exist")
     if importlib.util.find_spec("jinja2") is None:
-        raise HarnessError("--html needs Jinja2: pip install 'resblock[html]'")
+        raise HarnessError("--html needs Jinja2: pip install jinja2 (or, from a checkout "
+                           "of the resblock repository, pip install '.[html]')")
     return path
 
 

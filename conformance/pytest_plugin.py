@@ -1,7 +1,10 @@
 """pytest plugin: ``pytest --resblock-impl TARGET`` turns every golden case into a test.
 
 Registered through the ``pytest11`` entry point, so a project adds the gate to its own
-suite with no code. Options mirror ``resblock check``.
+suite with no code. Options mirror ``resblock check``: the implementation runs in the same
+isolated worker process (``os._exit`` or a crash in it is that case's failure, never the
+end of pytest; whatever it starts ends with the session), unless
+``--resblock-in-process`` asks for pytest's own process (for a debugger).
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ def pytest_addoption(parser):
     g.addoption("--resblock-layout", choices=["nhwc", "nchw"], default="nhwc")
     g.addoption("--resblock-profile", choices=["fp32", "tf32", "bf16"], default="fp32")
     g.addoption("--resblock-goldens", action="append", default=None, metavar="PATH")
+    g.addoption("--resblock-timeout", type=float, default=None, metavar="SECONDS",
+                help="a case that runs longer is an error (not with --resblock-in-process)")
+    g.addoption("--resblock-in-process", action="store_true", default=False,
+                help="call the implementation in pytest's own process (not isolated: an "
+                     "os._exit or a crash in it ends pytest)")
 
 
 class ResblockItem(pytest.Item):
@@ -75,7 +83,7 @@ class ResblockCollector(pytest.Collector):
             yield ResblockItem.from_parent(self, name=i, gc_id=i, state=self.state)
 
 
-_OPEN_FILES: list = []
+_OPEN_FILES: list = []  # golden files, then the worker: closed at the end of the session
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -87,24 +95,42 @@ def pytest_collection_modifyitems(session, config, items):
     from resblock.conformance.judging.runner import CheckConfig, open_goldens
     from resblock.conformance.running.invoke import InProcess
     from resblock.conformance.running.targets import load_target
+    from resblock.conformance.running.worker import Worker
     from resblock.errors import HarnessError
     from resblock.golden.cli import default_goldens
     from resblock.spec import tolerance
 
+    in_process = config.getoption("--resblock-in-process")
+    timeout = config.getoption("--resblock-timeout")
+    if in_process and timeout is not None:
+        raise pytest.UsageError("resblock: --resblock-timeout needs the worker process; "
+                                "drop --resblock-in-process")
+    if timeout is not None and not timeout > 0:
+        raise pytest.UsageError(f"resblock: --resblock-timeout must be a positive number "
+                                f"of seconds, got {timeout}")
+    invoker = None
     try:
         cfg = CheckConfig(target=target, api=config.getoption("--resblock-api"),
                           layout=config.getoption("--resblock-layout"),
                           profile=config.getoption("--resblock-profile"))
-        fn = load_target(target)
+        if in_process:
+            invoker = InProcess(load_target(target), cfg.api, cfg.layout)
+        else:  # started first: it loads the target while the goldens are opened
+            invoker = Worker(target, cfg.api, cfg.layout, timeout)
+            invoker.start()
         files = open_goldens(config.getoption("--resblock-goldens") or default_goldens())
+        _OPEN_FILES.extend(files)
         if cfg.api == "backward":
             from resblock.conformance.judging.runner import check_gradients
 
             check_gradients(files)
+        if not in_process:
+            invoker.wait_ready()
     except HarnessError as e:
+        if invoker is not None:
+            invoker.close()
         raise pytest.UsageError(f"resblock: {e}") from None
-    _OPEN_FILES.extend(files)
-    invoker = InProcess(fn, cfg.api, cfg.layout)
+    _OPEN_FILES.append(invoker)
     state = (cfg, tolerance.profile(cfg.profile), files, invoker)
     ids = [e["id"] for f in files for e in f.entries
            if cfg.api != "seeded" or e["family"] == "seeded"]

@@ -46,6 +46,24 @@ class IntList(click.ParamType):
         return tuple(dict.fromkeys(v for lo, hi in ranges for v in range(lo, hi + 1)))
 
 
+class PositiveGB(click.ParamType):
+    """A finite amount of memory in GB, more than 0 (``nan`` and ``inf`` are refused:
+    click's FloatRange lets both through)."""
+
+    name = "GB"
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            gb = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of GB", param, ctx)
+        if not (math.isfinite(gb) and gb > 0):
+            self.fail(f"{value!r} is not a finite number of GB above 0", param, ctx)
+        return gb
+
+
 class Shapes(click.ParamType):
     """Comma-separated ``HxW`` or ``HxWxC`` shapes: ``4x4,7x13``."""
 
@@ -127,7 +145,7 @@ def _preset_names():
               help="Also store the backward (y_bar, jax.vjp gradients, the float64 oracle "
                    "backward and its budgets; spec section 10) for `check --api backward`, "
                    "as the committed set does. Forward-only files are about 45% smaller.")
-@click.option("--memory-limit", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--memory-limit", type=PositiveGB(), default=None,
               metavar="GB", help="Refuse a grid whose largest shape group needs more memory "
                                  "than this (default: 80% of this machine's memory).")
 @click.pass_context

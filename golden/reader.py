@@ -89,6 +89,11 @@ class GoldenFile:
         if ds.dtype.itemsize > METADATA_MAX_BYTES:
             self._fail(f"/metadata declares {ds.dtype.itemsize} bytes, more than "
                        f"{METADATA_MAX_BYTES}; refusing to read it")
+        if ds.dtype.itemsize <= 16:  # a variable-length string: its length first
+            declared = self._vlen_length(ds)
+            if declared > METADATA_MAX_BYTES:
+                self._fail(f"/metadata declares {declared} bytes, more than "
+                           f"{METADATA_MAX_BYTES}; refusing to read it")
         raw = h5py.Dataset(ds)[()]
         if len(raw) > METADATA_MAX_BYTES:
             self._fail(f"/metadata holds {len(raw)} bytes, more than {METADATA_MAX_BYTES}")
@@ -118,6 +123,24 @@ class GoldenFile:
             self._fail("metadata does not validate against schema 'golden-metadata': "
                        + "; ".join(problems[:3]))
         return meta
+
+    def _vlen_length(self, ds) -> int:
+        """The length a scalar variable-length string dataset declares, read from its
+        stored reference (a 4-byte length, then the global heap address) before the
+        string itself is: h5py would read all of it to answer."""
+        import struct
+
+        import h5py
+
+        offset = ds.get_offset()
+        if ds.get_create_plist().get_layout() != h5py.h5d.CONTIGUOUS or offset is None \
+                or ds.get_storage_size() < 4 or offset + 4 > self.file_size:
+            self._fail("/metadata is a variable-length string whose length cannot be read "
+                       "before the string (not contiguous storage); the kit never writes "
+                       "such a file")
+        with open(self.path, "rb") as fh:
+            fh.seek(offset)
+            return struct.unpack("<I", fh.read(4))[0]
 
     def _check_structure(self):
         """Groups, their case ids and the index, and that every dataset a group must

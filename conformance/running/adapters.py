@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from resblock.conformance.running.wire import Opaque
 from resblock.spec.constants import PARAM_NAMES, STAT_NAMES
 
 LAYOUTS = ("nhwc", "nchw")
@@ -60,16 +61,37 @@ def as_numpy(obj, what: str) -> np.ndarray:
     """
     if isinstance(obj, np.ndarray):
         return obj
+    if isinstance(obj, Opaque):  # described by the worker process, not sent
+        if obj.reason:
+            raise ContractError(f"{what}: {obj.reason}")
+        raise ContractError(_not_an_array(what, obj.type_name))
     try:
         return _as_numpy(obj, what)
     except ContractError:
         raise
     except Exception as e:  # noqa: BLE001 - the object's own conversion may raise anything
-        hint = ""
-        if "BFloat16" in str(e) or "bfloat16" in str(e):
-            hint = " (return float32: .float() or .astype(np.float32))"
-        raise ContractError(f"{what}: converting the {type(obj).__name__} to a NumPy array "
-                            f"failed: {type(e).__name__}: {e}{hint}") from None
+        raise ContractError(f"{what}: {conversion_failure(obj, e)}") from None
+
+
+def conversion_failure(obj, e: BaseException) -> str | None:
+    """Why converting ``obj`` to NumPy raised ``e`` (None: ``obj`` is no array at all)."""
+    if isinstance(e, ContractError):
+        return None
+    hint = ""
+    if "BFloat16" in str(e) or "bfloat16" in str(e):
+        hint = " (return float32: .float() or .astype(np.float32))"
+    return (f"converting the {type(obj).__name__} to a NumPy array failed: "
+            f"{type(e).__name__}: {e}{hint}")
+
+
+def type_name(obj) -> str:
+    """The name of ``obj``'s type, also for what the worker process only described."""
+    return obj.type_name if isinstance(obj, Opaque) else type(obj).__name__
+
+
+def _not_an_array(what: str, name: str) -> str:
+    return (f"{what} is a {name}, which is not an array "
+            "(expected NumPy, JAX, PyTorch or an object with __array__)")
 
 
 def _as_numpy(obj, what: str) -> np.ndarray:
@@ -82,8 +104,7 @@ def _as_numpy(obj, what: str) -> np.ndarray:
         return np.from_dlpack(obj)
     if isinstance(obj, (float, int, list, tuple)):
         return np.asarray(obj)
-    raise ContractError(f"{what} is a {type(obj).__name__}, which is not an array "
-                        "(expected NumPy, JAX, PyTorch or an object with __array__)")
+    raise ContractError(_not_an_array(what, type(obj).__name__))
 
 
 def check_array(a, what: str, shape: tuple, layout_hint: str = "") -> np.ndarray:
@@ -104,14 +125,23 @@ def check_stats(stats, features: int) -> dict:
     if hasattr(stats, "unfreeze"):
         stats = stats.unfreeze()
     if not isinstance(stats, dict):
-        raise ContractError(f"new batch_stats is a {type(stats).__name__}, expected a dict "
+        raise ContractError(f"new batch_stats is a {type_name(stats)}, expected a dict "
                             "{'BatchNorm_0': {'mean', 'var'}, 'BatchNorm_1': {...}}")
     flat = [k for k in stats if isinstance(k, str) and "/" in k]
     if flat:
         raise ContractError(f"new batch_stats has flat keys such as {flat[0]!r}; nest them: "
                             "{'BatchNorm_0': {'mean': ..., 'var': ...}, 'BatchNorm_1': {...}}")
-    return {name: check_array(nested_leaf(stats, name, "new batch_stats"),
-                              f"batch_stats {name}", (features,)) for name in STAT_NAMES}
+    out = {name: check_array(nested_leaf(stats, name, "new batch_stats"),
+                             f"batch_stats {name}", (features,)) for name in STAT_NAMES}
+    want = {name.split("/")[0] for name in STAT_NAMES}
+    extra = [repr(k) for k in stats if k not in want] + \
+        [f"{k}/{leaf}" for k in sorted(want) for leaf in stats[k]
+         if f"{k}/{leaf}" not in STAT_NAMES]
+    if extra:
+        raise ContractError(f"new batch_stats has keys the contract does not have: "
+                            f"{', '.join(map(str, extra[:4]))}; return exactly "
+                            "{'BatchNorm_0': {'mean', 'var'}, 'BatchNorm_1': {...}}")
+    return out
 
 
 def nested_leaf(tree: dict, name: str, what: str):
@@ -119,7 +149,7 @@ def nested_leaf(tree: dict, name: str, what: str):
     is missing and showing what the tree has."""
     layer, leaf = name.split("/")
     if layer not in tree or not isinstance(tree[layer], dict) or leaf not in tree[layer]:
-        have = {k: sorted(v) if isinstance(v, dict) else type(v).__name__
+        have = {k: sorted(v) if isinstance(v, dict) else type_name(v)
                 for k, v in tree.items()}
         raise ContractError(f"{what} lacks {layer}/{leaf}; got {have}")
     return tree[layer][leaf]
@@ -136,12 +166,14 @@ def split_result(result, api: str):
         return result, None, None
     if not isinstance(result, (tuple, list)) or len(result) not in (2, 3):
         raise ContractError(
-            f"forward returned {type(result).__name__}; expected a tuple "
+            f"forward returned {type_name(result)}; expected a tuple "
             "(y, new_batch_stats) or (y, new_batch_stats, intermediates)"
         )
     inter = result[2] if len(result) == 3 else None
     if inter is not None and not isinstance(inter, dict):
         raise ContractError("the optional third return value must be a dict {stage: array}")
+    if inter:
+        inter = {k: as_numpy(v, f"intermediate {k!r}") for k, v in inter.items()}
     return result[0], result[1], inter
 
 
@@ -151,7 +183,7 @@ def split_backward(result, case, layout: str) -> dict:
     if hasattr(result, "unfreeze") or not isinstance(result, (tuple, list)) or \
             len(result) != 2:
         items = f" of {len(result)} items" if isinstance(result, (tuple, list)) else ""
-        raise ContractError(f"backward returned {type(result).__name__}{items}; expected a "
+        raise ContractError(f"backward returned {type_name(result)}{items}; expected a "
                             "tuple (x_bar, params_bar)")
     x_bar, pbar = result
     c = case
@@ -163,7 +195,7 @@ def split_backward(result, case, layout: str) -> dict:
     if hasattr(pbar, "unfreeze"):
         pbar = pbar.unfreeze()
     if not isinstance(pbar, dict) or any(isinstance(k, str) and "/" in k for k in pbar):
-        raise ContractError(f"params_bar is a {type(pbar).__name__}"
+        raise ContractError(f"params_bar is a {type_name(pbar)}"
                             f"{' with flat keys' if isinstance(pbar, dict) else ''}; expected "
                             "a dict nested like params: {'Conv_0': {'kernel', 'bias'}, "
                             "'BatchNorm_0': {'scale', 'bias'}, ...}")

@@ -38,14 +38,15 @@ def case_inputs(gc, api: str) -> dict:
 
 
 def _plain(obj):
-    """Arrays of any framework -> NumPy; containers kept; for pickling out of a worker."""
+    """Arrays of any framework -> NumPy; containers kept (the worker sends no others)."""
     from resblock.conformance.running.adapters import as_numpy
 
     if isinstance(obj, dict) or hasattr(obj, "unfreeze"):
         d = obj.unfreeze() if hasattr(obj, "unfreeze") else obj
         return {k: _plain(v) for k, v in d.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, (tuple, list)):  # a namedtuple or list subclass becomes plain
+        items = [_plain(v) for v in obj]
+        return tuple(items) if isinstance(obj, tuple) else items
     try:
         return as_numpy(obj, "value")
     except Exception:  # noqa: BLE001 - left for the contract check to describe

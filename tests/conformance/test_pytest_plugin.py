@@ -119,3 +119,37 @@ def test_refusal_is_named_from_the_exception(pytester):
     assert "Expected more than 1 value per channel when training" in out
     fix = lookup("torch_one_value_per_channel").fix
     assert f"matches pitfall torch_one_value_per_channel: {fix}" in out
+
+
+EXIT_AT_IMPORT = "import os\nos._exit(0)\ndef forward(x, params, stats):\n    pass\n"
+EXIT_IN_FORWARD = ("import os\nfrom resblock.conformance.mistakes.variants import "
+                   "make_forward\ngood = make_forward('correct_float32')\n"
+                   "def forward(x, params, stats):\n"
+                   "    if x.shape[0] == 1:\n        os._exit(0)\n"
+                   "    return good(x, params, stats)\n")
+
+
+def test_an_implementation_that_exits_at_import_is_a_usage_error(pytester):
+    # Issue 20: in-process, os._exit(0) ended pytest with status 0 and no output.
+    pytester.makepyfile(impl_exits=EXIT_AT_IMPORT)
+    target = f"{pytester.path / 'impl_exits.py'}:forward"
+    result = pytester.runpytest_subprocess("--resblock-impl", target, "-q", "-p", "resblock")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "the worker process ended while loading the target (exit status 0)" in \
+        result.stderr.str()
+
+
+def test_an_implementation_that_exits_in_forward_fails_those_cases(pytester):
+    pytester.makepyfile(impl_exits=EXIT_IN_FORWARD)
+    target = f"{pytester.path / 'impl_exits.py'}:forward"
+    with GoldenFile(default_goldens()[0]) as gf:
+        batch1 = sum(e["n"] == 1 for e in gf.entries)
+    assert 0 < batch1 < N_CASES
+    result = pytester.runpytest_subprocess("--resblock-impl", target, "-q", "-p", "resblock")
+    result.assert_outcomes(passed=N_CASES - batch1, failed=batch1)
+    assert "ended the worker process with exit status 0" in result.stdout.str()
+    # --resblock-in-process keeps the old behaviour for a debugger, and says so
+    result = pytester.runpytest_subprocess("--resblock-impl", target, "-q", "-p", "resblock",
+                                           "--resblock-in-process", "--resblock-timeout", "5")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--resblock-timeout needs the worker process" in result.stderr.str()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import pytest
 
-from resblock.generator.cli import IntList, Shapes
+from resblock.generator.cli import IntList, PositiveGB, Shapes
 
 
 @pytest.mark.parametrize("text, want", [
@@ -56,3 +56,19 @@ def test_shapes_parse(text, want):
 def test_shapes_refuse(text, match):
     with pytest.raises(click.BadParameter, match=match):
         Shapes().convert(text, None, None)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-2", "lots"])
+def test_memory_limit_must_be_a_finite_positive_number(value):
+    from click.testing import CliRunner
+
+    from resblock.cli import cli
+
+    r = CliRunner().invoke(cli, ["generate", "-o", "x.h5", "--preset", "smoke",
+                                 "--memory-limit", value])
+    assert r.exit_code == 2, r.output
+    assert "Invalid value for '--memory-limit'" in r.output and "Traceback" not in r.output
+
+
+def test_memory_limit_accepts_a_finite_number():
+    assert PositiveGB().convert("1.5", None, None) == 1.5

@@ -175,6 +175,22 @@ def test_oversized_metadata_is_not_read(golden, monkeypatch):
         GoldenFile(path)
 
 
+def test_an_oversized_variable_length_metadata_string_is_not_read(golden, monkeypatch):
+    # Issue 20: a 300 MB variable-length string was refused only after h5py had read it
+    # (1.7 GB); its declared length is now read from the stored reference first.
+    path, _ = golden
+    import resblock.golden.reader as reader
+
+    with h5py.File(path, "r") as f:
+        size = len(f["metadata"][()])
+    monkeypatch.setattr(reader, "METADATA_MAX_BYTES", size - 1)
+    monkeypatch.setattr(h5py.Dataset, "__getitem__",
+                        lambda *a: pytest.fail("the string was read"))
+    with pytest.raises(GoldenFormatError,
+                       match=f"/metadata declares {size} bytes, more than {size - 1}"):
+        GoldenFile(path)
+
+
 def test_only_regular_files_are_opened(tmp_path):
     fifo = tmp_path / "golden.h5"
     os.mkfifo(fifo)

@@ -120,7 +120,7 @@ def test_each_misbehaving_case_is_an_error_and_the_run_goes_on(tmp_path, smoke):
     assert "raised GeneratorExit" in out
     assert "nul\\x00 esc\\x1b[31m surrogate \\udc80 end" in out  # escaped, not raw
     assert "\x00" not in out and "\x1b" not in out
-    assert "the result breaks the contract" in out
+    assert "intermediate 'conv1' is a object, which is not an array" in out
     suite = ET.parse(tmp_path / "j.xml").getroot()  # well-formed whatever was raised
     assert suite.get("errors") == "5"
 
@@ -330,3 +330,175 @@ def forward(x, params, stats):
     finally:
         proc.kill()
     assert gone([worker])
+
+
+# -- issue 20: what comes back from the worker cannot run code in the checker --------------
+
+REDUCE = GOOD + """
+import os
+class Boom:
+    def __reduce__(self):
+        return ({call}, ({arg!r},))
+def forward(x, params, stats):
+    y, s = good(x, params, stats)
+    s["BatchNorm_0"]["mean"] = Boom()
+    return y, s
+"""
+
+
+@pytest.mark.parametrize("call", ["os._exit", "os.system"])
+def test_a_result_that_would_run_code_when_unpickled_is_only_described(tmp_path, smoke, call):
+    marker = tmp_path / "ran"
+    arg = 0 if call == "os._exit" else f"touch {marker}"
+    target = write(tmp_path, "reduce.py", REDUCE.format(call=call, arg=arg))
+    r = resblock("check", "-q", "--impl", target, "--goldens", smoke, cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    no_traceback(r)
+    assert "DOES NOT CONFORM: 0 passed, 5 failed (5 errors)" in r.stdout
+    assert "batch_stats BatchNorm_0/mean is a Boom, which is not an array" in r.stdout
+    assert not marker.exists()
+
+
+def test_an_object_of_the_implementations_own_class_is_a_contract_error(tmp_path, smoke):
+    target = write(tmp_path, "own.py", GOOD + """
+class Result(tuple):
+    pass
+class Mine:
+    pass
+def forward(x, params, stats):
+    y, s = good(x, params, stats)
+    if x.shape[1] == 1:
+        return Mine()
+    return Result((y, s))                 # a tuple subclass travels as a plain tuple
+""")
+    r = resblock("check", "-q", "--impl", target, "--goldens", smoke, cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    no_traceback(r)
+    assert "4 passed, 1 failed (1 errors)" in r.stdout
+    assert "forward returned Mine; expected a tuple" in r.stdout
+
+
+def test_garbage_on_the_result_pipe_is_a_case_error(tmp_path, smoke):
+    target = write(tmp_path, "garbage.py", GOOD + """
+import os, stat, struct
+def forward(x, params, stats):
+    for fd in map(int, os.listdir("/proc/self/fd")):
+        try:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                os.write(fd, struct.pack("!i", 7) + b"\\x80\\x04garb")
+        except OSError:
+            pass
+    return good(x, params, stats)
+""")
+    r = resblock("check", "-q", "--impl", target, "--goldens", smoke, cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    no_traceback(r)
+    assert "0 passed, 5 failed (5 errors)" in r.stdout
+    assert "the worker's reply is not a valid header (UnicodeDecodeError)" in r.stdout
+
+
+def test_a_huge_returned_array_is_refused_unread(tmp_path, smoke):
+    # 1 GiB of float32 as y: the checker refuses it from its declared size; its own peak
+    # memory stays far below the array's size (it read none of it).
+    target = write(tmp_path, "huge.py", GOOD + """
+import numpy as np
+def forward(x, params, stats):
+    y, s = good(x, params, stats)
+    if x.shape[1] == 1:
+        return np.zeros(1 << 28, np.float32), s
+    return y, s
+""")
+    runner = tmp_path / "run.py"
+    # VmHWM, not ru_maxrss: Linux carries the forking pytest's peak across exec into the
+    # latter
+    runner.write_text("import sys\nfrom resblock.cli import cli\n"
+                      "try:\n    cli(prog_name='resblock')\n"
+                      "finally:\n    print('maxrss_kb', [line.split()[1] for line in "
+                      "open('/proc/self/status') if line.startswith('VmHWM')][0], "
+                      "file=sys.stderr)\n")
+    r = subprocess.run([sys.executable, str(runner), "check", "-q", "--impl", target,
+                        "--goldens", str(smoke)], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "4 passed, 1 failed (1 errors)" in r.stdout
+    assert "returned an array of 1073741824 bytes (float32 (268435456,))" in r.stdout
+    assert "refused unread" in r.stdout
+    maxrss_kb = int(r.stderr.split("maxrss_kb")[1].split()[0])
+    assert maxrss_kb < 600 * 1024, maxrss_kb
+
+
+def test_extra_keys_in_the_returned_batch_stats_are_refused(tmp_path, smoke):
+    target = write(tmp_path, "extra.py", GOOD + """
+def forward(x, params, stats):
+    y, s = good(x, params, stats)
+    s["BatchNorm_0"]["count"] = s["BatchNorm_0"]["mean"]
+    s["BatchNorm_2"] = {}
+    return y, s
+""")
+    r = resblock("check", "-q", "--impl", target, "--goldens", smoke, cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "0 passed, 5 failed (5 errors)" in r.stdout
+    assert ("new batch_stats has keys the contract does not have: 'BatchNorm_2', "
+            "BatchNorm_0/count") in r.stdout
+
+
+# -- issue 20: no process outlives the check ---------------------------------------------
+
+ESCAPES = GOOD + """
+import os, subprocess, sys
+PIDS = {pids!r}
+def _note(pid):
+    with open(PIDS, "a") as f:
+        f.write(f"{{pid}}\\n")
+def forward(x, params, stats):
+    _note(subprocess.Popen(["sleep", "600"], start_new_session=True).pid)
+    _note(subprocess.Popen(["sleep", "600"], process_group=0).pid)
+    r, w = os.pipe()
+    if os.fork() == 0:                    # double fork with setsid: an orphan daemon
+        os.setsid()
+        pid = os.fork()
+        if pid:
+            os.write(w, str(pid).encode())
+        else:
+            os.execvp("sleep", ["sleep", "600"])
+        os._exit(0)
+    os.close(w)
+    _note(int(os.read(r, 32)))
+    os.close(r)
+    return good(x, params, stats)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="subreaper: Linux only")
+@pytest.mark.parametrize("mode", ["check", "pytest"])
+def test_escaping_children_end_with_a_conforming_run(tmp_path, smoke, mode):
+    pids = tmp_path / "pids"
+    target = write(tmp_path, "daemon.py", ESCAPES.format(pids=str(pids)))
+    if mode == "check":
+        r = resblock("check", "-q", "--impl", target, "--goldens", smoke, cwd=tmp_path)
+    else:
+        (tmp_path / "test_nothing.py").write_text("")
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            "--resblock-impl", target, "--resblock-goldens", str(smoke)],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    started = [int(p) for p in pids.read_text().split()]
+    assert len(started) == 15  # three per case, five cases
+    assert gone(started)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="subreaper: Linux only")
+def test_a_killed_checker_takes_the_implementations_daemons_along(tmp_path, smoke):
+    pids = tmp_path / "pids"
+    target = write(tmp_path, "hang.py", ESCAPES.format(pids=str(pids)).replace(
+        "    return good(x, params, stats)", "    import time; time.sleep(600)"))
+    proc = subprocess.Popen([sys.executable, "-m", "resblock", "check", "-q", "--impl", target,
+                             "--goldens", str(smoke)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        started = wait_for_pids(proc, pids, 3)
+        proc.kill()
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert gone(started)
