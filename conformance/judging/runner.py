@@ -114,8 +114,11 @@ def _layout_hint(error: str, config: CheckConfig) -> str:
     """A shape error raised inside an NHWC-called implementation is most often a PyTorch
     port run without --layout nchw: say so next to the framework's own message."""
     text = error.lower()
-    if config.api == "functional" and config.layout == "nhwc" and not config.program and \
-            ("channels" in text or ("shape" in text and "expected" in text)):
+    shape_error = ("channels" in text or ("shape" in text and "expected" in text)
+                   or "size of tensor" in text or "must match the size" in text
+                   or "shapes cannot be multiplied" in text)
+    if config.api in ("functional", "backward") and config.layout == "nhwc" and \
+            not config.program and shape_error:
         return ("\n    (the kit called it with NHWC x and HWIO kernels; if it takes NCHW and "
                 "OIHW, as PyTorch does, pass --layout nchw)")
     return ""

@@ -130,7 +130,9 @@ PITFALLS: tuple[Pitfall, ...] = (
         "PyTorch's BatchNorm2d updates running_var with the unbiased batch variance; the "
         "spec uses the biased one. The gap is 0.01*var/(n-1), so it hides on large batches.",
         "Store var_biased = var_unbiased*(n-1)/n in the update: new_var = 0.99*old_var + "
-        "0.01*var_biased.",
+        "0.01*var_biased (with nn.BatchNorm2d: resblock.conformance.convert."
+        "spec_running_var(old_var, bn.running_var, n)); convert the batch term, not the "
+        "whole running_var.",
         "batch_stats",
         _STATS,
     ),
@@ -403,14 +405,15 @@ PITFALLS: tuple[Pitfall, ...] = (
         "relu(x + BatchNorm_1 bias).",
         "Handle N*H*W == 1 before calling BatchNorm2d: output = bias, running_mean = 0.99 * "
         "running_mean + 0.01 * value, running_var = 0.99 * running_var (see "
-        "examples/recipes/recipe_torch_batchnorm2d.py, SpecBatchNorm2d).",
+        "examples/recipes/recipe_torch_batchnorm2d.py in the resblock repository, "
+        "SpecBatchNorm2d).",
         "bn1",
         backward_fix="Handle N*H*W == 1 before calling BatchNorm2d: each BatchNorm outputs "
         "its bias, so its input gradient and its scale gradient are exactly 0, its bias "
         "gradient is the incoming cotangent, and both conv kernel and bias gradients "
         "are 0 (spec 10.2 at n = 1); autograd through an explicit 'return bias' branch "
-        "gives exactly that (see examples/recipes/recipe_torch_batchnorm2d.py, "
-        "SpecBatchNorm2d).",
+        "gives exactly that (see examples/recipes/recipe_torch_batchnorm2d.py in the resblock "
+        "repository, SpecBatchNorm2d).",
     ),
 )
 

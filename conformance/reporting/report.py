@@ -77,6 +77,9 @@ def terminal_summary(run, max_cases: int = 10) -> str:
     if bad:
         lines.append("")
         lines.append("worst cases:")
+    # An error raised the same way by many cases is printed once, with its count.
+    same = Counter(r.message for r in bad if r.status == "error" and r.message)
+    shown: dict = {}
     for r in bad[:max_cases]:
         head = f"  {r.status.upper():5s} {r.id}"
         if r.tensors:
@@ -86,8 +89,13 @@ def terminal_summary(run, max_cases: int = 10) -> str:
         if r.pitfall:
             head += f"  matches pitfall: {r.pitfall}"
         lines.append(head)
-        if r.message:
+        if r.status == "error" and r.message in shown:
+            lines.append(f"        the same error as {shown[r.message]}")
+        elif r.message:
             lines.extend("        " + m for m in r.message.splitlines())
+            if r.status == "error" and same[r.message] > 1:
+                shown[r.message] = r.id
+                lines.append(f"        (the same error in {same[r.message]} cases)")
         for t in r.failing_tensors:
             lines.append("        " + tensor_line(t, c.layout))
         lines.append("        repro: " + repro_line(run, r.id))

@@ -120,3 +120,31 @@ def test_the_diagnosis_cap_is_stated(smoke_golden):
     assert run.count("fail") > 2
     assert f"only the 2 worst of the {run.count('fail')} failing cases were diagnosed" in \
         terminal_summary(run)
+
+
+@pytest.mark.parametrize("error", [
+    "The size of tensor a (3) must match the size of tensor b (4) at non-singleton "
+    "dimension 1",
+    "mat1 and mat2 shapes cannot be multiplied (96x4 and 3x4)",
+])
+def test_framework_shape_errors_get_the_layout_hint(check, error):
+    """PyTorch's own words for an NHWC tensor in an NCHW port (issue 20: 54 raw errors,
+    no hint): the error keeps its text and gains the hint."""
+    r = check(source=f"""
+def forward(x, params, stats):
+    raise RuntimeError({error!r})
+""")
+    assert r.exit_code == 1 and error[:30] in r.output and "pass --layout nchw" in r.output
+
+
+def test_an_error_every_case_raises_is_printed_once_with_its_count(check):
+    r = check(source="""
+def forward(x, params, stats):
+    raise ValueError("no BatchNorm support in this backend")
+""")
+    assert r.exit_code == 1
+    n = int(r.output.split("failed (")[1].split(" errors")[0])  # every case of the file
+    assert n >= 3
+    assert r.output.count("raised ValueError: no BatchNorm support in this backend") == 1
+    assert f"(the same error in {n} cases)" in r.output
+    assert r.output.count("        the same error as ") == min(n, 10) - 1

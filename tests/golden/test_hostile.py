@@ -234,3 +234,22 @@ def test_a_forged_metadata_length_is_refused_without_allocating_it(golden):
     path.write_bytes(bytes(data))
     with pytest.raises(GoldenFormatError, match="damaged HDF5 structure"):
         GoldenFile(path)
+
+
+def test_show_refuses_a_tampered_index_entry(golden, rewrite_metadata):
+    """`show` prints nothing from a file whose index entry was edited after sealing (here
+    kappa), as check, verify and diff refuse it; the untouched file shows."""
+    from click.testing import CliRunner
+
+    from resblock.cli import cli
+
+    path, meta = golden
+    cid = meta["cases"][0]["id"]
+    ok = CliRunner().invoke(cli, ["show", str(path), cid])
+    assert ok.exit_code == 0 and cid in ok.output
+    meta["cases"][0]["kappa"] = meta["cases"][0]["kappa"] * 2
+    rewrite_metadata(path, meta)
+    r = CliRunner().invoke(cli, ["show", str(path), cid])
+    assert r.exit_code == 2, r.output
+    assert f"case {cid}: index hash mismatch (its index entry was modified)" in r.output
+    assert "Traceback" not in r.output and "kappa " not in r.output
