@@ -189,8 +189,9 @@ def generate(ctx, output, preset, families, inputs, seeds, shapes, features, bat
 
         raise HarnessError(f"generate runs the Flax reference, and {' and '.join(missing)} "
                            f"{'is' if len(missing) == 1 else 'are'} not installed: "
-                           "pip install 'resblock[jax]' (checking an implementation needs "
-                           "neither)")
+                           "pip install \".[jax]\" in a resblock checkout, or "
+                           "\"resblock[jax] @ git+<repository URL>\" (the kit is not on "
+                           "PyPI; checking an implementation needs neither)")
 
     if shard and distributed:
         raise click.UsageError("--shard and --distributed are exclusive (--distributed takes "

@@ -103,7 +103,8 @@ def input_problems(gf) -> tuple[list[str], list[str]]:
         from resblock.spec.derivation import prng_config
     except ImportError as e:
         return [], [f"inputs not re-derived from the case ids: JAX is not installed ({e}); "
-                    "pip install 'resblock[jax]' to check them"]
+                    "pip install \".[jax]\" in a resblock checkout (the kit is not on PyPI) "
+                    "to check them"]
     from resblock.golden.store import INPUT_ARRAYS
     from resblock.spec.cases import Case
 

@@ -65,7 +65,8 @@ def test_generate_without_jax_names_the_install_line(tmp_path, monkeypatch):
                         lambda name, *a: None if name == "flax" else real(name, *a))
     monkeypatch.chdir(tmp_path)
     r = generate("--preset", "smoke")
-    assert r.exit_code == 2 and "pip install 'resblock[jax]'" in r.output, r.output
+    assert r.exit_code == 2 and 'pip install ".[jax]" in a resblock checkout' in r.output, \
+        r.output
 
 
 def test_no_progress_line_off_a_terminal_and_a_note_on_seeded_batches(tmp_path, monkeypatch):
