@@ -140,6 +140,43 @@ def _html_path(path: str) -> str:
     return path
 
 
+# A saved report is read whole: its size is bounded before it is parsed.
+DOCUMENT_MAX_BYTES = 512 * 2**20
+
+
+def _read_document(path, schema: str):
+    """A JSON document written by the kit, read defensively: bounded in size, parsed
+    without recursion errors, every string valid Unicode, valid against ``schema``."""
+    import json
+    import os
+
+    from resblock.errors import HarnessError
+    from resblock.schemas import validate
+
+    try:
+        size = os.stat(path).st_size
+        if size > DOCUMENT_MAX_BYTES:
+            raise HarnessError(f"{path}: {size} bytes, more than a report of the kit "
+                               f"holds ({DOCUMENT_MAX_BYTES}); refusing to read it")
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except RecursionError:
+        raise HarnessError(f"{path}: JSON nested too deeply to be a report of the kit") \
+            from None
+    except (OSError, ValueError) as e:
+        raise HarnessError(f"{path}: not a readable JSON file ({e})") from None
+    try:
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise HarnessError(f"{path}: holds text that is not valid Unicode (a lone "
+                           "surrogate escape); not a report of the kit") from None
+    except RecursionError:
+        raise HarnessError(f"{path}: JSON nested too deeply to be a report of the kit") \
+            from None
+    validate(doc, schema, where=str(path))
+    return doc
+
+
 @click.command("report")
 @click.argument("report_json", metavar="REPORT.json", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
@@ -148,28 +185,30 @@ def _html_path(path: str) -> str:
               help="Add the detection matrix of a `resblock coverage` JSON document.")
 def report_cmd(report_json, output, coverage_json):
     """Render a saved `resblock check --json-report` as a self-contained HTML page."""
-    import json
-
     from resblock.conformance.reporting import html as html_page
     from resblock.errors import HarnessError
-    from resblock.schemas import validate
 
     output = _html_path(output)
-    docs = []
-    for path in filter(None, (report_json, coverage_json)):
-        try:
-            with open(path, encoding="utf-8") as f:
-                docs.append(json.load(f))
-        except (OSError, ValueError) as e:
-            raise HarnessError(f"{path}: not a readable JSON file ({e})") from None
-    validate(docs[0], "check-report", where=report_json)
+    docs = [_read_document(report_json, "check-report")]
+    if coverage_json:
+        docs.append(_read_document(coverage_json, "coverage"))
     coverage = docs[1] if coverage_json else None
-    if coverage is not None and (not isinstance(coverage, dict)
-                                 or coverage.get("kind") != "resblock-coverage"):
-        raise HarnessError(f"{coverage_json}: not a `resblock coverage` document "
-                           "(expected kind 'resblock-coverage')")
+    if coverage is not None and any(len(r["scores"]) != len(coverage["cases"])
+                                    or len(r.get("named", r["scores"])) != len(r["scores"])
+                                    for r in coverage["rows"]):
+        raise HarnessError(f"{coverage_json}: a row's scores do not match its case list "
+                           "(the document was edited); write it again with `resblock "
+                           "coverage --json`")
     try:
-        html_page.write_html(html_page.render_report(docs[0], coverage), output)
+        page = html_page.render_report(docs[0], coverage)
+    except (ArithmeticError, IndexError, KeyError, TypeError, ValueError) as e:
+        # The schema admits what a check writes; a document edited into one that
+        # contradicts itself (details whose maps do not fit their shape, ...) is refused.
+        raise HarnessError(f"{report_json}: the report contradicts itself and cannot be "
+                           f"drawn ({type(e).__name__}: {e}); write it again with `resblock "
+                           "check --json-report`") from None
+    try:
+        html_page.write_html(page, output)
     except OSError as e:
         raise HarnessError(f"could not write the HTML report: {e}") from None
     click.echo(f"wrote {output}")

@@ -19,6 +19,7 @@ SCHEMA_NAMES = (
     "golden-manifest",
     "check-report",
     "program-io",
+    "coverage",
 )
 
 

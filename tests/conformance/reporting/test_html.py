@@ -198,3 +198,49 @@ def test_large_maps_say_they_are_pooled():
     scores = np.full((1, 100, 40, 3), 2.0)
     part = html.tensor_maps_html(tensor_maps("output", scores))
     assert "max-pooled by 4x2" in part and 'data-rows="25" data-cols="20"' in part
+
+
+def _hostile_reports(tmp_path):
+    """A check report of a failing run, then edited the ways an attacker or an accident
+    would (issue 20): each becomes a one-line refusal, exit 2, never a traceback."""
+    doc = report_doc("missing_residual", "functional-normal-n2-4x4-f4-s0", details=2)
+    with_details = next(c for c in doc["cases"] if c.get("details"))
+    out = {}
+    text = json.dumps(doc)
+    out["lone surrogate"] = text.replace('"target": "', '"target": "\\ud800', 1)
+    out["deep nesting"] = '{"a": ' * 100000 + "1" + "}" * 100000
+    broken = json.loads(text)
+    case = next(c for c in broken["cases"] if c["id"] == with_details["id"])
+    stat = case["details"]["stats"][0]
+    stat["got"] = stat["got"][:-1]  # one value short of its expected vector
+    out["details whose vectors differ in length"] = json.dumps(broken)
+    return {k: (tmp_path / f"{i}.json", v) for i, (k, v) in enumerate(out.items())}
+
+
+def test_report_command_refuses_hostile_reports_in_one_line(tmp_path):
+    runner = CliRunner()
+    for what, (path, text) in _hostile_reports(tmp_path).items():
+        path.write_text(text, encoding="utf-8", errors="surrogatepass")
+        res = runner.invoke(cli, ["report", str(path), "-o", str(tmp_path / "x.html")])
+        assert res.exit_code == 2, (what, res.output)
+        assert "Traceback" not in res.output and len(res.output.strip().splitlines()) <= 2, \
+            (what, res.output)
+        assert not (tmp_path / "x.html").exists(), what
+
+
+def test_report_command_validates_the_coverage_document(tmp_path):
+    js, cov = tmp_path / "r.json", tmp_path / "cov.json"
+    js.write_text(json.dumps(report_doc("missing_residual", "functional-normal-n2-4x4-f4-s0")))
+    runner = CliRunner()
+    bad = coverage_doc()
+    bad["rows"][0]["scores"] = bad["rows"][0]["scores"][:-1]  # one score short
+    cov.write_text(json.dumps(bad))
+    res = runner.invoke(cli, ["report", str(js), "-o", str(tmp_path / "x.html"),
+                              "--coverage", str(cov)])
+    assert res.exit_code == 2 and "do not match its case list" in res.output
+    bad = coverage_doc()
+    bad["rows"][0]["scores"][0] = "lots"
+    cov.write_text(json.dumps(bad))
+    res = runner.invoke(cli, ["report", str(js), "-o", str(tmp_path / "x.html"),
+                              "--coverage", str(cov)])
+    assert res.exit_code == 2 and "schema 'coverage'" in res.output
