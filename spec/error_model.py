@@ -121,7 +121,7 @@ def _f32(a):
     return np.asarray(a, dtype=np.float32)
 
 
-def _conv(a, e_a, s_a, kernel, bias):
+def conv_budgets(a, e_a, s_a, kernel, bias):
     """Budgets (e, s) of a convolution's output from its input's value and budgets
     (``e_a``/``s_a`` None: an exact input)."""
     gk = np.float32(U * g(9 * a.shape[-1] + 1))
@@ -203,14 +203,14 @@ def raw_budgets(x, params, batch_stats, stages: dict) -> tuple[dict, dict]:
     p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
     st = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in batch_stats.items()}
     e, s = {}, {}
-    e["conv1"], s["conv1"] = _conv(f64(x), None, None, p["Conv_0"]["kernel"],
+    e["conv1"], s["conv1"] = conv_budgets(f64(x), None, None, p["Conv_0"]["kernel"],
                                    p["Conv_0"]["bias"])
     (e["bn1"], s["bn1"]), em0, ev0 = _batch_norm(
         stages["conv1"], e["conv1"], s["conv1"], p["BatchNorm_0"]["scale"],
         p["BatchNorm_0"]["bias"], stages["bn1"], st["BatchNorm_0"]["mean"],
         st["BatchNorm_0"]["var"])
     e["relu1"], s["relu1"] = e["bn1"], s["bn1"]
-    e["conv2"], s["conv2"] = _conv(stages["relu1"], e["relu1"], s["relu1"],
+    e["conv2"], s["conv2"] = conv_budgets(stages["relu1"], e["relu1"], s["relu1"],
                                    p["Conv_1"]["kernel"], p["Conv_1"]["bias"])
     (e["bn2"], s["bn2"]), em1, ev1 = _batch_norm(
         stages["conv2"], e["conv2"], s["conv2"], p["BatchNorm_1"]["scale"],
