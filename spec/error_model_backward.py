@@ -321,8 +321,17 @@ def budgets(x, params, batch_stats, y_bar, bw) -> error_model.Budgets:
     return model(x, params, batch_stats, y_bar, bw).budgets
 
 
-def raw_errors(x, params, batch_stats, y_bar, bw) -> dict:
-    """The unscaled model: a :class:`GErr` per name of :data:`GRAD_TENSORS`."""
+def raw_errors(x, params, batch_stats, y_bar, bw, *, exact_masks: bool = False) -> dict:
+    """The unscaled model: a :class:`GErr` per name of :data:`GRAD_TENSORS`. With
+    ``exact_masks`` no ReLU mask is ambiguous (``m = 0``): the errors of a port that sees
+    the oracle's masks, or whose flipped masks have been taken out exactly
+    (:mod:`resblock.spec.mask_flips`)."""
+    if exact_masks:
+        def ambiguity(pre, e, s, exact=None):
+            z = np.zeros(np.shape(pre))
+            return z, z
+    else:
+        ambiguity = relu_ambiguity
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
     p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
     st = bw.forward.stages
@@ -332,8 +341,8 @@ def raw_errors(x, params, batch_stats, y_bar, bw) -> dict:
 
     # The output ReLU: its input's sign is exact where BatchNorm_1's scale is 0.
     exact2 = np.broadcast_to(p["BatchNorm_1"]["scale"] == 0, st["sum"].shape)
-    w_e, w_s = relu_ambiguity(st["sum"], sp.err["sum"].sigma(), sp.err["sum"].sigma_conv(),
-                              exact2)
+    w_e, w_s = ambiguity(st["sum"], sp.err["sum"].sigma(), sp.err["sum"].sigma_conv(),
+                         exact2)
     e_sum = relu_backward(st["sum"], f64(y_bar), _zero(st["sum"].shape), w_e, w_s)
     bn1 = batch_norm_backward(st["conv2"], sp.err["conv2"], sp.channel["BatchNorm_1"],
                               p["BatchNorm_1"]["scale"], cot["sum"], e_sum)
@@ -347,8 +356,8 @@ def raw_errors(x, params, batch_stats, y_bar, bw) -> dict:
     e_r, out["Conv_1/kernel"], out["Conv_1/bias"] = conv_backward(
         st["relu1"], ra, a_sources, p["Conv_1"]["kernel"], bn1)
     exact1 = np.broadcast_to(scale0 == 0, st["bn1"].shape)
-    w_e, w_s = relu_ambiguity(st["bn1"], sp.err["bn1"].sigma(), sp.err["bn1"].sigma_conv(),
-                              exact1)
+    w_e, w_s = ambiguity(st["bn1"], sp.err["bn1"].sigma(), sp.err["bn1"].sigma_conv(),
+                         exact1)
     e_b1 = relu_backward(st["bn1"], cot["relu1"], e_r, w_e, w_s)
     bn0 = batch_norm_backward(c1, ce1, ch0, scale0, cot["bn1"], e_b1)
     out["BatchNorm_0/scale"], out["BatchNorm_0/bias"] = bn0.scale, bn0.beta

@@ -1,0 +1,247 @@
+"""ReLU masks a correct port may flip, what each flip does to the gradients exactly, and
+the backward rule with the flips resolved (spec section 10.4, DESIGN section 6).
+
+Where a pre-activation's oracle value lies within ``S`` forward spreads of 0, a correct
+float32 port may see either sign, and its cotangent there is 0 or the incoming one. The
+stored backward budgets admit that by a hard term ``m`` carried by the triangle
+inequality; at 2^14 values per channel and more, one such flip moves the first layer's
+gradients as far as an unbiased variance does, and ``m`` makes the bound 1e5 times a
+correct port's rounding error. This module resolves the masks instead:
+
+* :func:`ambiguous` lists the masks a conforming port may flip (the same criterion as
+  the model's ``m``, exact signs excluded);
+* :func:`change` computes the exact change of every gradient when a set of masks flips:
+  the backward is linear in the cotangent for a fixed forward, so it is the VJP of the
+  changed cotangent elements (``+-g`` at each). Flips within one ReLU add; an output flip
+  changes the cotangent a ``relu1`` flip switches, so across the two they interact;
+  :func:`directions` gives each flip's own change;
+* :func:`fit` finds the set of flips (each 0 or 1) that best explains a port's residual
+  in units of the exact-mask spreads (least squares, rounded, then single-flip descent;
+  :func:`resolve` repeats the descent on the exact change where the ReLUs interact);
+* :func:`resolve` judges what is left with the exact-mask model (``m = 0``,
+  :func:`resblock.spec.error_model_backward.raw_errors` with ``exact_masks``): per
+  element within ``S`` spreads and by the aggregate test of section 8.5.
+
+A correct port's residual after its own flips are taken out is rounding noise, which the
+exact-mask model bounds; a systematic error (an unbiased variance, a stale statistic) is
+not a combination of single-element flips and stays. The cost is one partial float64
+backward per ambiguous mask and an ``A x A`` least-squares problem; beyond
+:data:`MAX_FLIPS` masks the masks are not resolved (:class:`TooManyFlips`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from resblock.spec import backward as bwd
+from resblock.spec import error_model_backward as emb
+from resblock.spec import error_spread, tolerance
+from resblock.spec.error_model import SAFETY, bound_from
+
+MAX_FLIPS = 64
+_AXES = (0, 1, 2)
+
+
+class TooManyFlips(ValueError):
+    """More ambiguous masks than :data:`MAX_FLIPS`: the masks are not resolved."""
+
+
+@dataclass(frozen=True)
+class Flip:
+    """One ambiguous ReLU mask: its stage (``"sum"`` for the output ReLU, ``"bn1"`` for
+    ``relu1``), the element, its distance to 0 in forward spreads, and ``direction``, the
+    exact change of every gradient (name -> float64 array) if a port flips it."""
+
+    stage: str
+    index: tuple
+    distance: float
+    direction: dict
+
+
+def ambiguous(x, params, batch_stats, bw, u_conv: float = 0.0) -> list[tuple]:
+    """``(stage, index, |p| / spread)`` of every ReLU mask a conforming port may flip
+    under a profile with convolution unit roundoff ``u_conv``, nearest to 0 first (the
+    criterion of the model's ``m``; signs that are exact in float32 excluded)."""
+    st = bw.forward.stages
+    sp = error_spread.forward_spread(x, params, batch_stats, st)
+    out = []
+    for stage, layer in (("sum", "BatchNorm_1"), ("bn1", "BatchNorm_0")):
+        pre = st[stage]
+        spread = sp.err[stage].sigma() + u_conv * sp.err[stage].sigma_conv()
+        exact = np.broadcast_to(np.asarray(params[layer]["scale"]) == 0, pre.shape)
+        amb = (np.abs(pre) <= SAFETY * spread) & ~exact
+        for idx in zip(*np.nonzero(amb), strict=True):
+            idx = tuple(int(i) for i in idx)
+            out.append((stage, idx, float(abs(pre[idx]) / spread[idx])))
+    return sorted(out, key=lambda t: t[2])
+
+
+def _grads(x_bar, params_bar) -> dict:
+    out = {"x": x_bar}
+    for name in emb.GRAD_TENSORS[1:]:
+        layer, leaf = name.split("/")
+        out[name] = params_bar[layer][leaf]
+    return out
+
+
+def change(x, params, y_bar, bw, flipped) -> dict:
+    """The exact change of every gradient when the masks ``flipped`` (``(stage, index)``
+    pairs) flip together. Output-ReLU flips change the cotangent that reaches ``relu1``,
+    so a ``relu1`` flip moves the gradients by its cotangent *after* them: flips of the
+    two ReLUs do not simply add (they do within one ReLU)."""
+    f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
+    st, cot = bw.forward.stages, bw.cotangents
+    x, y_bar = f64(x), f64(y_bar)
+    d_sum = np.zeros(x.shape)
+    for stage, idx in flipped:
+        if stage == "sum":
+            d_sum[idx] = -y_bar[idx] if st["sum"][idx] > 0 else y_bar[idx]
+    zero_f = np.zeros(x.shape[-1])
+    if np.any(d_sum):
+        c2b, s1, b1 = bwd.batch_norm_backward(st["conv2"], p["BatchNorm_1"]["scale"], d_sum)
+        d_r = bwd.conv3x3_input_grad(c2b, p["Conv_1"]["kernel"])
+        k1, cb1 = bwd.conv3x3_kernel_grad(st["relu1"], c2b), c2b.sum(axis=_AXES)
+    else:
+        d_r = np.zeros(x.shape)
+        s1 = b1 = cb1 = zero_f
+        k1 = np.zeros(p["Conv_1"]["kernel"].shape)
+    open1 = st["bn1"] > 0
+    for stage, idx in flipped:
+        if stage == "bn1":
+            open1[idx] = not open1[idx]
+    # the new cotangent of bn1 minus the oracle's
+    d_bn1 = np.where(open1, cot["relu1"] + d_r, 0.0) - np.where(st["bn1"] > 0, cot["relu1"],
+                                                                 0.0)
+    c1b, s0, b0 = bwd.batch_norm_backward(st["conv1"], p["BatchNorm_0"]["scale"], d_bn1)
+    params_bar = {
+        "Conv_0": {"kernel": bwd.conv3x3_kernel_grad(x, c1b), "bias": c1b.sum(axis=_AXES)},
+        "BatchNorm_0": {"scale": s0, "bias": b0},
+        "Conv_1": {"kernel": k1, "bias": cb1},
+        "BatchNorm_1": {"scale": s1, "bias": b1}}
+    return _grads(d_sum + bwd.conv3x3_input_grad(c1b, p["Conv_0"]["kernel"]), params_bar)
+
+
+def directions(x, params, y_bar, bw, masks) -> list[Flip]:
+    """Each mask of ``masks`` (from :func:`ambiguous`) with the exact change of every
+    gradient when it flips on its own."""
+    return [Flip(stage, idx, dist, change(x, params, y_bar, bw, [(stage, idx)]))
+            for stage, idx, dist in masks]
+
+
+def fit(residual: dict, flips: list[Flip], sigma: dict) -> np.ndarray:
+    """The flips (a 0/1 vector) whose directions best explain ``residual`` (name ->
+    got - oracle) in units of ``sigma``: the least-squares coefficients rounded into
+    {0, 1}, then single flips toggled while that lowers the weighted residual."""
+    a = len(flips)
+    if a == 0:
+        return np.zeros(0)
+    w = {t: 1.0 / np.asarray(sigma[t], np.float64) for t in residual}
+    d = [{t: f.direction[t] * w[t] for t in residual} for f in flips]
+    y = {t: np.asarray(residual[t], np.float64) * w[t] for t in residual}
+    gram = np.empty((a, a))
+    rhs = np.empty(a)
+    for i in range(a):
+        rhs[i] = sum(float(np.vdot(d[i][t], y[t])) for t in residual)
+        for j in range(i + 1):
+            gram[i, j] = gram[j, i] = sum(float(np.vdot(d[i][t], d[j][t])) for t in residual)
+    coef = np.linalg.lstsq(gram, rhs, rcond=None)[0]
+    b = (coef > 0.5).astype(np.float64)
+
+    def cost(v):  # |y - D v|^2 without the constant |y|^2
+        return float(v @ gram @ v - 2.0 * v @ rhs)
+
+    best = cost(b)
+    improved = True
+    while improved:
+        improved = False
+        for i in range(a):
+            b[i] = 1.0 - b[i]
+            c = cost(b)
+            if c < best:
+                best, improved = c, True
+            else:
+                b[i] = 1.0 - b[i]
+    return b
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The backward rule with the masks resolved: the flips found, the worst
+    per-element and aggregate scores of the residual under the exact-mask model, and the
+    tensor each comes from."""
+
+    flips: tuple
+    chosen: tuple
+    element: float
+    aggregate: float
+    worst_tensor: str
+
+    @property
+    def conforms(self) -> bool:
+        return self.element <= 1.0 and self.aggregate <= 1.0
+
+
+def resolve(x, params, batch_stats, y_bar, grads: dict, ref: dict | None = None,
+            u_conv: float = 0.0, bw=None) -> Resolution:
+    """Judge a port's gradients (name -> array, NHWC/HWIO) with its ReLU masks resolved.
+    ``ref``: the float64 oracle gradients (recomputed when None); ``bw``: the oracle's
+    :class:`resblock.spec.backward.BackwardResult` (recomputed when None)."""
+    bw = bw if bw is not None else bwd.backward(x, params, batch_stats, y_bar)
+    if ref is None:
+        ref = _grads(bw.x_bar, bw.params_bar)
+    masks = ambiguous(x, params, batch_stats, bw, u_conv)
+    if len(masks) > MAX_FLIPS:
+        raise TooManyFlips(
+            f"{len(masks)} ReLU masks lie within {SAFETY:g} forward spreads of 0, more than "
+            f"the {MAX_FLIPS} this check resolves; the per-element verdict stands alone")
+    flips = directions(x, params, y_bar, bw, masks)
+    errs = emb.raw_errors(x, params, batch_stats, y_bar, bw, exact_masks=True)
+    sigma = {t: np.sqrt(e.v + np.square(e.k) + np.square(u_conv) * (e.vs + np.square(e.ks)))
+             for t, e in errs.items()}
+    sigma = {t: np.maximum(s, np.finfo(np.float32).tiny) for t, s in sigma.items()}
+    residual = {t: np.asarray(grads[t], np.float64) - np.asarray(ref[t], np.float64)
+                for t in emb.GRAD_TENSORS}
+    b = fit(residual, flips, sigma)
+
+    def cost(v):  # the exact weighted residual of the flips v
+        chosen = [(f.stage, f.index) for f, on in zip(flips, v, strict=True) if on]
+        d = change(x, params, y_bar, bw, chosen) if chosen else None
+        rest = residual if d is None else {t: residual[t] - d[t] for t in residual}
+        return sum(float(np.sum(np.square(rest[t] / sigma[t]))) for t in rest), rest
+
+    if any(f.stage == "sum" for f in flips) and any(f.stage == "bn1" for f in flips):
+        # the two ReLUs' flips interact: descend on the exact cost from the linear fit
+        best, rest = cost(b)
+        improved = True
+        while improved:
+            improved = False
+            for i in range(len(b)):
+                b[i] = 1.0 - b[i]
+                c, r = cost(b)
+                if c < best:
+                    best, rest, improved = c, r, True
+                else:
+                    b[i] = 1.0 - b[i]
+        residual = rest
+    else:
+        residual = cost(b)[1]
+    element, aggregate, worst = 0.0, 0.0, emb.GRAD_TENSORS[0]
+    channels = np.shape(x)[-1]
+    for t, e in errs.items():
+        bound = bound_from(e.budget(), e.budget_conv(), u_conv)
+        s = tolerance.max_score(residual[t], np.zeros_like(residual[t]), bound)
+        q = tolerance.aggregate_score(residual[t], np.zeros_like(residual[t]),
+                                      np.sqrt(e.v + np.square(e.k)),
+                                      np.sqrt(e.vs + np.square(e.ks)), u_conv, channels)
+        if max(s, q) > max(element, aggregate):
+            worst = t
+        element, aggregate = max(element, s), max(aggregate, q)
+    chosen = tuple((f.stage, f.index) for f, on in zip(flips, b, strict=True) if on)
+    return Resolution(tuple(flips), chosen, element, aggregate, worst)
+
+
+__all__ = ["MAX_FLIPS", "Flip", "Resolution", "TooManyFlips", "ambiguous", "change", "directions",
+           "fit", "resolve"]
