@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from resblock.spec import error_model, error_spread
+from resblock.spec import error_model, error_spread, source_images
 from resblock.spec.backward import conv3x3_input_grad, conv3x3_kernel_grad
 from resblock.spec.constants import EPSILON, PARAM_NAMES, load
 from resblock.spec.error_model import FLOOR, SAFETY, U
@@ -365,6 +365,25 @@ def raw_errors(x, params, batch_stats, y_bar, bw, *, exact_masks: bool = False) 
         f64(x), None, (), p["Conv_0"]["kernel"], bn0)
     out["x"] = GErr(e_sum.v + e_x.v + U * U * np.square(bw.x_bar), e_sum.k + e_x.k,
                     e_sum.m + e_x.m, e_sum.vs + e_x.vs, e_sum.ks + e_x.ks, e_sum.ms + e_x.ms)
+    # Every channel-shared error above comes from a channel source (the forward's inputs
+    # are exact, so no other error is shared by a channel): where affordable, replace the
+    # triangle-inequality k by the sources' exact images (spec/source_images.py).
+    if source_images.cost(np.shape(x)) <= source_images.MAX_FLOPS:
+        own0, own1 = sp.own["BatchNorm_0"], sp.own["BatchNorm_1"]
+        zero = np.zeros(np.shape(x)[-1])
+        sigmas = {("dm", 0): (own0.mean, own0.mean_s), ("dr", 0): (own0.rel, own0.rel_s),
+                  ("da", 0): (sp.local["BatchNorm_0"], zero),
+                  ("dm", 1): (own1.mean, own1.mean_s), ("dr", 1): (own1.rel, own1.rel_s),
+                  ("da", 1): (sp.local["BatchNorm_1"], zero)}
+        for lay, bn in ((0, bn0), (1, bn1)):
+            if bn.sources:  # n > 1: the rounded mean(g) and mean(g zhat)
+                sigmas[("dg", lay)] = (bn.sources[2].sigma, bn.sources[2].sigma_s)
+                sigmas[("dgz", lay)] = (bn.sources[3].sigma, bn.sources[3].sigma_s)
+        for t, (k, ks) in source_images.source_k(f64(x), params, st, cot, sigmas).items():
+            e = out[t]
+            shape = np.shape(e.v)
+            out[t] = GErr(e.v, np.broadcast_to(k, shape), e.m, e.vs,
+                          np.broadcast_to(ks, shape), e.ms)
     return {t: out[t] for t in GRAD_TENSORS}
 
 

@@ -339,12 +339,17 @@ def _source_rms(err: Err, which: str) -> np.ndarray:
 @dataclass(frozen=True)
 class ForwardSpread:
     """The spread of a whole forward: ``sigma``/``sigma_conv`` of :data:`SPREAD_TENSORS`,
-    and the pieces the backward spread builds on (``err[stage]``, ``channel[layer]``)."""
+    and the pieces the backward spread builds on (``err[stage]``, ``channel[layer]``;
+    ``own[layer]``: the channel errors a BatchNorm makes itself or receives as
+    element-wise errors, without those carried from the BatchNorm before it as channel
+    sources; ``local[layer]``: the folded form's per-channel rounding, in output units)."""
 
     sigma: dict
     sigma_conv: dict
     err: dict
     channel: dict
+    own: dict
+    local: dict
 
 
 def forward_spread(x, params, batch_stats, stages: dict) -> ForwardSpread:
@@ -352,7 +357,7 @@ def forward_spread(x, params, batch_stats, stages: dict) -> ForwardSpread:
     p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
     st = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in batch_stats.items()}
     x = f64(x)
-    err, chan, sig, sig_c = {}, {}, {}, {}
+    err, chan, own, local, sig, sig_c = {}, {}, {}, {}, {}, {}
     a, a_err = x, exact(x.shape)
     for conv_name, layer, conv_stage, bn_stage in (("Conv_0", "BatchNorm_0", "conv1", "bn1"),
                                                    ("Conv_1", "BatchNorm_1", "conv2", "bn2")):
@@ -362,6 +367,11 @@ def forward_spread(x, params, batch_stats, stages: dict) -> ForwardSpread:
             stages[conv_stage], err[conv_stage], p[layer]["scale"], p[layer]["bias"],
             stages[bn_stage], st[layer]["mean"], st[layer]["var"], moments, red)
         err[bn_stage], chan[layer] = e, ch
+        c = stages[conv_stage]
+        own[layer] = channel_errors(c, err[conv_stage], (), red) if moments else ch
+        var = np.square(c - c.mean(axis=_AXES)).mean(axis=_AXES)
+        inv = np.abs(p[layer]["scale"]) / np.sqrt(var + EPSILON)
+        local[layer] = U * (2.0 * np.abs(c.mean(axis=_AXES) * inv) + np.abs(p[layer]["bias"]))
         sig[f"{layer}/mean"], sig_c[f"{layer}/mean"] = sm, smc
         sig[f"{layer}/var"], sig_c[f"{layer}/var"] = sv, svc
         # ReLU is 1-Lipschitz and passes nothing where it is closed
@@ -373,7 +383,8 @@ def forward_spread(x, params, batch_stats, stages: dict) -> ForwardSpread:
                      b2.ks + b2.kxs + _source_rms(b2, "sigma_s"))
     sig["output"] = err["sum"].sigma()
     sig_c["output"] = err["sum"].sigma_conv()
-    return ForwardSpread(sigma=sig, sigma_conv=sig_c, err=err, channel=chan)
+    return ForwardSpread(sigma=sig, sigma_conv=sig_c, err=err, channel=chan, own=own,
+                         local=local)
 
 
 def stored(a) -> np.ndarray:
