@@ -55,6 +55,9 @@ class BackwardResult:
     params_bar: dict
     forward: oracle.OracleResult
     cotangents: dict
+    # the ReLU masks the backward used ("sum": the output ReLU's, "bn1": relu1's): the
+    # oracle's (pre-activation > 0) unless some were flipped on purpose
+    masks: dict | None = None
 
 
 def relu_backward(pre: np.ndarray, out_bar: np.ndarray) -> np.ndarray:
@@ -98,18 +101,23 @@ def conv3x3_kernel_grad(a: np.ndarray, c_bar: np.ndarray) -> np.ndarray:
     return out
 
 
-def backward(x, params, batch_stats, y_bar) -> BackwardResult:
-    """The VJP of the block (training mode) at ``(x, params)`` for cotangent ``y_bar``."""
+def backward(x, params, batch_stats, y_bar, flipped=()) -> BackwardResult:
+    """The VJP of the block (training mode) at ``(x, params)`` for cotangent ``y_bar``.
+    ``flipped``: ``(stage, index)`` pairs ("sum" or "bn1") whose ReLU mask is taken
+    flipped (the masks a correct float32 port may see otherwise, spec 10.4)."""
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
     fwd = oracle.forward(x, params, batch_stats)
     p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
     st = fwd.stages
     axes = (0, 1, 2)
-    sum_bar = relu_backward(st["sum"], f64(y_bar))
+    masks = {"sum": st["sum"] > 0, "bn1": st["bn1"] > 0}
+    for stage, idx in flipped:
+        masks[stage][idx] = not masks[stage][idx]
+    sum_bar = np.where(masks["sum"], f64(y_bar), 0.0)
     c2_bar, s1_bar, b1_bar = batch_norm_backward(st["conv2"], p["BatchNorm_1"]["scale"],
                                                  sum_bar)
     r_bar = conv3x3_input_grad(c2_bar, p["Conv_1"]["kernel"])
-    bn1_bar = relu_backward(st["bn1"], r_bar)
+    bn1_bar = np.where(masks["bn1"], r_bar, 0.0)
     c1_bar, s0_bar, b0_bar = batch_norm_backward(st["conv1"], p["BatchNorm_0"]["scale"],
                                                  bn1_bar)
     x_bar = sum_bar + conv3x3_input_grad(c1_bar, p["Conv_0"]["kernel"])
@@ -123,4 +131,5 @@ def backward(x, params, batch_stats, y_bar) -> BackwardResult:
     }
     cot = {"sum": sum_bar, "bn2": sum_bar, "conv2": c2_bar, "relu1": r_bar, "bn1": bn1_bar,
            "conv1": c1_bar}
-    return BackwardResult(x_bar=x_bar, params_bar=params_bar, forward=fwd, cotangents=cot)
+    return BackwardResult(x_bar=x_bar, params_bar=params_bar, forward=fwd, cotangents=cot,
+                          masks=masks)

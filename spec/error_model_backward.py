@@ -146,10 +146,11 @@ def relu_ambiguity(pre, e_pre, s_pre, exact=None):
     return w_e, w_s
 
 
-def relu_backward(pre, g_out, err: GErr, w_e, w_s) -> GErr:
+def relu_backward(pre, g_out, err: GErr, w_e, w_s, mask=None) -> GErr:
     """Errors of ``g_out * (pre > 0)``: the incoming ones where the mask is (or may be)
     open, and ``|g_out|`` where it may flip (``w_e``, ``w_s`` of :func:`relu_ambiguity`)."""
-    open_ = ((pre > 0) | (w_e > 0) | (w_s > 0)).astype(np.float64)
+    mask = (pre > 0) if mask is None else mask
+    open_ = (mask | (w_e > 0) | (w_s > 0)).astype(np.float64)
     ag = np.abs(g_out)
     return GErr(err.v * open_, err.k * open_, err.m * open_ + w_e * ag,
                 err.vs * open_, err.ks * open_, err.ms * open_ + w_s * ag)
@@ -343,7 +344,9 @@ def raw_errors(x, params, batch_stats, y_bar, bw, *, exact_masks: bool = False) 
     exact2 = np.broadcast_to(p["BatchNorm_1"]["scale"] == 0, st["sum"].shape)
     w_e, w_s = ambiguity(st["sum"], sp.err["sum"].sigma(), sp.err["sum"].sigma_conv(),
                          exact2)
-    e_sum = relu_backward(st["sum"], f64(y_bar), _zero(st["sum"].shape), w_e, w_s)
+    masks = bw.masks or {"sum": st["sum"] > 0, "bn1": st["bn1"] > 0}
+    e_sum = relu_backward(st["sum"], f64(y_bar), _zero(st["sum"].shape), w_e, w_s,
+                          masks["sum"])
     bn1 = batch_norm_backward(st["conv2"], sp.err["conv2"], sp.channel["BatchNorm_1"],
                               p["BatchNorm_1"]["scale"], cot["sum"], e_sum)
     out["BatchNorm_1/scale"], out["BatchNorm_1/bias"] = bn1.scale, bn1.beta
@@ -358,7 +361,7 @@ def raw_errors(x, params, batch_stats, y_bar, bw, *, exact_masks: bool = False) 
     exact1 = np.broadcast_to(scale0 == 0, st["bn1"].shape)
     w_e, w_s = ambiguity(st["bn1"], sp.err["bn1"].sigma(), sp.err["bn1"].sigma_conv(),
                          exact1)
-    e_b1 = relu_backward(st["bn1"], cot["relu1"], e_r, w_e, w_s)
+    e_b1 = relu_backward(st["bn1"], cot["relu1"], e_r, w_e, w_s, masks["bn1"])
     bn0 = batch_norm_backward(c1, ce1, ch0, scale0, cot["bn1"], e_b1)
     out["BatchNorm_0/scale"], out["BatchNorm_0/bias"] = bn0.scale, bn0.beta
     e_x, out["Conv_0/kernel"], out["Conv_0/bias"] = conv_backward(
@@ -373,13 +376,14 @@ def raw_errors(x, params, batch_stats, y_bar, bw, *, exact_masks: bool = False) 
         zero = np.zeros(np.shape(x)[-1])
         sigmas = {("dm", 0): (own0.mean, own0.mean_s), ("dr", 0): (own0.rel, own0.rel_s),
                   ("da", 0): (sp.local["BatchNorm_0"], zero),
-                  ("dm", 1): (own1.mean, own1.mean_s), ("dr", 1): (own1.rel, own1.rel_s),
-                  ("da", 1): (sp.local["BatchNorm_1"], zero)}
+                  ("dm", 1): (own1.mean, own1.mean_s), ("dr", 1): (own1.rel, own1.rel_s)}
+        # (BatchNorm_1's output rounding reaches no gradient: the backward never reads bn2)
         for lay, bn in ((0, bn0), (1, bn1)):
             if bn.sources:  # n > 1: the rounded mean(g) and mean(g zhat)
                 sigmas[("dg", lay)] = (bn.sources[2].sigma, bn.sources[2].sigma_s)
                 sigmas[("dgz", lay)] = (bn.sources[3].sigma, bn.sources[3].sigma_s)
-        for t, (k, ks) in source_images.source_k(f64(x), params, st, cot, sigmas).items():
+        for t, (k, ks) in source_images.source_k(f64(x), params, st, cot, sigmas,
+                                                 masks["bn1"]).items():
             e = out[t]
             shape = np.shape(e.v)
             out[t] = GErr(e.v, np.broadcast_to(k, shape), e.m, e.vs,

@@ -131,9 +131,14 @@ def directions(x, params, y_bar, bw, masks) -> list[Flip]:
             for stage, idx, dist in masks]
 
 
+EXHAUSTIVE = 16  # up to this many flips the fit tries every subset
+
+
 def fit(residual: dict, flips: list[Flip], sigma: dict) -> np.ndarray:
     """The flips (a 0/1 vector) whose directions best explain ``residual`` (name ->
-    got - oracle) in units of ``sigma``: the least-squares coefficients rounded into
+    got - oracle) in units of ``sigma``: every subset up to :data:`EXHAUSTIVE` flips
+    (flips of equal-valued channels are strongly correlated, where rounding a
+    least-squares solution fails); beyond, the least-squares coefficients rounded into
     {0, 1}, then single flips toggled while that lowers the weighted residual."""
     a = len(flips)
     if a == 0:
@@ -147,6 +152,11 @@ def fit(residual: dict, flips: list[Flip], sigma: dict) -> np.ndarray:
         rhs[i] = sum(float(np.vdot(d[i][t], y[t])) for t in residual)
         for j in range(i + 1):
             gram[i, j] = gram[j, i] = sum(float(np.vdot(d[i][t], d[j][t])) for t in residual)
+    if a <= EXHAUSTIVE:  # |y - D b|^2 - |y|^2 for every b at once
+        subsets = (np.arange(2 ** a)[:, None] >> np.arange(a)) & 1
+        subsets = subsets.astype(np.float64)
+        costs = np.einsum("si,ij,sj->s", subsets, gram, subsets) - 2.0 * subsets @ rhs
+        return subsets[int(np.argmin(costs))].copy()
     coef = np.linalg.lstsq(gram, rhs, rcond=None)[0]
     b = (coef > 0.5).astype(np.float64)
 
@@ -169,12 +179,18 @@ def fit(residual: dict, flips: list[Flip], sigma: dict) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Resolution:
-    """The backward rule with the masks resolved: the flips found, the worst
-    per-element and aggregate scores of the residual under the exact-mask model, and the
-    tensor each comes from."""
+    """The backward rule with the masks resolved: the ambiguous masks, those found
+    flipped, the gradients with those flips taken out (``adjusted``, name -> float64),
+    the exact-mask model's per-element ``bounds`` and spreads (``sigma``, ``sigma_conv``)
+    under the profile, the worst per-element and aggregate scores and the tensor of the
+    worst."""
 
     flips: tuple
     chosen: tuple
+    adjusted: dict
+    bounds: dict
+    sigma: dict
+    sigma_conv: dict
     element: float
     aggregate: float
     worst_tensor: str
@@ -199,48 +215,67 @@ def resolve(x, params, batch_stats, y_bar, grads: dict, ref: dict | None = None,
             f"the {MAX_FLIPS} this check resolves; the per-element verdict stands alone")
     flips = directions(x, params, y_bar, bw, masks)
     errs = emb.raw_errors(x, params, batch_stats, y_bar, bw, exact_masks=True)
-    sigma = {t: np.sqrt(e.v + np.square(e.k) + np.square(u_conv) * (e.vs + np.square(e.ks)))
-             for t, e in errs.items()}
-    sigma = {t: np.maximum(s, np.finfo(np.float32).tiny) for t, s in sigma.items()}
+    # Fit weights: the spreads *with* the mask term, which cover the paths a flip opens
+    # (the exact-mask model at the oracle's masks says nothing of them: where every mask
+    # is closed it gives a spread of 0 to a gradient that a flip makes non-zero).
+    loose = emb.raw_errors(x, params, batch_stats, y_bar, bw)
+    sigma = {t: np.sqrt(e.v + np.square(e.k) + np.square(e.m)
+                        + np.square(u_conv) * (e.vs + np.square(e.ks) + np.square(e.ms)))
+             + np.finfo(np.float32).tiny for t, e in loose.items()}
     residual = {t: np.asarray(grads[t], np.float64) - np.asarray(ref[t], np.float64)
                 for t in emb.GRAD_TENSORS}
     b = fit(residual, flips, sigma)
 
-    def cost(v):  # the exact weighted residual of the flips v
+    def against(v):
+        """The residual against the oracle with the flips ``v`` and its model there."""
+        chosen = [(f.stage, f.index) for f, on in zip(flips, v, strict=True) if on]
+        if not chosen:
+            return residual, errs
+        bw_f = bwd.backward(x, params, batch_stats, y_bar, flipped=chosen)
+        g_f = _grads(bw_f.x_bar, bw_f.params_bar)
+        rest = {t: residual[t] + np.asarray(ref[t], np.float64) - g_f[t] for t in residual}
+        return rest, emb.raw_errors(x, params, batch_stats, y_bar, bw_f, exact_masks=True)
+
+    def cost(v):
         chosen = [(f.stage, f.index) for f, on in zip(flips, v, strict=True) if on]
         d = change(x, params, y_bar, bw, chosen) if chosen else None
         rest = residual if d is None else {t: residual[t] - d[t] for t in residual}
-        return sum(float(np.sum(np.square(rest[t] / sigma[t]))) for t in rest), rest
+        return sum(float(np.sum(np.square(rest[t] / sigma[t]))) for t in rest)
 
     if any(f.stage == "sum" for f in flips) and any(f.stage == "bn1" for f in flips):
         # the two ReLUs' flips interact: descend on the exact cost from the linear fit
-        best, rest = cost(b)
+        best = cost(b)
         improved = True
         while improved:
             improved = False
             for i in range(len(b)):
                 b[i] = 1.0 - b[i]
-                c, r = cost(b)
+                c = cost(b)
                 if c < best:
-                    best, rest, improved = c, r, True
+                    best, improved = c, True
                 else:
                     b[i] = 1.0 - b[i]
-        residual = rest
-    else:
-        residual = cost(b)[1]
+    # judged against the oracle evaluated with the masks the port saw, under the model
+    # evaluated there too (a flipped path carries its own rounding errors)
+    residual, errs = against(b)
     element, aggregate, worst = 0.0, 0.0, emb.GRAD_TENSORS[0]
     channels = np.shape(x)[-1]
+    bounds, spread, spread_conv = {}, {}, {}
     for t, e in errs.items():
-        bound = bound_from(e.budget(), e.budget_conv(), u_conv)
-        s = tolerance.max_score(residual[t], np.zeros_like(residual[t]), bound)
-        q = tolerance.aggregate_score(residual[t], np.zeros_like(residual[t]),
-                                      np.sqrt(e.v + np.square(e.k)),
-                                      np.sqrt(e.vs + np.square(e.ks)), u_conv, channels)
+        bounds[t] = bound_from(e.budget(), e.budget_conv(), u_conv)
+        spread[t] = np.sqrt(e.v + np.square(e.k))
+        spread_conv[t] = np.sqrt(e.vs + np.square(e.ks))
+        zero = np.zeros_like(residual[t])
+        s = tolerance.max_score(residual[t], zero, bounds[t])
+        q = tolerance.aggregate_score(residual[t], zero, spread[t], spread_conv[t], u_conv,
+                                      channels)
         if max(s, q) > max(element, aggregate):
             worst = t
         element, aggregate = max(element, s), max(aggregate, q)
     chosen = tuple((f.stage, f.index) for f, on in zip(flips, b, strict=True) if on)
-    return Resolution(tuple(flips), chosen, element, aggregate, worst)
+    adjusted = {t: np.asarray(ref[t], np.float64) + residual[t] for t in residual}
+    return Resolution(tuple(flips), chosen, adjusted, bounds, spread, spread_conv, element,
+                      aggregate, worst)
 
 
 __all__ = ["MAX_FLIPS", "Flip", "Resolution", "TooManyFlips", "ambiguous", "change", "directions",

@@ -84,10 +84,11 @@ def _sum(a):
     return a.sum(axis=_AXES)
 
 
-def images(x, params, stages, cot, kind: str, layer: int) -> dict:
+def images(x, params, stages, cot, kind: str, layer: int, open1=None) -> dict:
     """``{grad name: (F, ...) array}``: for each channel ``f`` the derivative of every
     gradient along a unit source of ``kind`` in channel ``f`` of BatchNorm ``layer``
-    (masks held at the oracle's)."""
+    (masks held: ``open1``, relu1's, default the oracle's; the output ReLU's is in
+    ``cot["sum"]``)."""
     f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
     p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
     x = f64(x)
@@ -128,7 +129,7 @@ def images(x, params, stages, cot, kind: str, layer: int) -> dict:
     st = stages
     # forward: conv1 is exact (x and the kernels are inputs)
     zh0, inv0, dz0, drel0, dbn1 = bn_forward(st["conv1"], zero, 0)
-    open1 = st["bn1"] > 0
+    open1 = st["bn1"] > 0 if open1 is None else open1
     drelu1 = dbn1 * open1
     dconv2 = _conv_t(drelu1, p["Conv_1"]["kernel"])
     zh1, inv1, dz1, drel1, _ = bn_forward(st["conv2"], dconv2, 1)
@@ -145,7 +146,7 @@ def images(x, params, stages, cot, kind: str, layer: int) -> dict:
             "BatchNorm_1/scale": ds1, "BatchNorm_1/bias": db1}
 
 
-def source_k(x, params, stages, cot, sigmas: dict) -> dict:
+def source_k(x, params, stages, cot, sigmas: dict, open1=None) -> dict:
     """``{grad name: (k, ks)}``: the root-sum-square images of every channel source.
     ``sigmas[(kind, layer)] = (sigma, sigma_s)``, per-channel standard deviations (float32
     part and per unit ``u_conv``)."""
@@ -157,7 +158,7 @@ def source_k(x, params, stages, cot, sigmas: dict) -> dict:
         sig, sig_s = np.asarray(sig, np.float64), np.asarray(sig_s, np.float64)
         if not (np.any(sig) or np.any(sig_s)):
             continue
-        for t, im in images(x, params, stages, cot, kind, layer).items():
+        for t, im in images(x, params, stages, cot, kind, layer, open1).items():
             im2 = np.square(im)
             b = (slice(None),) + (None,) * (im2.ndim - 1)
             acc[t][0] = acc[t][0] + (np.square(sig)[b] * im2).sum(axis=0)

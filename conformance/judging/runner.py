@@ -201,9 +201,19 @@ def _judge_backward(gc, outcome, config: CheckConfig, prof, res: CaseResult) -> 
         res.message = clean_text(str(e))
         return res
     res.tensors = compare_backward(gc, grads, prof, config.layout)
+    note = ""
+    if not res.failing_tensors:  # within the stored budgets: resolve the ReLU masks
+        from resblock.conformance.judging.masks import resolve_masks
+
+        resolved = resolve_masks(gc, grads, prof, config.layout)
+        if resolved is not None:
+            res.tensors, note = resolved
     nonfinite = sum(int(np.count_nonzero(~np.isfinite(a))) for a in grads.values())
-    return _conclude(res, outcome,
-                     f"{nonfinite} gradient values are NaN or Inf" if nonfinite else "")
+    res = _conclude(res, outcome,
+                    f"{nonfinite} gradient values are NaN or Inf" if nonfinite else "")
+    if note:
+        res.message = f"{res.message}; {note}" if res.message else note
+    return res
 
 
 def check_gradients(files) -> None:
