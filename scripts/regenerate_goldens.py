@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "golden"
-SOURCE_DATE_EPOCH = "1796342400"  # 2026-12-04T00:00:00Z, spec 3.0.0
+SOURCE_DATE_EPOCH = "1796428800"  # 2026-12-05T00:00:00Z, spec 4.0.0
 PRESETS = ("default",)
 
 
