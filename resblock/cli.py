@@ -48,8 +48,11 @@ class _Group(click.Group):
 
 
 def _raise_interrupted(signum, frame):
+    from resblock import interrupts
     from resblock.errors import Interrupted
 
+    if interrupts.defer(signum):  # starting a child: raised once the caller holds it
+        return
     raise Interrupted(signum)
 
 

@@ -32,6 +32,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from resblock import interrupts
 from resblock.conformance.running.program_files import (  # noqa: F401 - re-exported API
     PROTOCOL,
     ProgramError,
@@ -264,16 +265,18 @@ def run_process(argv: list[str], timeout) -> tuple[int | None, str, str, float, 
     the program timed out.
     """
     start = time.monotonic()
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    out, err = OutputTail(proc.stdout), OutputTail(proc.stderr)
+    with interrupts.deferred() as pending:  # a signal now would orphan the program
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        out, err = OutputTail(proc.stdout), OutputTail(proc.stderr)
     timed_out = False
     try:
+        pending.raise_now()
         timed_out = not _wait_unreaped(proc, timeout)
     finally:
         _kill_group(proc)  # also on exit: nothing the program started survives it
