@@ -40,7 +40,7 @@ from resblock.spec import error_model_backward as emb
 from resblock.spec import error_spread, tolerance
 from resblock.spec.error_model import SAFETY, bound_from
 
-MAX_FLIPS = 64
+MAX_FLIPS = 256
 _AXES = (0, 1, 2)
 
 
