@@ -77,7 +77,7 @@ def test_images_are_the_derivatives_along_each_source(kind, layer):
     bw = bwd.backward(x, params, stats, y_bar)
     st = bw.forward.stages
     masks = {"bn1": (st["bn1"] > 0).astype(float), "sum": (st["sum"] > 0).astype(float)}
-    im = source_images.images(x, params, st, bw.cotangents, kind, layer)
+    im = source_images.images(x, params, st, bw.cotangents, [(kind, layer)])
     base = _perturbed(x, params, y_bar, masks, {})
     for t, v in base.items():  # the hook-free implementation is the oracle's backward
         want = bw.x_bar if t == "x" else bw.params_bar[t.split("/")[0]][t.split("/")[1]]
@@ -98,6 +98,20 @@ def test_images_are_the_derivatives_along_each_source(kind, layer):
     # every source moves some gradient, but BatchNorm_1's output rounding: with the masks
     # held, nothing in the backward reads bn2
     assert moved == ((kind, layer) != ("da", 1))
+
+
+def test_sources_asked_together_give_the_same_images():
+    x, params, stats, y_bar = _case(seed=3)
+    bw = bwd.backward(x, params, stats, y_bar)
+    st, cot = bw.forward.stages, bw.cotangents
+    srcs = [("dm", 1), ("dr", 1), ("dg", 1), ("dgz", 1), ("dm", 0)]
+    together = source_images.images(x, params, st, cot, srcs)
+    nf = x.shape[-1]
+    for b, src in enumerate(srcs):
+        alone = source_images.images(x, params, st, cot, [src])
+        for t, v in alone.items():
+            np.testing.assert_allclose(together[t][b * nf:(b + 1) * nf], v, rtol=1e-6,
+                                       atol=1e-9 * (np.max(np.abs(v)) + 1.0))
 
 
 def test_one_value_per_channel_has_no_source_images():
