@@ -371,7 +371,7 @@ def raw_errors(x, params, batch_stats, y_bar, bw, *, exact_masks: bool = False) 
     # Every channel-shared error above comes from a channel source (the forward's inputs
     # are exact, so no other error is shared by a channel): where affordable, replace the
     # triangle-inequality k by the sources' exact images (spec/source_images.py).
-    if source_images.cost(np.shape(x)) <= source_images.MAX_FLOPS:
+    if source_images.exact(np.shape(x)):
         own0, own1 = sp.own["BatchNorm_0"], sp.own["BatchNorm_1"]
         zero = np.zeros(np.shape(x)[-1])
         sigmas = {("dm", 0): (own0.mean, own0.mean_s), ("dr", 0): (own0.rel, own0.rel_s),

@@ -19,8 +19,8 @@ once. The images of independent sources add in quadrature::
 
 which replaces the per-element channel-shared term ``k`` of every gradient. The cost is
 ten linearised backwards per channel batch (about ``10 F`` convolution-sized products per
-convolution of the oracle), so above :data:`MAX_FLOPS` the model keeps the
-triangle-inequality form.
+convolution of the oracle), so above :data:`MAX_FLOPS` or :data:`MAX_CHANNELS` the
+model keeps the triangle-inequality form (:func:`exact`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,18 @@ GROUPS = (frozenset({("dm", 0), ("dr", 0), ("da", 0)}),
           frozenset({("dm", 1), ("dr", 1), ("da", 1), ("dg", 1), ("dgz", 1)}),
           frozenset({("dg", 0), ("dgz", 0)}))
 MAX_FLOPS = 4e10
+# The linearisation costs about 10 F oracle backwards (9 sources per channel, each a
+# convolution-sized product per layer): beyond 32 channels the committed set's one
+# 64-channel case alone would cost more than all its other gradients together.
+MAX_CHANNELS = 32
 _AXES = (1, 2, 3)  # per tangent: N, H, W
+
+
+def exact(shape) -> bool:
+    """Whether the model carries the channel sources exactly for activations of
+    ``shape`` (N, H, W, F): at most :data:`MAX_CHANNELS` channels and :data:`MAX_FLOPS`
+    multiply-adds; otherwise it keeps spec 3's triangle-inequality form."""
+    return shape[-1] <= MAX_CHANNELS and cost(shape) <= MAX_FLOPS
 
 
 def cost(shape) -> float:
@@ -233,4 +244,5 @@ def _accumulate(acc, x, params, stages, cot, todo, open1):
             acc[t][1] = acc[t][1] + (np.square(sig_s)[b] * im2).sum(axis=0)
 
 
-__all__ = ["GRAD_TENSORS", "KINDS", "MAX_FLOPS", "cost", "images", "source_k"]
+__all__ = ["GRAD_TENSORS", "KINDS", "MAX_CHANNELS", "MAX_FLOPS", "cost", "exact", "images",
+           "source_k"]

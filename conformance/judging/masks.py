@@ -8,7 +8,7 @@ out exactly the flips the implementation's gradients show, and judges the rest w
 exact-mask model (:func:`resblock.spec.mask_flips.resolve`). A correct port conforms
 with whatever masks it saw; a systematic error no longer hides behind the flips it
 could have made. Cases too large for the exact model (its cost limit,
-:data:`resblock.spec.source_images.MAX_FLOPS`) keep the stored verdict alone.
+``resblock.spec.source_images.exact``) keep the stored verdict alone.
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ def resolve_masks(gc, grads: dict, prof, layout: str = "nhwc"
     from resblock.spec.error_model_backward import GRAD_TENSORS
 
     c = gc.case
-    if c.n * c.h * c.w <= 1 or \
-            source_images.cost((c.n, c.h, c.w, c.features)) > source_images.MAX_FLOPS:
+    if c.n * c.h * c.w <= 1 or not source_images.exact((c.n, c.h, c.w, c.features)):
         return None
     x, params, stats, y_bar = gc.x, gc.params, gc.batch_stats_in, gc.y_bar
     bw = bwd.backward(x, params, stats, y_bar)

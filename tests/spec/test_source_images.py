@@ -124,6 +124,7 @@ def test_one_value_per_channel_has_no_source_images():
 
 
 def test_cost_limit_covers_the_sizes_measured():
-    assert source_images.cost((16, 32, 32, 8)) <= source_images.MAX_FLOPS
-    assert source_images.cost((16, 64, 64, 4)) <= source_images.MAX_FLOPS
-    assert source_images.cost((32, 56, 56, 64)) > source_images.MAX_FLOPS
+    for shape in ((16, 32, 32, 8), (16, 64, 64, 4), (8, 16, 16, 16), (4, 16, 16, 32)):
+        assert source_images.exact(shape)
+    for shape in ((32, 56, 56, 64), (1, 6, 6, 64), (2, 8, 8, 256)):
+        assert not source_images.exact(shape)
