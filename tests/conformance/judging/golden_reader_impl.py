@@ -1,21 +1,9 @@
-"""Hostile: returns the answer stored in the kit's golden files for the matching input."""
+"""A hostile implementation for test_secret_mode.py: it returns the answer stored in the
+kit's golden files for the case whose input matches (a guess where none does)."""
 import h5py
 import numpy as np
 
 from resblock.golden.cli import default_goldens
-
-
-def _stored(x):
-    for path in default_goldens():
-        with h5py.File(path, "r") as f:
-            for g in f["groups"].values():
-                xs = g["x"]
-                if xs.shape[1:] != x.shape:
-                    continue
-                for i in range(xs.shape[0]):
-                    if np.array_equal(xs[i], x):
-                        return g, i, path
-    return None
 
 
 def _tree(g, prefix, i):
