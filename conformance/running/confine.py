@@ -137,6 +137,9 @@ def confine(write_dir: str, extra_read=(), hidden=()) -> str:
         reads = without(read_paths(extra_read), hidden)
         for path in reads:
             _allow(libc, fd, path, READ & handled)
+        for path in hidden:  # listed (an import looks for its modules), not read
+            if os.path.isdir(path):
+                _allow(libc, fd, os.path.realpath(path), READ_DIR & handled)
         for path in DEVICES:
             if os.path.exists(path):
                 _allow(libc, fd, path, (READ_FILE | WRITE_FILE | READ_DIR) & handled)
