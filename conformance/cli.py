@@ -38,9 +38,20 @@ import click
               help="Run the implementation in the checker's own process (for a debugger); "
                    "an implementation that exits or crashes then ends the run.")
 @click.option("--no-diagnose", is_flag=True, help="Skip naming pitfalls for failures.")
+@click.option("--secret", is_flag=True,
+              help="The graders' mode: cases drawn now from a secret seed, the oracle "
+                   "computed after the implementation returns, the worker confined "
+                   "(Landlock) where the platform has it; no golden file is read "
+                   "(spec section 11).")
+@click.option("--secret-seed", metavar="HEX",
+              help="With --secret: the seed (hex digits) instead of a fresh os.urandom one, "
+                   "to re-run a graders' check; printed after every --secret run.")
+@click.option("--secret-preset", metavar="PRESET", default="default", show_default=True,
+              help="With --secret: the generator preset whose shapes the secret grid "
+                   "mirrors (seeded rows become functional).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress line.")
 def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_report, junit, html,
-          timeout, in_process, no_diagnose, quiet):
+          timeout, in_process, no_diagnose, secret, secret_seed, secret_preset, quiet):
     """Check an implementation against the float64 oracle of every golden case."""
     from resblock.conformance.judging.runner import CheckConfig, run_check
     from resblock.conformance.reporting import report
@@ -52,6 +63,13 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
     if exec_ and (api == "seeded" or layout != "nhwc"):
         raise click.UsageError("--exec programs use the NHWC protocol (functional, or "
                                "--api backward); drop --api seeded/--layout")
+    if (secret_seed or secret_preset != "default") and not secret:
+        raise click.UsageError("--secret-seed and --secret-preset belong to --secret")
+    if secret and (in_process or goldens or exec_ or api == "seeded"):
+        raise click.UsageError(
+            "--secret runs an --impl (functional or --api backward) in a confined worker on "
+            "cases it draws itself: drop --in-process (not isolated), --goldens (not read) "
+            "and --exec / --api seeded (not supported: spec section 11)")
     if in_process and (exec_ or timeout is not None):
         raise click.UsageError("--in-process runs an --impl without a worker process: it "
                                "cannot apply --timeout or --exec")
@@ -69,7 +87,12 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
                          keyword=keyword, xfail=xfail, timeout=timeout,
                          diagnose=not no_diagnose, program=bool(exec_),
                          details=MAX_DETAILED if html or json_report else 0)
-    if not goldens:
+    if secret:
+        from resblock.spec.secret import check_seed
+
+        if secret_seed:
+            check_seed(secret_seed)
+    elif not goldens:
         from resblock.golden.cli import default_goldens
 
         goldens = default_goldens()
@@ -84,7 +107,7 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
     else:
         from resblock.conformance.running.worker import Worker
 
-        invoker = Worker(impl, api, layout, timeout)
+        invoker = Worker(impl, api, layout, timeout, confine=secret)
         invoker.start()  # imports the implementation while the goldens are verified
 
     err = click.get_text_stream("stderr")
@@ -96,7 +119,13 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
             err.flush()
 
     try:
-        run = run_check(config, invoker, goldens, progress=progress)
+        if secret:
+            from resblock.conformance.judging.secret import run_secret_check
+
+            run = run_secret_check(config, invoker, seed=secret_seed or None,
+                                   preset=secret_preset, progress=progress)
+        else:
+            run = run_check(config, invoker, goldens, progress=progress)
     except BaseException:  # refused goldens, a signal: the early worker must not linger
         invoker.close()
         raise

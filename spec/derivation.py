@@ -7,13 +7,15 @@ key is independent of the seeded family's parameter-init key ``PRNGKey(seed)``.
 
 All draws run on the CPU backend, whatever device later runs the forward, so they are
 bit-identical for a given JAX version and PRNG configuration (recorded in metadata).
+JAX is imported where a draw needs it: the derivation itself (:func:`derive_x`,
+:func:`derive_random_variables`) also runs with other ``draws``, such as the NumPy draws
+of the graders' mode (:mod:`resblock.spec.secret`), without JAX.
 """
 
 from __future__ import annotations
 
 import hashlib
 
-import jax
 import numpy as np
 
 from resblock.spec.cases import INPUTS, Case
@@ -26,6 +28,8 @@ def key_seed(case: Case, role: str) -> int:
 
 
 def _cpu():
+    import jax
+
     return jax.local_devices(backend="cpu")[0]
 
 
@@ -33,11 +37,15 @@ class ExactDraws:
     """The normative draws: one ``jax.random`` call per array, on the CPU backend."""
 
     def normal(self, case, role, shape):
+        import jax
+
         with jax.default_device(_cpu()):
             k = jax.random.PRNGKey(key_seed(case, role))
             return np.asarray(jax.random.normal(k, shape, dtype=np.float32))
 
     def uniform(self, case, role, shape, lo, hi):
+        import jax
+
         with jax.default_device(_cpu()):
             k = jax.random.PRNGKey(key_seed(case, role))
             return np.asarray(jax.random.uniform(k, shape, np.float32, lo, hi))
@@ -120,6 +128,8 @@ def derive_variables(case: Case) -> tuple[dict, dict]:
     """(params, batch_stats) of the case: Flax init for 'init', derived otherwise; the
     'zeroinit' and 'deadchan' input kinds then zero a BatchNorm's scale and bias."""
     if case.params_source == "init":
+        import jax
+
         from resblock.spec.reference import init_variables
 
         with jax.default_device(_cpu()):
@@ -146,6 +156,8 @@ def zero_batch_norms(case: Case, params: dict) -> dict:
 
 def prng_config() -> dict:
     """The PRNG settings that change derived bits; recorded in golden metadata."""
+    import jax
+
     return {
         "default_prng_impl": str(jax.config.jax_default_prng_impl),
         "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),

@@ -62,6 +62,9 @@ class RunResult:
     pitfalls: Counter = field(default_factory=Counter)
     details: dict = field(default_factory=dict)  # case id -> details.case_detail(...)
     seconds: float = 0.0
+    # The graders' mode (judging/secret.py): seed, preset, case count and the isolation in
+    # force, set once the run is over; None for a check against golden files.
+    secret: dict | None = None
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -233,9 +236,9 @@ def check_gradients(files) -> None:
 def run_check(config: CheckConfig, invoker, golden_paths, progress=None) -> RunResult:
     """Check every selected case of ``golden_paths`` with ``invoker``."""
     t0 = time.perf_counter()
-    prof = tolerance.profile(config.profile)
     keyword = compile_keyword(config.keyword) if config.keyword else None
-    xfails = read_xfail(config.xfail) if config.xfail else []
+    if config.xfail:
+        read_xfail(config.xfail)  # a bad file is refused before the goldens are opened
     files = open_goldens(golden_paths)
     if config.api == "backward":
         try:
@@ -261,63 +264,74 @@ def run_check(config: CheckConfig, invoker, golden_paths, progress=None) -> RunR
         if not selected:
             raise HarnessError("no case selected: nothing to check (the -k expression or "
                                "--api seeded filtered out every case)")
-        used_xfail = set()
         groups: dict = {}
         for f, e in selected:
             groups.setdefault((id(f), e["group"]), []).append((f, e))
-        done = 0
-        candidates: list = []  # (worst score, n, res, gc, result): the worst failures
         # Every part the check judges by is verified against its seal before anything
         # runs (a part that does not stay in the reader's cache is read again below).
         parts = ("forward", "grad") if config.api == "backward" else ("forward",)
         for members in groups.values():
             members[0][0].require(members[0][1]["group"], parts)
-        for members in groups.values():
-            gcs = [f.case(e["id"]) for f, e in members]
-            for gc, outcome in zip(gcs, invoker.run(gcs), strict=True):
-                res = judge(gc, outcome, config, prof)
-                if outcome.error is not None and config.diagnose:
-                    from resblock.conformance.mistakes.diagnose import diagnose_error
-
-                    res.pitfall = diagnose_error(gc, outcome.error)
-                    if res.pitfall:
-                        run.pitfalls[res.pitfall] += 1
-                xf = xfail_for(gc.id, xfails)
-                if xf is not None:
-                    used_xfail.add(xf.line)
-                    res.xfail_reason = xf.reason
-                    res.status = "xpass" if res.status == "pass" else "xfail"
-                if res.status in ("fail", "xfail") and (config.diagnose or config.details) \
-                        and res.tensors:
-                    item = (res.worst_score, done, res, gc, outcome.result)
-                    if len(candidates) < max(config.max_diagnosed, config.details):
-                        heapq.heappush(candidates, item)
-                    else:
-                        heapq.heappushpop(candidates, item)
-                run.results.append(res)
-                done += 1
-                if progress is not None:
-                    progress(done, len(selected), res)
-        from resblock.conformance.mistakes.diagnose import diagnose_case
-
-        worst_first = sorted(candidates, key=lambda c: (-c[0], c[1]))
-        diagnosed = worst_first[:config.max_diagnosed] if config.diagnose else []
-        for _, _, res, gc, result in diagnosed:
-            res.pitfall = diagnose_case(gc, result, config, prof)
-            if res.pitfall:
-                run.pitfalls[res.pitfall] += 1
-        if config.details and config.api != "backward":
-            from resblock.conformance.judging.details import case_detail
-
-            for _, _, res, gc, result in worst_first[:config.details]:
-                detail = case_detail(gc, result, config, prof, res.stage)
-                if detail is not None:
-                    run.details[res.id] = detail
-        run.stale_xfail = [f"{config.xfail}:{e.line}: {e.pattern} matches no checked case"
-                           for e in xfails if e.line not in used_xfail]
+        check_groups(config, invoker, ([f.case(e["id"]) for f, e in members]
+                                       for members in groups.values()),
+                     len(selected), run, progress)
     finally:
         invoker.close()
         for f in files:
             f.close()
     run.seconds = time.perf_counter() - t0
     return run
+
+
+def check_groups(config: CheckConfig, invoker, groups, total: int, run: RunResult,
+                 progress=None) -> None:
+    """Run every case of ``groups`` (lists of cases of one shape, each a GoldenCase or a
+    case with the same interface) with ``invoker`` and judge it into ``run``: results,
+    expected failures, the worst failures' pitfalls and error maps."""
+    prof = tolerance.profile(config.profile)
+    xfails = read_xfail(config.xfail) if config.xfail else []
+    used_xfail = set()
+    done = 0
+    candidates: list = []  # (worst score, n, res, gc, result): the worst failures
+    for gcs in groups:
+        for gc, outcome in zip(gcs, invoker.run(gcs), strict=True):
+            res = judge(gc, outcome, config, prof)
+            if outcome.error is not None and config.diagnose:
+                from resblock.conformance.mistakes.diagnose import diagnose_error
+
+                res.pitfall = diagnose_error(gc, outcome.error)
+                if res.pitfall:
+                    run.pitfalls[res.pitfall] += 1
+            xf = xfail_for(gc.id, xfails)
+            if xf is not None:
+                used_xfail.add(xf.line)
+                res.xfail_reason = xf.reason
+                res.status = "xpass" if res.status == "pass" else "xfail"
+            if res.status in ("fail", "xfail") and (config.diagnose or config.details) \
+                    and res.tensors:
+                item = (res.worst_score, done, res, gc, outcome.result)
+                if len(candidates) < max(config.max_diagnosed, config.details):
+                    heapq.heappush(candidates, item)
+                else:
+                    heapq.heappushpop(candidates, item)
+            run.results.append(res)
+            done += 1
+            if progress is not None:
+                progress(done, total, res)
+    from resblock.conformance.mistakes.diagnose import diagnose_case
+
+    worst_first = sorted(candidates, key=lambda c: (-c[0], c[1]))
+    diagnosed = worst_first[:config.max_diagnosed] if config.diagnose else []
+    for _, _, res, gc, result in diagnosed:
+        res.pitfall = diagnose_case(gc, result, config, prof)
+        if res.pitfall:
+            run.pitfalls[res.pitfall] += 1
+    if config.details and config.api != "backward":
+        from resblock.conformance.judging.details import case_detail
+
+        for _, _, res, gc, result in worst_first[:config.details]:
+            detail = case_detail(gc, result, config, prof, res.stage)
+            if detail is not None:
+                run.details[res.id] = detail
+    run.stale_xfail = [f"{config.xfail}:{e.line}: {e.pattern} matches no checked case"
+                       for e in xfails if e.line not in used_xfail]

@@ -205,6 +205,16 @@ PITFALLS: tuple[Pitfall, ...] = (
         "conv1",
     ),
     _row(
+        "reflect_padding",
+        "reflect padding",
+        "The conv pads by mirroring the rows and columns next to the edge "
+        "(padding_mode='reflect' in PyTorch, np.pad mode='reflect', jnp.pad mode='reflect') "
+        "instead of with zeros.",
+        "Pad with zeros: padding_mode='zeros' (PyTorch's default) with padding=1, "
+        "padding='SAME' in Flax and lax.conv, np.pad(..., mode='constant').",
+        "conv1",
+    ),
+    _row(
         "kernel_flipped",
         "true convolution (flipped kernel)",
         "The kernel is rotated by 180 degrees (scipy.signal.convolve, a textbook convolution); "
@@ -365,13 +375,17 @@ PITFALLS: tuple[Pitfall, ...] = (
     _row(
         "equinox_ema_mode",
         "Equinox BatchNorm in its default mode='ema'",
-        "eqx.nn.BatchNorm's default mode='ema' normalises with the running averages after "
-        "this batch's update (0.99 * running + 0.01 * batch), not with the batch "
-        "statistics; with loaded statistics the output is close to inference mode (only "
-        "the very first call of a fresh model uses the batch statistics).",
-        "Construct eqx.nn.BatchNorm(..., mode=\"batch\"): training then normalises with "
-        "the batch mean and variance, and the state keeps the running averages.",
-        "bn1",
+        "eqx.nn.BatchNorm's default mode='ema' on a fresh state (each call of a functional "
+        "forward builds one) normalises with the batch statistics, as the spec does, but "
+        "stores them as the new running averages: the incoming running_mean and "
+        "running_var are dropped instead of kept with weight 0.99. Only the running "
+        "statistics come out wrong.",
+        "Construct eqx.nn.BatchNorm(..., mode=\"batch\") and put the incoming statistics in "
+        "its state (state.set(bn.batch_state_index, (mean, var))): training then "
+        "normalises with the batch statistics and the state holds 0.99 * running + 0.01 * "
+        "batch (examples/recipes/recipe_equinox.py in the repository).",
+        "batch_stats",
+        _STATS,
     ),
     _row(
         "haiku_zero_debias",
@@ -393,6 +407,17 @@ PITFALLS: tuple[Pitfall, ...] = (
         "BatchNormalization (training_mode=1) computes it: the batch term is too small.",
         "Convert only PyTorch's own running_var (nn.BatchNorm2d, F.batch_norm); take ONNX "
         "Runtime's running_var output (BatchNormalization output 2) as it is.",
+        "batch_stats",
+        _STATS,
+    ),
+    _row(
+        "whole_running_var_converted",
+        "PyTorch's running_var multiplied as a whole by (n-1)/n",
+        "PyTorch's updated running_var (0.99 * old + 0.01 * unbiased batch variance) was "
+        "multiplied by (n - 1) / n as a whole (n = N*H*W): that converts the batch term but "
+        "also shrinks the carried-over 0.99 * old, which was biased already.",
+        "Convert the batch term only: resblock.conformance.convert.spec_running_var(old_var, "
+        "bn.running_var, n), i.e. new = 0.99 * old + 0.01 * var_unbiased * (n - 1) / n.",
         "batch_stats",
         _STATS,
     ),

@@ -70,6 +70,7 @@ class Variant:
     # Convolution.
     valid_padding: bool = False
     circular_padding: bool = False
+    reflect_padding: bool = False
     kernel_flipped: bool = False
     kernel_hw_swapped: bool = False
     kernel_io_swapped: bool = False
@@ -89,13 +90,14 @@ class Variant:
     equinox_ema_mode: bool = False
     haiku_zero_debias: bool = False
     biased_running_var_converted: bool = False
+    whole_running_var_converted: bool = False
     torch_one_value_per_channel: bool = False
 
     def __post_init__(self):
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         exclusive = [
-            ("valid_padding", "circular_padding"),
+            ("valid_padding", "circular_padding", "reflect_padding"),
             ("tf32_conv", "bf16_conv"),
             ("momentum_swapped", "torch_default_momentum", "stale_stats"),
             ("relu_before_add", "missing_residual", "preactivation"),
@@ -246,7 +248,8 @@ def _conv(v: Variant, x, conv):
         top, left = (h - hv) // 2, (w - wv) // 2
         y = np.pad(y, ((0, 0), (top, h - hv - top), (left, w - wv - left), (0, 0)))
     else:
-        mode = "wrap" if v.circular_padding else "constant"
+        mode = "wrap" if v.circular_padding else "reflect" if v.reflect_padding else \
+            "constant"
         y = _shifted_matmuls(np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode=mode), k, h, w)
     if not v.missing_conv_bias:
         y = y + conv["bias"]
@@ -328,12 +331,6 @@ def _batch_norm(v: Variant, y, bn, stats):
         nchw = (y.shape[0], c) + y.shape[1:3]
         raise ValueError("Expected more than 1 value per channel when training, got input "
                          f"size torch.Size({list(nchw)})")
-    if v.equinox_ema_mode:
-        # eqx.nn.BatchNorm(mode="ema"), Equinox's default: normalise with the running
-        # averages after this batch's update (they are also what it stores).
-        k = np.asarray(MOMENTUM, dt)
-        norm_mean = k * stats["mean"] + (1 - k) * batch_mean
-        norm_var = k * stats["var"] + (1 - k) * batch_var
     eps = np.asarray(1e-3 if v.epsilon_1e3 else 1e-4 if v.epsilon_1e4
                      else 1e-6 if v.epsilon_1e6 else EPSILON, dt)
     if v.epsilon_outside_sqrt:
@@ -357,6 +354,18 @@ def _batch_norm(v: Variant, y, bn, stats):
         "mean": keep * stats["mean"] + take * batch_mean,
         "var": keep * stats["var"] + take * stat_var,
     }
+    if v.whole_running_var_converted:
+        # PyTorch's update (unbiased batch term) with the WHOLE result scaled by (n-1)/n:
+        # the carried-over 0.99 * old is shrunk too, not only the batch term.
+        with np.errstate(invalid="ignore"):
+            whole = keep * stats["var"] + take * batch_var * unbiased
+        new["var"] = whole * (np.asarray(n - 1, dt) / np.asarray(n, dt))
+    if v.equinox_ema_mode:
+        # eqx.nn.BatchNorm(mode="ema"), Equinox's default, on a fresh state's first call
+        # (every call of a functional forward builds one): it normalises with the batch
+        # statistics, as the spec does, but stores them as the running averages, dropping
+        # the incoming ones (``lax.select(first_time, batch, ema)``).
+        new = {"mean": batch_mean.copy(), "var": batch_var.copy()}
     if v.haiku_zero_debias:
         # hk.ExponentialMovingAverage after one step from counter 0: hidden / (1 - decay).
         new = {k: a / (1 - keep) for k, a in new.items()}

@@ -31,7 +31,10 @@ def repro_line(run, case_id: str) -> str:
     from resblock.golden.cli import default_goldens
 
     used = [g["path"] for g in run.goldens]
-    if sorted(map(_real, used)) != sorted(map(_real, default_goldens())):
+    if run.secret is not None:
+        parts += ["--secret", "--secret-seed", run.secret["seed"], "--secret-preset",
+                  run.secret["preset"]]
+    elif sorted(map(_real, used)) != sorted(map(_real, default_goldens())):
         for g in used:
             parts += ["--goldens", g]
     if c.timeout is not None:
@@ -66,8 +69,11 @@ def terminal_summary(run, max_cases: int = 10) -> str:
     from resblock.conformance.mistakes.pitfalls import lookup
 
     c = run.config
+    against = (f"on {run.secret['cases']} secret cases (graders' mode, preset "
+               f"{run.secret['preset']})" if run.secret is not None else
+               f"against {', '.join(g['path'] for g in run.goldens)}")
     lines = [f"resblock check: {c.target} (api {c.api}, layout {c.layout}, profile "
-             f"{c.profile}) against {', '.join(g['path'] for g in run.goldens)}"]
+             f"{c.profile}) {against}"]
     fams = sorted({r.family for r in run.results})
     for fam in fams:
         cnt = Counter(r.status for r in run.results if r.family == fam)
@@ -141,6 +147,9 @@ def terminal_summary(run, max_cases: int = 10) -> str:
         else:
             lines.append("aggregate test (spec 8.5): not applied, the golden file has no "
                          "spreads (format 3); regenerate it to apply it")
+    if run.secret is not None:
+        lines.append(f"graders' mode: secret seed {run.secret['seed']} (re-run with "
+                     f"--secret-seed); isolation: {run.secret['isolation']}")
     lines.append(f"{verdict}: {run.count('pass')} passed, "
                  f"{run.count('fail') + run.count('error')} failed "
                  f"({run.count('error')} errors), {run.count('xfail')} xfailed, "
@@ -163,6 +172,7 @@ def json_report(run) -> dict:
         "layout": c.layout,
         "profile": c.profile,
         "goldens": run.goldens,
+        **({"secret": run.secret} if run.secret is not None else {}),
         "verdict": "conforms" if run.conforms else "does_not_conform",
         "summary": {s: run.count(s) for s in ORDER} | {"total": len(run.results)},
         "seconds": round(run.seconds, 3),

@@ -97,7 +97,7 @@ def _end_descendants() -> None:
         time.sleep(0.01)
 
 
-def _reaper_main(conn, target, api, layout, parent_pid):  # runs in the reaper process
+def _reaper_main(conn, target, api, layout, parent_pid, confine_dir=None):  # the reaper
     """Fork the worker, reap whatever comes back to this subreaper, and when the worker
     ends (or SIGTERM comes: the checker asks, or died) kill every descendant and exit with
     the worker's status."""
@@ -119,11 +119,11 @@ def _reaper_main(conn, target, api, layout, parent_pid):  # runs in the reaper p
         if os.getppid() != parent_pid:  # the checker died before the line above
             os._exit(1)
         if not _prctl(_PR_SET_CHILD_SUBREAPER, 1):
-            _worker_main(conn, target, api, layout, parent_pid)  # never returns
+            _worker_main(conn, target, api, layout, parent_pid, confine_dir)  # never returns
         reaper = os.getpid()
         pid = os.fork()
         if pid == 0:
-            _worker_main(conn, target, api, layout, reaper)  # never returns
+            _worker_main(conn, target, api, layout, reaper, confine_dir)  # never returns
         conn.close()
         while True:
             done, status = os.waitpid(-1, 0)
@@ -146,12 +146,14 @@ def _reaper_main(conn, target, api, layout, parent_pid):  # runs in the reaper p
         os._exit(code)
 
 
-def _worker_main(conn, target, api, layout, parent_pid):  # runs in the worker process
+def _worker_main(conn, target, api, layout, parent_pid, confine_dir=None):  # the worker
     """Load the target, then answer one case per message until told to stop.
 
     The worker ignores the terminal's signals (the checker decides when it ends) and never
     returns into the caller's code: it ends by ``os._exit``, whatever the implementation
-    did to the interpreter. Replies go through :func:`wire.send` (no pickles).
+    did to the interpreter. Replies go through :func:`wire.send` (no pickles). With
+    ``confine_dir`` it confines itself (:mod:`confine`) before it imports the target and
+    says in its "ready" reply what is in force.
     """
     code = 0
     try:
@@ -168,6 +170,9 @@ def _worker_main(conn, target, api, layout, parent_pid):  # runs in the worker p
         from resblock.conformance.running.targets import check_arity, load_target
         from resblock.errors import TargetError
 
+        isolation = None
+        if confine_dir is not None:
+            isolation = _confine(target, confine_dir)
         try:
             fn = load_target(target)
             check_arity(fn, target, api)
@@ -180,7 +185,7 @@ def _worker_main(conn, target, api, layout, parent_pid):  # runs in the worker p
                 f"({type(e).__name__}: {e}); does the module clear sys.modules or replace "
                 "builtins?"))
             return
-        wire.send(conn, "ready")
+        wire.send(conn, "ready", isolation)
         while True:
             try:
                 inputs = conn.recv()  # from the checker: trusted
@@ -201,6 +206,23 @@ def _worker_main(conn, target, api, layout, parent_pid):  # runs in the worker p
         code = 70
     finally:
         os._exit(code)
+
+
+def _confine(target: str, folder: str) -> str:
+    """Confine this worker to reading its interpreter's paths and the target's folder and
+    to writing ``folder`` (its TMPDIR from now on); what is in force, in words."""
+    import tempfile
+
+    import resblock.golden
+    from resblock.conformance.running import confine
+
+    os.environ["TMPDIR"] = tempfile.tempdir = folder
+    extra = []
+    path = target.rsplit(":", 1)[0]
+    if path.endswith(".py"):
+        extra.append(os.path.dirname(os.path.abspath(path)))
+    extra += list(resblock.__path__)  # the kit stays importable (conformance.convert)
+    return confine.confine(folder, extra, hidden=list(resblock.golden.__path__))
 
 
 def _use_fork() -> bool:
@@ -246,7 +268,10 @@ class Worker:
 
     poll_s = 0.25  # how often a waiting checker looks whether the worker still lives
 
-    def __init__(self, target, api, layout, timeout=None):
+    def __init__(self, target, api, layout, timeout=None, confine=False):
+        """``confine``: the worker confines its own filesystem access (Landlock, where
+        the platform has it: the graders' mode); :attr:`isolation` then says what was in
+        force for the last worker started."""
         import multiprocessing as mp
 
         self.ctx = mp.get_context("fork" if _use_fork() else "spawn")
@@ -254,6 +279,13 @@ class Worker:
         self.proc = self.conn = None
         self.busy = False  # a case is in the worker's hands
         self.loading = False  # started, "ready" not yet received
+        self.confine_dir = None
+        if confine:
+            import tempfile
+
+            self.confine_dir = tempfile.mkdtemp(prefix="resblock-worker-")
+        self.isolation = ("worker process" + (", subreaper" if sys.platform.startswith(
+            "linux") else "") + ("" if confine else ", no filesystem confinement"))
 
     def start(self) -> None:
         """Start the worker without waiting for it to load the target; a load error is
@@ -282,7 +314,7 @@ class Worker:
         parent, child = self.ctx.Pipe()
         self.proc = self.ctx.Process(target=_reaper_main, daemon=True,
                                      args=(child, self.target, self.api, self.layout,
-                                           os.getpid()))
+                                           os.getpid(), self.confine_dir))
         self.proc.start()
         try:
             os.setpgid(self.proc.pid, self.proc.pid)  # also done by the child: no race
@@ -304,6 +336,8 @@ class Worker:
             self._kill()
             raise TargetError(clean_text(why) if msg and msg[0] == "load_error"
                               else f"--impl {self.target}: {why}")
+        if self.confine_dir is not None:
+            self.isolation = "worker process, subreaper, " + clean_text(msg[1] or "")
 
     def _receive(self, timeout, limits):
         """The worker's next reply as ``(kind, text or Outcome)``, ``("died", exitcode)``,
@@ -401,3 +435,8 @@ class Worker:
                 except OSError:
                     pass
             self._kill()  # also any process the implementation left in its group
+        if self.confine_dir is not None:
+            import shutil
+
+            shutil.rmtree(self.confine_dir, ignore_errors=True)
+            self.confine_dir = None

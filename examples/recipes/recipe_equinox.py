@@ -5,10 +5,10 @@
 Equinox layers work on one sample ``(C, H, W)``; the batch is a ``jax.vmap`` whose
 ``axis_name`` the BatchNorm reduces over. What differs from Equinox's defaults:
 
-* ``eqx.nn.BatchNorm(..., mode="batch")``: the default mode ``"ema"`` normalises with
-  the freshly updated running averages (``0.99 * running + 0.01 * batch``; with the
-  batch statistics only on the very first call), not with the batch statistics. The kit
-  names it ``equinox_ema_mode``. In ``mode="batch"`` the stored statistics are the
+* ``eqx.nn.BatchNorm(..., mode="batch")``: the default mode ``"ema"``, on the fresh
+  state each call builds, normalises with the batch statistics (right) but stores them
+  as the running averages, dropping the incoming ones (wrong). The kit names it
+  ``equinox_ema_mode``. In ``mode="batch"`` the stored statistics are the
   spec's running mean and biased variance (Equinox's zero-debiasing by ``1 -
   momentum**counter`` applies only to inference).
 * ``momentum=0.99`` and ``eps=1e-5`` are Equinox's defaults and the spec's.
@@ -64,9 +64,8 @@ def load(model, state, params, batch_stats):
         layer = getattr(model, bn)
         if layer.mode == "batch":
             state = state.set(layer.batch_state_index, stats)
-        else:  # "ema": the loaded averages, and not a first call (which would drop them)
+        else:  # "ema": loaded, but its first call replaces them with the batch's
             state = state.set(layer.ema_state_index, stats)
-            state = state.set(layer.ema_first_time_index, jnp.array(False))
     return model, state
 
 

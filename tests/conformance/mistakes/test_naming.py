@@ -31,6 +31,12 @@ TORCH_EDITS = {
          "new_var = layer.running_var.clone()")],
     "circular_padding": [(TORCH_CONV, 'F.conv2d(F.pad(h, (1, 1, 1, 1), mode="circular"), '
                                       't(params[conv]["kernel"]), t(params[conv]["bias"]))')],
+    "reflect_padding": [(TORCH_CONV, 'F.conv2d(F.pad(h, (1, 1, 1, 1), mode="reflect"), '
+                                     't(params[conv]["kernel"]), t(params[conv]["bias"]))')],
+    # The README's old wording read literally: the whole running_var times (n-1)/n.
+    "whole_running_var_converted": [
+        ("new_var = (keep * old + batch_term * ((n - 1) / n)).float()",
+         "new_var = (layer.running_var.double() * ((n - 1) / n)).float()")],
     # Real TF32 on a GPU truncates or rounds each operand to 10 mantissa bits; this port
     # truncates (clears the low 13 bits), where the kit's twin rounds to nearest.
     "tf32_conv": [(TORCH_CONV, 'F.conv2d(_tf32(h), _tf32(t(params[conv]["kernel"])), '

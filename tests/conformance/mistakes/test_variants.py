@@ -54,6 +54,7 @@ REVEALING = {
     "per_sample_stats": GENERIC,  # batch > 1
     "valid_padding": GENERIC,  # any case with N*H*W > 1
     "circular_padding": GENERIC,  # border values != 0
+    "reflect_padding": GENERIC,  # border values != 0
     "kernel_flipped": GENERIC,  # spatial > 1x1 and a non-symmetric kernel
     "kernel_hw_swapped": GENERIC,  # spatial > 1x1 and kernel != its transpose
     "kernel_io_swapped": GENERIC,  # features > 1
@@ -74,6 +75,7 @@ REVEALING = {
     "equinox_ema_mode": GENERIC,  # incoming running stats != batch stats
     "haiku_zero_debias": GENERIC,  # any case: the stats come back 100x
     "biased_running_var_converted": GENERIC,  # small n, var ~1: gap 0.01*var/n
+    "whole_running_var_converted": GENERIC,  # small n: 0.99*old shrunk by old/n
     # sequential_f32_stats is a correct algorithm on small reductions (INVISIBLE below);
     # tests/conformance/mistakes/test_zoo.py shows where it leaves the error model's envelope.
 }
@@ -101,6 +103,7 @@ INVISIBLE_OUTPUT_AT_SINGLE = [
     "kernel_reshaped",
     "valid_padding",
     "circular_padding",
+    "reflect_padding",
     "missing_conv_bias",
     "tf32_conv",
     "bf16_conv",
@@ -146,11 +149,13 @@ def test_variant_names_are_the_contract():
     expected = """missing_residual relu_before_add preactivation eval_mode_bn
         unbiased_variance_norm torch_unbiased_running_var momentum_swapped
         torch_default_momentum stale_stats epsilon_1e3 epsilon_outside_sqrt valid_padding
-        circular_padding kernel_flipped kernel_hw_swapped kernel_io_swapped kernel_reshaped
+        circular_padding reflect_padding kernel_flipped kernel_hw_swapped kernel_io_swapped
+        kernel_reshaped
         missing_conv_bias per_sample_stats tf32_conv bf16_conv layout_confusion
         epsilon_1e4 epsilon_1e6 momentum_0999 momentum_095 sequential_f32_stats
         init_no_truncation_correction init_he_scale init_fan_in_c float16_activations
         equinox_ema_mode haiku_zero_debias biased_running_var_converted
+        whole_running_var_converted
         torch_one_value_per_channel
         """.split()
     assert sorted(WRONG_SWITCHES) == sorted(expected)
@@ -250,7 +255,8 @@ def test_degenerate_shapes_run(name, shape, make_case):
     assert set(new) == {"BatchNorm_0", "BatchNorm_1"}
     for b in new.values():
         assert b["mean"].shape == b["var"].shape == (shape[-1],)
-    if n > 1 or name not in ("unbiased_variance_norm", "torch_unbiased_running_var"):
+    if n > 1 or name not in ("unbiased_variance_norm", "torch_unbiased_running_var",
+                             "whole_running_var_converted"):
         assert np.isfinite(y).all() and all(
             np.isfinite(a).all() for b in new.values() for a in b.values()
         )
@@ -325,6 +331,8 @@ def test_pitfall_table_matches_variants():
         "momentum_095",
         "haiku_zero_debias",
         "biased_running_var_converted",
+        "whole_running_var_converted",
+        "equinox_ema_mode",
     }
     with pytest.raises(KeyError, match="Did you mean 'momentum_swapped'"):
         pitfalls.lookup("momentum_swaped")
@@ -343,3 +351,33 @@ def test_torch_one_value_per_channel_raises_only_there(make_case):
     y_ok, new_ok = make_forward("correct_float32")(x, params, stats)
     assert np.array_equal(y, y_ok)
     assert all(np.array_equal(new[b][k], new_ok[b][k]) for b in new for k in new[b])
+
+
+def test_equinox_ema_twin_normalises_with_the_batch_and_stores_the_batch_stats(make_case):
+    x, params, stats = make_case(*GENERIC)
+    y, new = make_forward("equinox_ema_mode")(x, params, stats)
+    y_ok, new_ok = make_forward("correct_float32")(x, params, stats)
+    np.testing.assert_array_equal(y, y_ok)  # the output is right
+    for bn in new:  # the stored statistics are the batch's: (ok - 0.99 old) / 0.01
+        batch = (new_ok[bn]["mean"] - 0.99 * stats[bn]["mean"]) / 0.01
+        np.testing.assert_allclose(new[bn]["mean"], batch, rtol=1e-3, atol=1e-4)
+        assert not np.allclose(new[bn]["mean"], new_ok[bn]["mean"], atol=1e-3)
+
+
+def test_whole_running_var_conversion_shrinks_the_carried_over_part_too(make_case):
+    x, params, stats = make_case(*GENERIC)
+    n = x.shape[0] * x.shape[1] * x.shape[2]
+    _, new = make_forward("whole_running_var_converted")(x, params, stats)
+    _, torch_like = make_forward("torch_unbiased_running_var")(x, params, stats)
+    for bn in new:
+        np.testing.assert_allclose(new[bn]["var"], torch_like[bn]["var"] * (n - 1) / n,
+                                   rtol=1e-6)
+        np.testing.assert_array_equal(new[bn]["mean"], torch_like[bn]["mean"])
+
+
+def test_reflect_padding_mirrors_the_border(make_case):
+    x, params, stats = make_case(*GENERIC)
+    y_r, _ = make_forward("reflect_padding")(x, params, stats)
+    y_c, _ = make_forward("circular_padding")(x, params, stats)
+    y_ok, _ = make_forward("correct_float32")(x, params, stats)
+    assert not np.allclose(y_r, y_ok, atol=1e-3) and not np.allclose(y_r, y_c, atol=1e-3)
