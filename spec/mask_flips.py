@@ -160,14 +160,17 @@ def fit(residual: dict, flips: list[Flip], sigma: dict) -> np.ndarray:
     coef = np.linalg.lstsq(gram, rhs, rcond=None)[0]
     b = (coef > 0.5).astype(np.float64)
 
-    def cost(v):  # |y - D v|^2 without the constant |y|^2
-        return float(v @ gram @ v - 2.0 * v @ rhs)
+    # |y - D v|^2 without the constant |y|^2
+    return descend(b, lambda v: float(v @ gram @ v - 2.0 * v @ rhs))
 
+
+def descend(b: np.ndarray, cost) -> np.ndarray:
+    """Toggle single flips of ``b`` (0/1, changed in place) while one lowers ``cost``."""
     best = cost(b)
     improved = True
     while improved:
         improved = False
-        for i in range(a):
+        for i in range(len(b)):
             b[i] = 1.0 - b[i]
             c = cost(b)
             if c < best:
@@ -244,17 +247,7 @@ def resolve(x, params, batch_stats, y_bar, grads: dict, ref: dict | None = None,
 
     if any(f.stage == "sum" for f in flips) and any(f.stage == "bn1" for f in flips):
         # the two ReLUs' flips interact: descend on the exact cost from the linear fit
-        best = cost(b)
-        improved = True
-        while improved:
-            improved = False
-            for i in range(len(b)):
-                b[i] = 1.0 - b[i]
-                c = cost(b)
-                if c < best:
-                    best, improved = c, True
-                else:
-                    b[i] = 1.0 - b[i]
+        b = descend(b, cost)
     # judged against the oracle evaluated with the masks the port saw, under the model
     # evaluated there too (a flipped path carries its own rounding errors)
     residual, errs = against(b)
