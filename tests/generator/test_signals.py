@@ -50,7 +50,7 @@ def _interrupt_once(work, tmp, sig):
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    if proc.returncode == 0 and "wrote out.h5" in err:
+    if proc.returncode == 0 and "wrote out.h5" in out + err:
         # finished first: the file is whole and nothing temporary is left
         assert [p.name for p in work.iterdir()] == ["out.h5"], out + err
         (work / "out.h5").unlink()
@@ -60,6 +60,9 @@ def _interrupt_once(work, tmp, sig):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_a_signal_during_generate_cleans_up(tmp_path, sig):
+    if signal.getsignal(sig) == signal.SIG_IGN:  # e.g. under nohup: inherited, and kept
+        pytest.skip(f"{signal.Signals(sig).name} is ignored in this process tree; "
+                    "resblock keeps a signal its caller ignores ignored, by design")
     work, tmp = tmp_path / "work", tmp_path / "tmp"
     work.mkdir()
     tmp.mkdir()
