@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from resblock.golden.store import group_arrays
+from resblock.golden.store import flat_tree, group_arrays
 from resblock.spec import (
     backward,
     error_model,
@@ -18,14 +18,6 @@ from resblock.spec import (
 )
 from resblock.spec.cases import Case
 from resblock.spec.constants import PARAM_NAMES, STAT_NAMES
-
-
-def _flat(prefix: str, tree: dict, names) -> dict:
-    out = {}
-    for name in names:
-        layer, leaf = name.split("/")
-        out[f"{prefix}/{name}"] = np.asarray(tree[layer][leaf])
-    return out
 
 
 class ReferenceRunner:
@@ -146,11 +138,11 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None):
             y, new_stats = runner(x, params, stats)
             ref = oracle.forward(x, params, stats)
         arrays = {"x": x, "y": y}
-        arrays.update(_flat("params", params, PARAM_NAMES))
-        arrays.update(_flat("batch_stats_in", stats, STAT_NAMES))
-        arrays.update(_flat("batch_stats_out", new_stats, STAT_NAMES))
+        arrays.update(flat_tree("params", params, PARAM_NAMES))
+        arrays.update(flat_tree("batch_stats_in", stats, STAT_NAMES))
+        arrays.update(flat_tree("batch_stats_out", new_stats, STAT_NAMES))
         arrays["oracle/y"] = ref.y
-        arrays.update(_flat("oracle/batch_stats_out", ref.batch_stats, STAT_NAMES))
+        arrays.update(flat_tree("oracle/batch_stats_out", ref.batch_stats, STAT_NAMES))
         for stage, a in ref.stages.items():
             arrays[f"oracle/stages/{stage}"] = a
         arrays.update(budget_arrays(x, params, stats, ref.stages))
@@ -190,8 +182,8 @@ def grad_arrays(x, params, stats, y_bar, x_bar, params_bar, bw, reference=True) 
     out = {"oracle/grad/x": bw.x_bar}
     if reference:
         out.update({"grad/y_bar": y_bar, "grad/x": np.asarray(x_bar)})
-        out.update(_flat("grad/params", params_bar, PARAM_NAMES))
-    out.update(_flat("oracle/grad/params", bw.params_bar, PARAM_NAMES))
+        out.update(flat_tree("grad/params", params_bar, PARAM_NAMES))
+    out.update(flat_tree("oracle/grad/params", bw.params_bar, PARAM_NAMES))
     for name in error_model_backward.GRAD_TENSORS:
         out[f"budget/{grad_path(name)}"] = b.fp32[name]
         out[f"budget_conv/{grad_path(name)}"] = b.conv[name]

@@ -116,6 +116,16 @@ def group_arrays(names) -> tuple[str, ...]:
     return out if has_spreads(names) else tuple(n for n in out if n not in _SPREADS)
 
 
+def flat_tree(prefix: str, tree: dict, names) -> dict:
+    """``{"<prefix>/<Layer>/<leaf>": array}`` of a nested ``{Layer: {leaf: array}}`` tree
+    for the ``names`` ("Layer/leaf"): how parameters and statistics are stored."""
+    out = {}
+    for name in names:
+        layer, leaf = name.split("/")
+        out[f"{prefix}/{name}"] = np.asarray(tree[layer][leaf])
+    return out
+
+
 def grad_path(name: str) -> str:
     """Where a gradient lives under ``grad/``, ``oracle/grad/``, ``budget[_conv]/grad/``,
     ``sigma[_conv]/grad/``:

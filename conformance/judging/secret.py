@@ -25,6 +25,7 @@ from resblock.golden.store import (
     GRAD_ARRAYS,
     REFERENCE_ARRAYS,
     GoldenCase,
+    flat_tree,
 )
 from resblock.spec import secret
 from resblock.spec.cases import Case
@@ -39,14 +40,6 @@ FORWARD_NAMES = tuple(n for n in CASE_ARRAYS if n not in REFERENCE_ARRAYS)
 GRAD_NAMES = tuple(n for n in GRAD_ARRAYS if n not in _REFERENCE_GRAD)
 
 
-def _flat(prefix: str, tree: dict, names) -> dict:
-    out = {}
-    for name in names:
-        layer, leaf = name.split("/")
-        out[f"{prefix}/{name}"] = np.asarray(tree[layer][leaf])
-    return out
-
-
 class SecretArrays(Mapping):
     """The arrays of one secret case: the inputs (and, for the backward, the cotangent)
     drawn when the case is built; the oracle, budgets and spreads computed the first time
@@ -57,8 +50,8 @@ class SecretArrays(Mapping):
         self._x, self._params, self._stats = x, params, stats
         self._grad = grad
         self._arrays = {"x": x}
-        self._arrays.update(_flat("params", params, PARAM_NAMES))
-        self._arrays.update(_flat("batch_stats_in", stats, STAT_NAMES))
+        self._arrays.update(flat_tree("params", params, PARAM_NAMES))
+        self._arrays.update(flat_tree("batch_stats_in", stats, STAT_NAMES))
         if grad:
             self._arrays["grad/y_bar"] = secret.derive_y_bar(case, seed)
         self._names = FORWARD_NAMES + (GRAD_NAMES if grad else ())
@@ -76,7 +69,7 @@ class SecretArrays(Mapping):
         else:
             ref = oracle.forward(x, params, stats)
         a = {"oracle/y": ref.y}
-        a.update(_flat("oracle/batch_stats_out", ref.batch_stats, STAT_NAMES))
+        a.update(flat_tree("oracle/batch_stats_out", ref.batch_stats, STAT_NAMES))
         for stage, v in ref.stages.items():
             a[f"oracle/stages/{stage}"] = v
         a.update(budget_arrays(x, params, stats, ref.stages))
