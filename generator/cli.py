@@ -112,7 +112,8 @@ def _preset_names():
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
               help="Golden HDF5 file to write (never overwritten without --force).")
 @click.option("--preset", type=click.Choice(_preset_names()), default=None,
-              help="A named grid (default, smoke, bench, large). Excludes the axis options.")
+              help="A named grid (default, smoke, bench, large, resnet18: the four "
+                   "ResNet-18 stages at batch 32). Excludes the axis options.")
 @click.option("--family", "families", type=_choices(["seeded", "functional", "stress"]),
               default="seeded", show_default=True)
 @click.option("--inputs", type=_choices(["normal", "lowamp", "large", "offset"]),
