@@ -144,20 +144,40 @@ class Reductions:
     var_s: np.ndarray
 
 
+# Positions per block of the blockwise loops below: a block stays in cache, and a tensor
+# of up to this many values per channel is one block, so its arithmetic is unchanged.
+BLOCK_ROWS = 4096
+
+
+def sample_blocks(n: int, h: int, w: int):
+    """Slices of the batch axis holding about :data:`BLOCK_ROWS` positions each (whole
+    samples; one block when ``n * h * w <= BLOCK_ROWS``)."""
+    step = max(1, BLOCK_ROWS // max(h * w, 1))
+    return [slice(b, min(b + step, n)) for b in range(0, n, step)]
+
+
 def tap_moments(a, dev):
     """``(m1, m2)``: ``m1[i, j, c] = mean over positions of a shifted by tap (i, j)`` and
-    ``m2[i, j, c, f] = mean of that shifted a times dev[..., f]`` (SAME zero padding)."""
+    ``m2[i, j, c, f] = mean of that shifted a times dev[..., f]`` (SAME zero padding).
+
+    Summed block by block (:func:`sample_blocks`), each block's float32 product widened
+    to float64: one (C, P) by (P, F) product over all P positions runs 100x slower on a
+    loaded machine (OpenBLAS's threads split the long axis and wait on each other)."""
     n, h, w, ch = a.shape
-    ap = np.pad(np.asarray(a, np.float32), ((0, 0), (1, 1), (1, 1), (0, 0)))
-    dev2 = np.asarray(dev, np.float32).reshape(n * h * w, -1)
-    m1 = np.empty((3, 3, ch))
-    m2 = np.empty((3, 3, ch, dev2.shape[1]))
-    for i in range(3):
-        for j in range(3):
-            sl = ap[:, i:i + h, j:j + w, :].reshape(n * h * w, ch)
-            m1[i, j] = sl.sum(axis=0, dtype=np.float64) / (n * h * w)
-            m2[i, j] = (sl.T @ dev2).astype(np.float64) / (n * h * w)
-    return m1, m2
+    a32 = np.asarray(a, np.float32)
+    dev32 = np.asarray(dev, np.float32)
+    m1 = np.zeros((3, 3, ch))
+    m2 = np.zeros((3, 3, ch, dev32.shape[-1]))
+    for blk in sample_blocks(n, h, w):
+        ap = np.pad(a32[blk], ((0, 0), (1, 1), (1, 1), (0, 0)))
+        rows = ap.shape[0] * h * w
+        dev2 = dev32[blk].reshape(rows, -1)
+        for i in range(3):
+            for j in range(3):
+                sl = ap[:, i:i + h, j:j + w, :].reshape(rows, ch)
+                m1[i, j] += sl.sum(axis=0, dtype=np.float64)
+                m2[i, j] += (sl.T @ dev2).astype(np.float64)
+    return m1 / (n * h * w), m2 / (n * h * w)
 
 
 def conv(a, err: Err, kernel, bias, c) -> tuple[Err, tuple, Reductions]:
@@ -201,18 +221,26 @@ def conv(a, err: Err, kernel, bias, c) -> tuple[Err, tuple, Reductions]:
     ks2 = np.zeros(c.shape, np.float32)
     moments = []
     w_taps = np.asarray(kernel, np.float64)
+    kernel32 = np.asarray(kernel, np.float32)
     for src in err.sources:
         # mean(T) and mean(dev T) of each input channel's image T, from the taps:
         # sum_t w[t, ci, f] * (correlation of the direction with 1 and with dev).
         d1, d2 = tap_moments(src.direction, dev)
         m_mean = np.einsum("ijc,ijcf->cf", d1, w_taps)
         m_var = np.einsum("ijcf,ijcf->cf", d2, w_taps)
-        for ci in range(a.shape[-1]):  # the image of one input channel's error
-            t = single_channel_conv(src.direction[..., ci], kernel[:, :, ci, :])
-            ts = t * np.float32(src.sigma_s[ci])
-            t *= np.float32(src.sigma[ci])
-            k2 += np.square(t, out=t)
-            ks2 += np.square(ts, out=ts)
+        sig = [np.float32(v) for v in src.sigma]
+        sig_s = [np.float32(v) for v in src.sigma_s]
+        # The image of one input channel's error at a time, a block of samples at a time
+        # (each block in cache; the same float32 operations element by element).
+        for blk in sample_blocks(*c.shape[:3]):
+            patches = channel_patches(src.direction[blk])
+            k2b, ks2b = k2[blk], ks2[blk]
+            for ci in range(a.shape[-1]):
+                t = (patches[ci] @ kernel32[:, :, ci, :].reshape(9, -1)).reshape(k2b.shape)
+                ts = t * sig_s[ci]
+                t *= sig[ci]
+                k2b += np.square(t, out=t)
+                ks2b += np.square(ts, out=ts)
         moments.append((src.sigma, src.sigma_s, m_mean, m_var))
     k2 = k2.astype(np.float64)
     ks2 = ks2.astype(np.float64)
@@ -228,6 +256,17 @@ def single_channel_conv(d, kernel_c):
                        axis=-1)
     kc = np.asarray(kernel_c, np.float32).reshape(9, -1)
     return (patches.reshape(-1, 9) @ kc).reshape(n, h, w, -1)
+
+
+def channel_patches(d):
+    """The 3x3 SAME patches of every channel of ``d`` (N, H, W, C): ``(C, N*H*W, 9)``
+    float32, channel ``ci``'s the rows :func:`single_channel_conv` multiplies."""
+    n, h, w, ch = d.shape
+    dp = np.pad(np.asarray(d, np.float32), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = np.empty((ch, n * h * w, 9), np.float32)
+    for t, (i, j) in enumerate((i, j) for i in range(3) for j in range(3)):
+        out[:, :, t] = dp[:, i:i + h, j:j + w, :].reshape(-1, ch).T
+    return out
 
 
 def channel_errors(c, err: Err, moments=(), red: Reductions | None = None) -> ChannelErr:
@@ -353,6 +392,15 @@ class ForwardSpread:
 
 
 def forward_spread(x, params, batch_stats, stages: dict) -> ForwardSpread:
+    """The spread of a whole forward from the float64 ``stages`` of the oracle, NumPy's
+    BLAS on one thread (its products are many and mid-size: :mod:`resblock.blas`)."""
+    from resblock import blas
+
+    with blas.threads(1):
+        return _forward_spread(x, params, batch_stats, stages)
+
+
+def _forward_spread(x, params, batch_stats, stages: dict) -> ForwardSpread:
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
     p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
     st = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in batch_stats.items()}
