@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 
 _SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
             "openblas_set_num_threads64_", "openblas_set_num_threads")
@@ -81,3 +82,19 @@ def threads(n: int):
         yield
     finally:
         api[1](before)
+
+
+def single_threaded(fn):
+    """Decorate ``fn`` to run with NumPy's OpenBLAS on one thread (:func:`threads`).
+
+    For the kit's float64 and model evaluations (the oracle, the budgets, the spreads,
+    the backward): OpenBLAS gives the same bits on one thread as on several (its threads
+    split the rows and columns of a product, never the sum), measured on the products
+    of those modules at 2x8x8x16, 8x28x28x128 and 32x56x56x64."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with threads(1):
+            return fn(*args, **kwargs)
+
+    return wrapper

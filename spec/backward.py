@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from resblock import blas
 from resblock.spec import oracle
 from resblock.spec.constants import EPSILON
 
@@ -101,6 +102,7 @@ def conv3x3_kernel_grad(a: np.ndarray, c_bar: np.ndarray) -> np.ndarray:
     return out
 
 
+@blas.single_threaded
 def backward(x, params, batch_stats, y_bar, flipped=()) -> BackwardResult:
     """The VJP of the block (training mode) at ``(x, params)`` for cotangent ``y_bar``.
     ``flipped``: ``(stage, index)`` pairs ("sum" or "bn1") whose ReLU mask is taken

@@ -59,6 +59,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from resblock import blas
 from resblock.spec.constants import EPSILON, MOMENTUM, STAT_NAMES, load
 
 U = 2.0 ** -24
@@ -225,6 +226,7 @@ def raw_budgets(x, params, batch_stats, stages: dict) -> tuple[dict, dict]:
     return e, s
 
 
+@blas.single_threaded
 def budgets(x, params, batch_stats, stages: dict) -> Budgets:
     """Stored budgets of a case: ``S e`` and ``S s`` as float32, rounded up."""
     e, s = raw_budgets(x, params, batch_stats, stages)

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from resblock import blas
 from resblock.spec.constants import EPSILON, MOMENTUM, STAT_NAMES
 from resblock.spec.error_model import (
     D_EPSILON,
@@ -391,16 +392,8 @@ class ForwardSpread:
     local: dict
 
 
+@blas.single_threaded
 def forward_spread(x, params, batch_stats, stages: dict) -> ForwardSpread:
-    """The spread of a whole forward from the float64 ``stages`` of the oracle, NumPy's
-    BLAS on one thread (its products are many and mid-size: :mod:`resblock.blas`)."""
-    from resblock import blas
-
-    with blas.threads(1):
-        return _forward_spread(x, params, batch_stats, stages)
-
-
-def _forward_spread(x, params, batch_stats, stages: dict) -> ForwardSpread:
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
     p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
     st = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in batch_stats.items()}

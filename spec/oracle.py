@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from resblock import blas
 from resblock.spec.constants import EPSILON, MOMENTUM
 
 
@@ -68,6 +69,7 @@ def kappa_of(batch_moments, count: int) -> float:
     return 1.0 + max(float(np.max(m * m / (v + EPSILON))) for m, v in batch_moments)
 
 
+@blas.single_threaded
 def forward(x, params, batch_stats) -> OracleResult:
     """Evaluate the block in float64 on (float32) inputs; see module docstring."""
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731

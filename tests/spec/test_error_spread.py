@@ -256,19 +256,3 @@ def test_forward_spread_is_unchanged_by_the_blocks_and_agrees_across_them(monkey
                      (whole.sigma_conv[name], blocked.sigma_conv[name])):
             assert np.all(a > 0)
             assert np.allclose(a, b, rtol=1e-6, atol=0)
-
-
-def test_forward_spread_runs_blas_on_one_thread_and_restores_it(monkeypatch):
-    from resblock import blas
-
-    seen = []
-    real = error_spread._forward_spread
-    monkeypatch.setattr(error_spread, "_forward_spread",
-                        lambda *a: (seen.append(blas.num_threads()), real(*a))[1])
-    case = Case("functional", "normal", 1, 3, 3, 2, 0)
-    x = derive_x(case)
-    params, stats = derive_variables(case)
-    before = blas.num_threads()
-    error_spread.forward_spread(x, params, stats, oracle.forward(x, params, stats).stages)
-    assert blas.num_threads() == before
-    assert seen == [None if before is None else 1]
