@@ -186,7 +186,7 @@ def budget_arrays(x, params, stats, stages: dict) -> dict:
     for name in error_model.TENSORS:
         out[f"budget/{tensor_path(name)}"] = b.fp32[name]
         out[f"budget_conv/{tensor_path(name)}"] = b.conv[name]
-    sp = error_spread.forward_spread(x, params, stats, stages)
+    sp = error_spread.forward_spread(x, params, stats, stages, keep_errors=False)
     for name in error_spread.SPREAD_TENSORS:
         out[f"sigma/{tensor_path(name)}"] = error_spread.stored(sp.sigma[name])
         out[f"sigma_conv/{tensor_path(name)}"] = error_spread.stored(sp.sigma_conv[name])

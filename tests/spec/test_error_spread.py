@@ -256,3 +256,26 @@ def test_forward_spread_is_unchanged_by_the_blocks_and_agrees_across_them(monkey
                      (whole.sigma_conv[name], blocked.sigma_conv[name])):
             assert np.all(a > 0)
             assert np.allclose(a, b, rtol=1e-6, atol=0)
+
+
+def test_forward_spread_without_its_errors_gives_the_same_spreads():
+    """keep_errors=False (the generator's forward: only the stored spreads are needed)
+    drops the per-stage errors, and changes no bit of the spreads or channel errors."""
+    case = Case("functional", "normal", 2, 5, 5, 4, 0)
+    x = derive_x(case)
+    params, stats = derive_variables(case)
+    st = oracle.forward(x, params, stats).stages
+    full = error_spread.forward_spread(x, params, stats, st)
+    lean = error_spread.forward_spread(x, params, stats, st, keep_errors=False)
+    assert set(full.err) == {"conv1", "bn1", "relu1", "conv2", "bn2", "sum"}
+    assert lean.err == {}
+    for name in error_spread.SPREAD_TENSORS:
+        assert np.array_equal(full.sigma[name], lean.sigma[name])
+        assert np.array_equal(full.sigma_conv[name], lean.sigma_conv[name])
+    for layer in ("BatchNorm_0", "BatchNorm_1"):
+        for f in ("mean", "var", "rel", "mean_s", "var_s", "rel_s"):
+            assert np.array_equal(getattr(full.channel[layer], f),
+                                  getattr(lean.channel[layer], f))
+            assert np.array_equal(getattr(full.own[layer], f), getattr(lean.own[layer], f))
+        assert np.array_equal(full.local[layer], lean.local[layer])
+    assert np.all(full.sigma["output"] > 0)
