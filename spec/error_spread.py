@@ -57,6 +57,7 @@ from resblock.spec.error_model import (
     FLOOR,
     U,
     abs_conv,
+    sample_blocks,
 )
 
 # Second moment, per unit u_conv^2, of the relative error of one product whose two
@@ -145,16 +146,7 @@ class Reductions:
     var_s: np.ndarray
 
 
-# Positions per block of the blockwise loops below: a block stays in cache, and a tensor
-# of up to this many values per channel is one block, so its arithmetic is unchanged.
-BLOCK_ROWS = 4096
-
-
-def sample_blocks(n: int, h: int, w: int):
-    """Slices of the batch axis holding about :data:`BLOCK_ROWS` positions each (whole
-    samples; one block when ``n * h * w <= BLOCK_ROWS``)."""
-    step = max(1, BLOCK_ROWS // max(h * w, 1))
-    return [slice(b, min(b + step, n)) for b in range(0, n, step)]
+SOURCE_ROWS = 1024  # positions per step of conv()'s channel-source images (in cache)
 
 
 def tap_moments(a, dev):
@@ -224,6 +216,11 @@ def conv(a, err: Err, kernel, bias, c) -> tuple[Err, tuple, Reductions]:
     moments = []
     w_taps = np.asarray(kernel, np.float64)
     kernel32 = np.asarray(kernel, np.float32)
+    f_out = kernel32.shape[-1]
+    taps_of = [np.ascontiguousarray(kernel32[:, :, ci, :].reshape(9, f_out))
+               for ci in range(kernel32.shape[2])]
+    t_buf = np.empty((SOURCE_ROWS, f_out), np.float32)
+    ts_buf = np.empty((SOURCE_ROWS, f_out), np.float32)
     for src in err.sources:
         # mean(T) and mean(dev T) of each input channel's image T, from the taps:
         # sum_t w[t, ci, f] * (correlation of the direction with 1 and with dev).
@@ -232,17 +229,21 @@ def conv(a, err: Err, kernel, bias, c) -> tuple[Err, tuple, Reductions]:
         m_var = np.einsum("ijcf,ijcf->cf", d2, w_taps)
         sig = [np.float32(v) for v in src.sigma]
         sig_s = [np.float32(v) for v in src.sigma_s]
-        # The image of one input channel's error at a time, a block of samples at a time
-        # (each block in cache; the same float32 operations element by element).
+        # The image of one input channel's error at a time, a block of samples and of
+        # SOURCE_ROWS positions at a time into reused buffers (in cache; the same
+        # float32 operations element by element as whole tensors).
         for blk in sample_blocks(*c.shape[:3]):
             patches = channel_patches(src.direction[blk])
-            k2b, ks2b = k2[blk], ks2[blk]
-            for ci in range(a.shape[-1]):
-                t = (patches[ci] @ kernel32[:, :, ci, :].reshape(9, -1)).reshape(k2b.shape)
-                ts = t * sig_s[ci]
-                t *= sig[ci]
-                k2b += np.square(t, out=t)
-                ks2b += np.square(ts, out=ts)
+            k2b, ks2b = k2[blk].reshape(-1, f_out), ks2[blk].reshape(-1, f_out)
+            for r in range(0, k2b.shape[0], SOURCE_ROWS):
+                kk, kks = k2b[r:r + SOURCE_ROWS], ks2b[r:r + SOURCE_ROWS]
+                t, ts = t_buf[:kk.shape[0]], ts_buf[:kk.shape[0]]
+                for ci in range(a.shape[-1]):
+                    np.matmul(patches[ci, r:r + SOURCE_ROWS], taps_of[ci], out=t)
+                    np.multiply(t, sig_s[ci], out=ts)
+                    t *= sig[ci]
+                    kk += np.square(t, out=t)
+                    kks += np.square(ts, out=ts)
         moments.append((src.sigma, src.sigma_s, m_mean, m_var))
     k2 = k2.astype(np.float64)
     ks2 = ks2.astype(np.float64)

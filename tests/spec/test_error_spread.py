@@ -248,7 +248,9 @@ def test_forward_spread_is_unchanged_by_the_blocks_and_agrees_across_them(monkey
     params, stats = derive_variables(case)
     st = oracle.forward(x, params, stats).stages
     whole = error_spread.forward_spread(x, params, stats, st)
-    monkeypatch.setattr(error_spread, "BLOCK_ROWS", 36)  # one sample a block
+    from resblock.spec import error_model
+
+    monkeypatch.setattr(error_model, "BLOCK_ROWS", 36)  # one sample a block
     assert len(error_spread.sample_blocks(4, 6, 6)) == 4
     blocked = error_spread.forward_spread(x, params, stats, st)
     for name in error_spread.SPREAD_TENSORS:
