@@ -88,9 +88,12 @@ def single_threaded(fn):
     """Decorate ``fn`` to run with NumPy's OpenBLAS on one thread (:func:`threads`).
 
     For the kit's float64 and model evaluations (the oracle, the budgets, the spreads,
-    the backward): OpenBLAS gives the same bits on one thread as on several (its threads
-    split the rows and columns of a product, never the sum), measured on the products
-    of those modules at 2x8x8x16, 8x28x28x128 and 32x56x56x64."""
+    the backward). Products whose rows are positions (the convolutions) give the same
+    bits on one thread as on several (OpenBLAS splits rows and columns over its
+    threads; measured at 2x8x8x16, 8x28x28x128 and 32x56x56x64), so the committed set
+    regenerates unchanged; products with a long sum (kernel gradients, by blocks) may
+    be split along it by several threads, so one thread also makes their bits
+    independent of the machine's core count."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

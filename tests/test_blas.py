@@ -76,18 +76,24 @@ def test_the_kits_float64_evaluations_run_on_one_thread_and_restore_it(monkeypat
         assert counts and set(counts) == {1}, (module, counts)
 
 
-def test_one_thread_gives_the_same_bits():
-    """What makes single_threaded safe for goldens: OpenBLAS splits a product's rows and
-    columns over its threads, never its sums (a size at which it uses them all)."""
-    from resblock.spec.backward import conv3x3_input_grad, conv3x3_kernel_grad
+def test_one_thread_gives_the_same_bits_where_positions_are_the_rows():
+    """Why decorating the oracle did not change the committed set: OpenBLAS splits a
+    product's rows and columns over its threads, so products whose rows are positions
+    (the convolutions, the input gradient) give the same bits on one thread (a size at
+    which it uses them all). Products with a long sum (the kernel gradient) may be split
+    along it; under single_threaded they always run on one thread, whatever the core
+    count."""
+    from resblock.spec.backward import conv3x3_input_grad
     from resblock.spec.error_model import abs_conv
+    from resblock.spec.oracle import conv3x3
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((8, 28, 28, 32))
     g = rng.standard_normal((8, 28, 28, 32))
     k = rng.standard_normal((3, 3, 32, 32))
-    many = [conv3x3_kernel_grad(a, g), conv3x3_input_grad(g, k), abs_conv(np.abs(a), k * k)]
+    b = rng.standard_normal(32)
+    many = [conv3x3(a, k, b), conv3x3_input_grad(g, k), abs_conv(np.abs(a), k * k)]
     with blas.threads(1):
-        one = [conv3x3_kernel_grad(a, g), conv3x3_input_grad(g, k), abs_conv(np.abs(a), k * k)]
+        one = [conv3x3(a, k, b), conv3x3_input_grad(g, k), abs_conv(np.abs(a), k * k)]
     for m, o in zip(many, one, strict=True):
         assert np.array_equal(m, o)
