@@ -279,6 +279,83 @@ def gradients(preset: str, repeats: int, tmp: Path, lines: list[str]):
     return med
 
 
+def timed_peak(cmd, env=None) -> tuple[float, float]:
+    """``(wall seconds, peak RSS in MB)`` of ``cmd`` run in a fresh wrapper process (its
+    children's peak is its own measure: RUSAGE_CHILDREN is a maximum over all of them)."""
+    code = ("import resource, subprocess, sys, time\n"
+            "t = time.perf_counter()\n"
+            f"subprocess.run({list(map(str, cmd))!r}, check=True, stdout=subprocess.DEVNULL)\n"
+            "print(time.perf_counter() - t, "
+            "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)")
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True, env=env)
+    wall, peak = out.stdout.split()
+    return float(wall), float(peak) * 1.048576  # MiB -> MB
+
+
+def small_grid_floor(repeats: int, tmp: Path, lines: list[str], preset: str = "bench"):
+    """Cold generation of a small grid (256 cases in 8 shape groups) against its compile
+    floor, a fresh process that compiles and runs one jit(vmap(apply)) per shape group
+    (benchmarks/floor_groups.py); alternately, medians."""
+    floor = [PY, ROOT / "benchmarks" / "floor_groups.py", preset]
+    gen = [PY, "-m", "resblock", "generate", "--preset", preset, "--force", "-o",
+           tmp / f"{preset}-cold.h5"]
+    tf, tg = [], []
+    for _ in range(repeats):
+        tf.append(run(list(map(str, floor)), env_with()))
+        tg.append(run(list(map(str, gen)), env_with()))
+    mf, mg = statistics.median(tf), statistics.median(tg)
+    lines.append(f"  {preset} grid cold: resblock generate {mg:.2f} s, compile floor (one "
+                 f"jit+vmap apply per shape group) {mf:.2f} s -> {mg / mf:.2f}x the floor  "
+                 f"(medians of {repeats})")
+
+
+REAL_CASE = (32, 56, 56, 64)  # ResNet-18's first stage at batch 32 (issue 19)
+
+
+def real_sizes(repeats: int, tmp: Path, lines: list[str], grad: bool = True):
+    """One real-size case (``REAL_CASE``) against its floor, side by side, alternately:
+    a fresh process that imports JAX and Flax, compiles and runs the block's forward at
+    that shape (benchmarks/floor_forward.py). Wall time, peak memory and bytes (the file
+    against the float32 ``x`` and ``y`` it holds) as ratios; then ``--stages`` and
+    ``--grad`` once, and the check of the file (a NumPy float32 implementation)."""
+    n, h, w, f = REAL_CASE
+    xy = 2 * n * h * w * f * 4
+    env = env_with()
+    floor = [PY, ROOT / "benchmarks" / "floor_forward.py", n, h, w, f]
+    out = tmp / "real.h5"
+    gen = [PY, "-m", "resblock", "generate", "--family", "functional", "--shapes", f"{h}x{w}",
+           "--batch", n, "--features", f, "--seeds", "0", "--force", "-o"]
+    fl, gn = [], []
+    for _ in range(repeats):
+        fl.append(timed_peak(floor, env))
+        gn.append(timed_peak(gen + [out], env))
+    (ft, fm), (gt, gm) = ([statistics.median(v) for v in zip(*xs, strict=True)]
+                          for xs in (fl, gn))
+    size = out.stat().st_size
+    lines.append(f"  {n}x{h}x{w}x{f} floor (fresh process, JAX+Flax, compile and run the "
+                 f"forward): {ft:.2f} s, {fm:.0f} MB peak")
+    lines.append(f"  resblock generate (default: no stage data, deflate): {gt:.2f} s "
+                 f"({gt / ft:.2f}x the floor), {gm:.0f} MB peak ({gm / fm:.2f}x), file "
+                 f"{size / 1e6:.1f} MB = {size / xy:.2f}x its float32 x+y ({xy / 1e6:.1f} MB)"
+                 f"  (medians of {repeats})")
+    st, sm = timed_peak(gen + [tmp / "real-stages.h5", "--stages"], env)
+    lines.append(f"  with --stages: {st:.2f} s ({st / ft:.2f}x), {sm:.0f} MB peak "
+                 f"({sm / fm:.2f}x), file {(tmp / 'real-stages.h5').stat().st_size / 1e6:.1f} MB"
+                 f" = {(tmp / 'real-stages.h5').stat().st_size / xy:.2f}x x+y")
+    if grad:
+        rt, rm = timed_peak(gen + [tmp / "real-grad.h5", "--grad"], env)
+        gsize = (tmp / "real-grad.h5").stat().st_size
+        lines.append(f"  with --grad: {rt:.2f} s ({rt / ft:.2f}x), {rm:.0f} MB peak "
+                     f"({rm / fm:.2f}x), file {gsize / 1e6:.1f} MB = {gsize / xy:.2f}x x+y")
+    check = [PY, "-m", "resblock", "check", "--impl",
+             ROOT / "examples" / "numpy_float32.py", "-q", "--goldens"]
+    check[5] = f"{check[5]}:forward"
+    ct, cm = timed_peak(check + [out], env)
+    kt, km = timed_peak(check + [tmp / "real-stages.h5"], env)
+    lines.append(f"  check of that case (NumPy float32 impl): {ct:.2f} s, {cm:.0f} MB peak; "
+                 f"of the --stages file {kt:.2f} s, {km:.0f} MB")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -288,6 +365,9 @@ def main(argv=None):
                     help="only section 5 (generation with gradients), bench and default")
     ap.add_argument("--check-only", action="store_true",
                     help="only section 3 (check overhead, worker and --in-process)")
+    ap.add_argument("--real-only", action="store_true",
+                    help="only section 6: a real-size case and a small grid against "
+                         "their floors")
     args = ap.parse_args(argv)
     import flax
     import jax
@@ -306,6 +386,14 @@ def main(argv=None):
             lines.append("3. check overhead")
             check_overhead(repeats, lines)
             print("\n".join(lines))
+            return 0
+        if args.real_only:
+            lines.append("6. a real-size case vs its floor (issue 19)")
+            small_grid_floor(repeats, tmp, lines)
+            real_sizes(repeats, tmp, lines, grad=not args.quick)
+            print("\n".join(lines))
+            if args.out:
+                args.out.write_text("\n".join(lines) + "\n", "utf-8")
             return 0
         if args.backward_only:
             lines.append("5. generation with gradients vs forward-only vs a naive jax.vjp loop")
@@ -328,6 +416,9 @@ def main(argv=None):
         lines.append("5. generation with gradients vs forward-only vs a naive jax.vjp loop")
         for preset in (("bench",) if args.quick else ("bench", "default")):
             gradients(preset, repeats, tmp, lines)
+        lines.append("6. a real-size case vs its floor (issue 19)")
+        small_grid_floor(repeats, tmp, lines)
+        real_sizes(repeats, tmp, lines, grad=not args.quick)
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -123,7 +123,9 @@ def _execute(normal_reqs, uniform_reqs, trunc_reqs):
         for i, r in enumerate(rs):
             classes.setdefault(_bucket(r[1]), []).append(i)
         for bucket, idx in sorted(classes.items()):
-            rows = max(1, min(CHUNK, PAD_BUDGET_BYTES // (4 * bucket)))
+            # No more rows than draws: one real-size x (6.4M values) in a call of 8
+            # rows cost 1.1 GB and 5 s of threefry for 7 rows of padding.
+            rows = max(1, min(CHUNK, len(idx), PAD_BUDGET_BYTES // (4 * bucket)))
             sub = tuple([rs[i] for i in idx] if k == kind else [] for k in range(3))
             res = _execute_batch(sub, tuple(bucket if k == kind else 0 for k in range(3)),
                                  rows)

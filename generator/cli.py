@@ -112,7 +112,8 @@ def _preset_names():
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
               help="Golden HDF5 file to write (never overwritten without --force).")
 @click.option("--preset", type=click.Choice(_preset_names()), default=None,
-              help="A named grid (default, smoke, bench, large). Excludes the axis options.")
+              help="A named grid (default, smoke, bench, large, resnet18: the four "
+                   "ResNet-18 stages at batch 32). Excludes the axis options.")
 @click.option("--family", "families", type=_choices(["seeded", "functional", "stress"]),
               default="seeded", show_default=True)
 @click.option("--inputs", type=_choices(["normal", "lowamp", "large", "offset"]),
@@ -145,13 +146,18 @@ def _preset_names():
               help="Also store the backward (y_bar, jax.vjp gradients, the float64 oracle "
                    "backward and its budgets; spec section 10) for `check --api backward`, "
                    "as the committed set does. Forward-only files are about 45% smaller.")
+@click.option("--stages/--no-stages", default=False, show_default=True,
+              help="Also store the stage data (float64 oracles and budgets of the six "
+                   "stages: the first diverging stage of a check). Without it a checker "
+                   "recomputes it from the inputs when it needs it; at real sizes it is "
+                   "five times the bytes of everything else.")
 @click.option("--memory-limit", type=PositiveGB(), default=None,
               metavar="GB", help="Refuse a grid whose largest shape group needs more memory "
                                  "than this (default: 80% of this machine's memory).")
 @click.pass_context
 def generate(ctx, output, preset, families, inputs, seeds, shapes, features, batch, device,
              jobs, shard, distributed, coordinator, num_processes, process_id, precision,
-             cache_dir, force, grad, memory_limit):
+             cache_dir, force, grad, stages, memory_limit):
     """Run the reference block over a grid of cases and write an HDF5 golden file."""
     import os
 
@@ -230,11 +236,12 @@ def generate(ctx, output, preset, families, inputs, seeds, shapes, features, bat
             meta = generate_distributed(
                 cases, output, preset=preset, force=force, device=device, precision=precision,
                 cache_dir=cache_dir, coordinator=coordinator, num_processes=num_processes,
-                process_id=process_id, progress=bar.update, grad=grad)
+                process_id=process_id, progress=bar.update, grad=grad, stages=stages)
         else:
             meta = runmod.generate(cases, output, preset=preset, force=force, device=device,
                                    jobs=jobs, shard=shard, precision=precision,
-                                   cache_dir=cache_dir, progress=bar.update, grad=grad)
+                                   cache_dir=cache_dir, progress=bar.update, grad=grad,
+                                   stages=stages)
     if not meta["cases"]:
         return
     worst = max(meta["cases"], key=lambda e: e["ref_score"])

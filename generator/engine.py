@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from resblock.golden.store import flat_tree, group_arrays
+from resblock.golden.store import STAGE_ARRAYS, flat_tree, group_arrays
 from resblock.spec import (
     backward,
     error_model,
@@ -111,8 +111,10 @@ def compile_forward(case: Case, precision: str = "highest", grad: bool = False):
         return jax.jit(apply_block).lower(sds(*case.x_shape), params, stats).compile()
 
 
-def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None):
-    """All CASE_ARRAYS of a shape group (stacked on axis 0) and per-case index extras.
+def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None,
+                  stages: bool = False):
+    """The arrays of a shape group (stacked on axis 0) and per-case index extras: every
+    CASE_ARRAYS name, the stage data (STAGE_ARRAYS) only with ``stages``.
 
     ``inputs``: the ``(x, params, batch_stats)`` of each case, if already derived
     (``resblock.generator.batched.derive_cases`` derives many groups at once).
@@ -143,14 +145,26 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None):
         arrays.update(flat_tree("batch_stats_out", new_stats, STAT_NAMES))
         arrays["oracle/y"] = ref.y
         arrays.update(flat_tree("oracle/batch_stats_out", ref.batch_stats, STAT_NAMES))
-        for stage, a in ref.stages.items():
-            arrays[f"oracle/stages/{stage}"] = a
         arrays.update(budget_arrays(x, params, stats, ref.stages))
+        if stages:
+            arrays.update({f"oracle/stages/{k}": a for k, a in ref.stages.items()})
+        else:  # the stage data is recomputed from the inputs by a reader that needs it
+            arrays = {k: a for k, a in arrays.items() if k not in STAGE_ARRAYS}
         if getattr(runner, "grad", False):
             arrays.update(grad_arrays(x, params, stats, y_bar, x_bar, params_bar, bw))
+            del bw
+        kappa = ref.kappa
+        del ref  # the six float64 stages: 300 MB at 32x56x56x64
         rows.append(arrays)
-        extras.append({"kappa": ref.kappa, "ref_score": reference_score(case, arrays, fp32)})
-    stacked = {k: np.stack([r[k] for r in rows]) for k in group_arrays(rows[0])}
+        extras.append({"kappa": kappa, "ref_score": reference_score(case, arrays, fp32)})
+    names = group_arrays(rows[0])
+    if len(rows) == 1:  # a view, not a copy: a real-size case's arrays are 100s of MB
+        return {k: np.asarray(rows[0][k])[None] for k in names}, extras
+    stacked = {}
+    for k in names:
+        stacked[k] = np.stack([r[k] for r in rows])
+        for r in rows:  # each array once in memory
+            del r[k]
     return stacked, extras
 
 
@@ -164,7 +178,7 @@ def budget_arrays(x, params, stats, stages: dict) -> dict:
     for name in error_model.TENSORS:
         out[f"budget/{tensor_path(name)}"] = b.fp32[name]
         out[f"budget_conv/{tensor_path(name)}"] = b.conv[name]
-    sp = error_spread.forward_spread(x, params, stats, stages)
+    sp = error_spread.forward_spread(x, params, stats, stages, keep_errors=False)
     for name in error_spread.SPREAD_TENSORS:
         out[f"sigma/{tensor_path(name)}"] = error_spread.stored(sp.sigma[name])
         out[f"sigma_conv/{tensor_path(name)}"] = error_spread.stored(sp.sigma_conv[name])

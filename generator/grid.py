@@ -104,11 +104,21 @@ LARGE_ROWS: tuple[Row, ...] = tuple(
     for f in (16, 32, 64)
 ) + (Row(_F, "normal", 4, (28, 28), 64, (0, 1), "large grid, batch 4"),)
 
+# The four stages of ResNet-18 (and ResNet-34: the same block shapes) at a training batch
+# of 32: the sizes people train and deploy. Its cost (README, "Real sizes") is in what it
+# stores and in the float64 oracle and error models, not in the float32 forward.
+RESNET18_BATCH = 32
+RESNET18_ROWS: tuple[Row, ...] = tuple(
+    Row(_F, "normal", RESNET18_BATCH, (s, s), f, (0,), f"ResNet-18 stage {i}: {s}x{s}x{f}")
+    for i, (s, f) in enumerate(((56, 64), (28, 128), (14, 256), (7, 512)), start=1)
+)
+
 PRESETS: dict[str, tuple[Row, ...]] = {
     "default": DEFAULT_ROWS,
     "smoke": SMOKE_ROWS,
     "bench": BENCH_ROWS,
     "large": LARGE_ROWS,
+    "resnet18": RESNET18_ROWS,
 }
 
 

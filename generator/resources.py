@@ -17,7 +17,8 @@ from resblock.errors import GridError
 MAX_AXIS_VALUES = 100_000  # values one axis option (--seeds, --features, --batch) expands to
 MAX_CASES = 100_000  # cases of one grid
 # A group is held while it is computed: its stored arrays, plus the float32 forward's and
-# the float64 oracle's intermediates and the copies made for hashing and writing.
+# the float64 oracle's intermediates and the copies made for hashing and writing (the
+# stage data is computed whether or not it is stored: it counts).
 WORKING_FACTOR = 5  # measured: 4.3 for --family functional --batch 100000 (4x4x4)
 
 
@@ -37,12 +38,15 @@ def check_grid_size(axes: dict) -> None:
                         "split it over runs (--shard K/N) or narrow the axes")
 
 
-def case_bytes(n: int, h: int, w: int, f: int, grad: bool = False) -> int:
-    """Bytes a golden file stores for one case of shape (n, h, w, f) (with ``grad``, the
-    backward arrays too)."""
-    from resblock.golden.store import expected_dtype, expected_shape, group_arrays
+def case_bytes(n: int, h: int, w: int, f: int, grad: bool = False,
+               stages: bool = False) -> int:
+    """Bytes a golden file declares for one case of shape (n, h, w, f), before
+    compression (with ``grad``, the backward arrays too; with ``stages``, the stage
+    data)."""
+    from resblock.golden.store import STAGES_MARKER, expected_dtype, expected_shape, group_arrays
 
-    names = group_arrays(("sigma/y", "grad/y_bar") if grad else ("sigma/y",))
+    names = group_arrays(("sigma/y",) + (("grad/y_bar",) if grad else ())
+                         + ((STAGES_MARKER,) if stages else ()))
     return sum(int(np.prod(expected_shape(name, n, h, w, f), dtype=np.int64))
                * expected_dtype(name).itemsize for name in names)
 
@@ -53,7 +57,7 @@ def group_memory(cases, grad: bool = False) -> list[tuple[str, int, int]]:
     for c in cases:
         groups.setdefault(c.group, []).append(c)
     out = [(g, len(cs), WORKING_FACTOR * len(cs) * case_bytes(cs[0].n, cs[0].h, cs[0].w,
-                                                              cs[0].features, grad))
+                                                              cs[0].features, grad, True))
            for g, cs in groups.items()]
     return sorted(out, key=lambda t: -t[2])
 

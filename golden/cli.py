@@ -107,6 +107,10 @@ def show(args):
         for name, a in gc.arrays.items():
             click.echo(f"  {name:38s} {str(a.dtype):8s} {str(a.shape):18s} "
                        f"min {np.min(a): .4g}  max {np.max(a): .4g}")
+        if not gc.has_stages:
+            click.echo("  (no stage data stored: check recomputes the stages' oracles and "
+                       "budgets from the inputs when it needs them; `resblock generate "
+                       "--stages` stores them)")
 
 
 def _has_case(path, case_id) -> bool:

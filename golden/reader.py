@@ -15,8 +15,9 @@ from resblock.spec.constants import FORMAT_VERSION
 
 METADATA_MAX_BYTES = 64 * 2**20  # /metadata is JSON text: a few hundred kB per 1000 cases
 # Format 2 sealed each case with one hash over all its arrays; format 3 with a digest per
-# part (forward, stages, gradients), so that a check reads and hashes only what it uses.
-READABLE_MAJORS = ("2", "3", "4")
+# part (forward, stages, gradients), so that a check reads and hashes only what it uses;
+# format 5 may leave the stages out and compresses large arrays (HDF5 deflate).
+READABLE_MAJORS = ("2", "3", "4", "5")
 
 
 def open_golden(path) -> GoldenFile:
@@ -118,6 +119,7 @@ class GoldenFile:
                 "regenerate it"
             )
         self.sealed_by_parts = str(version).split(".")[0] != "2"
+        self.stages_optional = int(str(version).split(".")[0]) >= 5
         problems = errors(meta, "golden-metadata")
         if problems:
             self._fail("metadata does not validate against schema 'golden-metadata': "
@@ -148,7 +150,7 @@ class GoldenFile:
         when a part is first read (:meth:`part`), before a byte of it is read."""
         import h5py
 
-        from resblock.golden.store import group_arrays, group_parts
+        from resblock.golden.store import STAGES_MARKER, group_arrays, group_parts
 
         self._names = {}  # group -> its array names (CASE_ARRAYS, and GRAD_ARRAYS if any)
         self._cache: dict[tuple, tuple] = {}  # (group, part) -> (arrays, hash problems)
@@ -174,6 +176,10 @@ class GoldenFile:
                            f"({g['size']},) strings")
             have = tuple(n for n in ("grad/y_bar", "sigma/y")
                          if f"{path}/{n.split('/')[0]}".encode() in self._links)
+            # Format 5 made the stage data optional (a group has all of it or none);
+            # before, every group must have it.
+            if not self.stages_optional or f"{path}/oracle/stages".encode() in self._links:
+                have += (STAGES_MARKER,)
             names = group_arrays(have)
             missing = next((n for n in names if f"{path}/{n}".encode() not in self._links),
                            None)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -80,6 +80,7 @@ _SPREADS = frozenset(SPREAD_ARRAYS + GRAD_SPREAD_ARRAYS)
 _STAGE_TENSORS = tuple(t for t in BUDGET_TENSORS if t.startswith("stages/"))
 STAGE_ARRAYS = tuple(f"{kind}/{t}" for kind in ("oracle", "budget", "budget_conv")
                      for t in _STAGE_TENSORS)
+_STAGE_SET = frozenset(STAGE_ARRAYS)
 FORWARD_ARRAYS = tuple(n for n in CASE_ARRAYS if n not in STAGE_ARRAYS)
 PARTS = {"forward": FORWARD_ARRAYS, "stages": STAGE_ARRAYS, "grad": GRAD_ARRAYS}
 _PART_OF = {n: p for p, names in PARTS.items() for n in names}
@@ -103,16 +104,30 @@ def part_of(name: str) -> str:
     return _PART_OF[name]
 
 
+# Format 5: the stage data (oracles and budgets of the six stages, diagnosis only) is
+# optional per group; a group has all of it or none. Formats 2-4 always have it.
+STAGES_MARKER = STAGE_ARRAYS[0]  # "oracle/stages/conv1"
+
+
+def has_stages(names) -> bool:
+    """Whether a group (or a set of arrays) carries the stage data."""
+    return STAGES_MARKER in names
+
+
 def group_parts(names) -> tuple[str, ...]:
     """The parts a group holds, given its array names (or any set that has them)."""
-    return ("forward", "stages", "grad") if "grad/y_bar" in names else ("forward", "stages")
+    return (("forward",) + (("stages",) if has_stages(names) else ())
+            + (("grad",) if "grad/y_bar" in names else ()))
 
 
 def group_arrays(names) -> tuple[str, ...]:
-    """The array names a group holds: CASE_ARRAYS, and GRAD_ARRAYS when ``names`` (what
-    a group or a set of arrays has) includes ``grad/y_bar``; the spreads only when it
-    includes ``sigma/y`` (format 4)."""
+    """The array names a group holds: CASE_ARRAYS (without the stage data unless
+    ``names``, what a group or a set of arrays has, includes ``oracle/stages/conv1``),
+    and GRAD_ARRAYS when it includes ``grad/y_bar``; the spreads only when it includes
+    ``sigma/y`` (format 4)."""
     out = CASE_ARRAYS + GRAD_ARRAYS if "grad/y_bar" in names else CASE_ARRAYS
+    if not has_stages(names):
+        out = tuple(n for n in out if n not in _STAGE_SET)
     return out if has_spreads(names) else tuple(n for n in out if n not in _SPREADS)
 
 
@@ -124,6 +139,32 @@ def flat_tree(prefix: str, tree: dict, names) -> dict:
         layer, leaf = name.split("/")
         out[f"{prefix}/{name}"] = np.asarray(tree[layer][leaf])
     return out
+
+
+# Storage (format 5): an array of a case that holds at least COMPRESS_MIN_BYTES is stored
+# in chunks of one sample (one (H, W, C) image of one case), compressed with HDF5's
+# built-in deflate; small arrays (the whole committed set) stay contiguous and
+# unfiltered. Measured on functional-normal-n32-56x56-f64-s0 (stored / raw bytes,
+# deflate level 1): x 0.86 with the byte shuffle (0.93 without), the budgets and
+# spreads 0.76-0.81 with it (0.89 without), the outputs after a ReLU (y, oracle/y, the
+# relu1 stage) 0.53-0.56 without it (0.62-0.65 with: their exact zeros compress better
+# whole), the other float64 stages 0.89. Level 4 saves 1-2% more at twice the time.
+COMPRESS_MIN_BYTES = 256 * 2**10
+DEFLATE_LEVEL = 1
+_UNSHUFFLED = frozenset({"y", "oracle/y", "oracle/stages/relu1"})
+
+
+def storage_options(name: str, row_shape: tuple[int, ...], dtype) -> dict:
+    """h5py ``create_dataset`` keywords for array ``name`` whose per-case rows have
+    ``row_shape``: ``{}`` (contiguous, unfiltered) for small arrays, else chunks of one
+    sample with deflate (and the byte shuffle but for the ReLU outputs)."""
+    nbytes = int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if nbytes < COMPRESS_MIN_BYTES:
+        return {}
+    sample = len(row_shape) == 4 and not name.endswith("kernel")  # (N, H, W, C)
+    chunk = (1,) + ((1,) + tuple(row_shape[1:]) if sample else tuple(row_shape))
+    return {"chunks": chunk, "compression": "gzip", "compression_opts": DEFLATE_LEVEL,
+            "shuffle": name not in _UNSHUFFLED}
 
 
 def grad_path(name: str) -> str:
@@ -222,14 +263,47 @@ def content_sha256(case_entries) -> str:
     return h.hexdigest()
 
 
+def stage_arrays(x, params, batch_stats, oracle_y=None) -> dict[str, np.ndarray]:
+    """The stage data of a case (STAGE_ARRAYS: float64 oracles and float32 budgets of the
+    six stages), recomputed from its inputs exactly as the generator computes it.
+
+    ``oracle_y``: the stored float64 oracle of the output; the recomputed one must agree
+    with it to 1e-9 of its scale (as ``resblock verify`` requires), else the inputs and
+    the oracle do not belong together and :class:`GoldenFormatError` is raised.
+    """
+    from resblock.errors import GoldenFormatError
+    from resblock.spec import error_model, oracle
+
+    ref = oracle.forward(x, params, batch_stats)
+    if oracle_y is not None:
+        scale = max(float(np.max(np.abs(ref.y))), 1.0) if ref.y.size else 1.0
+        dev = float(np.max(np.abs(np.asarray(oracle_y) - ref.y))) if ref.y.size else 0.0
+        if not dev <= 1e-9 * scale:
+            raise GoldenFormatError(
+                f"the float64 oracle recomputed from the stored inputs differs from the "
+                f"stored oracle/y by {dev:.3g}, so the stage data cannot be recomputed "
+                "for this case: the file was made by another spec version or edited; run "
+                "`resblock verify` on it")
+    b = error_model.budgets(x, params, batch_stats, ref.stages)
+    out = {f"oracle/stages/{k}": np.asarray(v, np.float64) for k, v in ref.stages.items()}
+    for stage in error_model.STAGE_TENSORS:
+        out[f"budget/stages/{stage}"] = b.fp32[stage]
+        out[f"budget_conv/stages/{stage}"] = b.conv[stage]
+    return {n: out[n] for n in STAGE_ARRAYS}
+
+
 @dataclass(frozen=True)
 class GoldenCase:
     """One case read from a golden file: its record, index entry and arrays (a mapping
-    from array name to the case's row; a file's cases read each part on first use)."""
+    from array name to the case's row; a file's cases read each part on first use).
+
+    A case stored without its stage data (format 5's default) recomputes it from its
+    inputs the first time a stage's oracle or bound is asked for (:meth:`stage_data`)."""
 
     case: Case
     entry: dict
     arrays: Mapping
+    derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def id(self) -> str:
@@ -238,7 +312,8 @@ class GoldenCase:
     def detached(self) -> GoldenCase:
         """This case with every array read (and verified) now: usable after its file is
         closed."""
-        return GoldenCase(case=self.case, entry=self.entry, arrays=dict(self.arrays))
+        return GoldenCase(case=self.case, entry=self.entry, arrays=dict(self.arrays),
+                          derived=self.derived)
 
     @property
     def kappa(self) -> float:
@@ -253,16 +328,36 @@ class GoldenCase:
                 out.setdefault(layer, {})[leaf] = self.arrays[name]
         return out
 
+    @property
+    def has_stages(self) -> bool:
+        """Whether the file stores this case's stage data (always, before format 5)."""
+        return has_stages(self.arrays)
+
+    def stage_data(self) -> Mapping:
+        """The stage data (STAGE_ARRAYS names): stored, or recomputed from the inputs once
+        (:func:`stage_arrays`, checked against the stored oracle of the output)."""
+        if self.has_stages:
+            return self.arrays
+        if "stages" not in self.derived:
+            self.derived["stages"] = stage_arrays(self.x, self.params, self.batch_stats_in,
+                                                  self.arrays["oracle/y"])
+        return self.derived["stages"]
+
+    def _array(self, name: str) -> np.ndarray:
+        if name in _STAGE_SET:
+            return self.stage_data()[name]
+        return self.arrays[name]
+
     def reference(self, name: str) -> np.ndarray:
         """The float64 oracle of a checked tensor ("output", a stage or a stat)."""
-        return self.arrays[f"oracle/{tensor_path(name)}"]
+        return self._array(f"oracle/{tensor_path(name)}")
 
     def bound(self, name: str, prof) -> np.ndarray:
         """Per-element bound of a checked tensor under a tolerance profile (float64)."""
         from resblock.spec.error_model import bound_from
 
         t = tensor_path(name)
-        return bound_from(self.arrays[f"budget/{t}"], self.arrays[f"budget_conv/{t}"],
+        return bound_from(self._array(f"budget/{t}"), self._array(f"budget_conv/{t}"),
                           prof.u_conv)
 
     @property

@@ -158,6 +158,8 @@ def oracle_problem(gc) -> str | None:
         (f"oracle/batch_stats_out/{n}", ref.batch_stats[n.split("/")[0]][n.split("/")[1]])
         for n in STAT_NAMES] + [(f"oracle/stages/{k}", v) for k, v in ref.stages.items()]
     for name, fresh in pairs:
+        if name not in gc.arrays:  # format 5 without stage data: nothing stored to check
+            continue
         stored = gc.arrays[name]
         scale = max(float(np.max(np.abs(fresh))), 1.0) if fresh.size else 1.0
         dev = float(np.max(np.abs(stored - fresh))) if fresh.size else 0.0
@@ -217,6 +219,8 @@ def budget_problem(gc, stages: dict) -> str | None:
     for name, a in fresh.items():
         if name.startswith("sigma") and not gc.has_spreads:
             continue  # format 3: no spreads
+        if name not in gc.arrays:  # format 5 without stage data
+            continue
         stored = np.asarray(gc.arrays[name], np.float64)
         a = np.asarray(a, np.float64)
         if not np.all(np.abs(stored - a) <= 1e-5 * np.abs(a) + 1e-38):

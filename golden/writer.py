@@ -20,6 +20,7 @@ from resblock.golden.store import (
     expected_shape,
     group_arrays,
     seal,
+    storage_options,
 )
 from resblock.spec.cases import Case
 
@@ -82,7 +83,7 @@ class GoldenWriter:
             want = (len(cases),) + expected_shape(name, n, h, w, f)
             if a.shape != want:
                 raise GoldenFormatError(f"{first.group}/{name}: shape {a.shape}, expected {want}")
-            g.create_dataset(name, data=a, track_times=False)
+            _create(g, name, a)
         for row, (case, extra) in enumerate(zip(cases, extras, strict=True)):
             entry = {"id": case.id, **case.to_dict(), "group": case.group, "row": row, **extra}
             self.entries.append(seal(entry, {k: arrays[k][row] for k in names}))
@@ -173,6 +174,21 @@ class GoldenWriter:
             os.close(null)
         except Exception:  # noqa: BLE001 - best effort
             pass
+
+
+def _create(g, name: str, a: np.ndarray) -> None:
+    """Store stacked array ``a`` as dataset ``name`` of group ``g``, compressed where the
+    format says so (:func:`~resblock.golden.store.storage_options`). A reader refuses a
+    dataset that declares over MAX_COMPRESSION times the bytes it stores (a compression
+    bomb), so an array that compresses that well (all zeros: a zero-init residual's
+    stages) is stored uncompressed instead."""
+    from resblock.golden.safety import MAX_COMPRESSION
+
+    opts = storage_options(name, a.shape[1:], a.dtype)
+    ds = g.create_dataset(name, data=a, track_times=False, **opts)
+    if opts and a.nbytes > (MAX_COMPRESSION // 2) * max(ds.id.get_storage_size(), 1):
+        del g[name]
+        g.create_dataset(name, data=a, track_times=False)
 
 
 def os_reason(e: OSError) -> str:

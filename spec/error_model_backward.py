@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from resblock import blas
 from resblock.spec import error_model, error_spread, source_images
 from resblock.spec.backward import conv3x3_input_grad, conv3x3_kernel_grad
 from resblock.spec.constants import EPSILON, PARAM_NAMES, load
@@ -301,6 +302,7 @@ class BackwardModel:
     sigma_conv: dict
 
 
+@blas.single_threaded
 def model(x, params, batch_stats, y_bar, bw) -> BackwardModel:
     """The backward model of a case. ``bw``: the oracle's
     :class:`resblock.spec.backward.BackwardResult` of the case."""

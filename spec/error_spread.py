@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from resblock import blas
 from resblock.spec.constants import EPSILON, MOMENTUM, STAT_NAMES
 from resblock.spec.error_model import (
     D_EPSILON,
@@ -56,6 +57,7 @@ from resblock.spec.error_model import (
     FLOOR,
     U,
     abs_conv,
+    sample_blocks,
 )
 
 # Second moment, per unit u_conv^2, of the relative error of one product whose two
@@ -144,20 +146,31 @@ class Reductions:
     var_s: np.ndarray
 
 
+SOURCE_ROWS = 1024  # positions per step of conv()'s channel-source images (in cache)
+
+
 def tap_moments(a, dev):
     """``(m1, m2)``: ``m1[i, j, c] = mean over positions of a shifted by tap (i, j)`` and
-    ``m2[i, j, c, f] = mean of that shifted a times dev[..., f]`` (SAME zero padding)."""
+    ``m2[i, j, c, f] = mean of that shifted a times dev[..., f]`` (SAME zero padding).
+
+    Summed block by block (:func:`sample_blocks`), each block's float32 product widened
+    to float64: one (C, P) by (P, F) product over all P positions runs 100x slower on a
+    loaded machine (OpenBLAS's threads split the long axis and wait on each other)."""
     n, h, w, ch = a.shape
-    ap = np.pad(np.asarray(a, np.float32), ((0, 0), (1, 1), (1, 1), (0, 0)))
-    dev2 = np.asarray(dev, np.float32).reshape(n * h * w, -1)
-    m1 = np.empty((3, 3, ch))
-    m2 = np.empty((3, 3, ch, dev2.shape[1]))
-    for i in range(3):
-        for j in range(3):
-            sl = ap[:, i:i + h, j:j + w, :].reshape(n * h * w, ch)
-            m1[i, j] = sl.sum(axis=0, dtype=np.float64) / (n * h * w)
-            m2[i, j] = (sl.T @ dev2).astype(np.float64) / (n * h * w)
-    return m1, m2
+    a32 = np.asarray(a, np.float32)
+    dev32 = np.asarray(dev, np.float32)
+    m1 = np.zeros((3, 3, ch))
+    m2 = np.zeros((3, 3, ch, dev32.shape[-1]))
+    for blk in sample_blocks(n, h, w):
+        ap = np.pad(a32[blk], ((0, 0), (1, 1), (1, 1), (0, 0)))
+        rows = ap.shape[0] * h * w
+        dev2 = dev32[blk].reshape(rows, -1)
+        for i in range(3):
+            for j in range(3):
+                sl = ap[:, i:i + h, j:j + w, :].reshape(rows, ch)
+                m1[i, j] += sl.sum(axis=0, dtype=np.float64)
+                m2[i, j] += (sl.T @ dev2).astype(np.float64)
+    return m1 / (n * h * w), m2 / (n * h * w)
 
 
 def conv(a, err: Err, kernel, bias, c) -> tuple[Err, tuple, Reductions]:
@@ -197,22 +210,40 @@ def conv(a, err: Err, kernel, bias, c) -> tuple[Err, tuple, Reductions]:
                        + half * np.einsum("ijc,ijcf->f", np.square(m1), w2)),
         var_s=(2.0 * np.sqrt(9.0 * (dev2 * (vs_prop + half * t2)).sum(axis=_AXES)) / n
                + 2.0 * np.sqrt(half * (np.square(m2) * w2).sum(axis=(0, 1, 2)))))
+    del t2, v_prop, v_round, vs_prop, dev2  # 51 MB each at 32x56x56x64
     k2 = np.zeros(c.shape, np.float32)
     ks2 = np.zeros(c.shape, np.float32)
     moments = []
     w_taps = np.asarray(kernel, np.float64)
+    kernel32 = np.asarray(kernel, np.float32)
+    f_out = kernel32.shape[-1]
+    taps_of = [np.ascontiguousarray(kernel32[:, :, ci, :].reshape(9, f_out))
+               for ci in range(kernel32.shape[2])]
+    t_buf = np.empty((SOURCE_ROWS, f_out), np.float32)
+    ts_buf = np.empty((SOURCE_ROWS, f_out), np.float32)
     for src in err.sources:
         # mean(T) and mean(dev T) of each input channel's image T, from the taps:
         # sum_t w[t, ci, f] * (correlation of the direction with 1 and with dev).
         d1, d2 = tap_moments(src.direction, dev)
         m_mean = np.einsum("ijc,ijcf->cf", d1, w_taps)
         m_var = np.einsum("ijcf,ijcf->cf", d2, w_taps)
-        for ci in range(a.shape[-1]):  # the image of one input channel's error
-            t = single_channel_conv(src.direction[..., ci], kernel[:, :, ci, :])
-            ts = t * np.float32(src.sigma_s[ci])
-            t *= np.float32(src.sigma[ci])
-            k2 += np.square(t, out=t)
-            ks2 += np.square(ts, out=ts)
+        sig = [np.float32(v) for v in src.sigma]
+        sig_s = [np.float32(v) for v in src.sigma_s]
+        # The image of one input channel's error at a time, a block of samples and of
+        # SOURCE_ROWS positions at a time into reused buffers (in cache; the same
+        # float32 operations element by element as whole tensors).
+        for blk in sample_blocks(*c.shape[:3]):
+            patches = channel_patches(src.direction[blk])
+            k2b, ks2b = k2[blk].reshape(-1, f_out), ks2[blk].reshape(-1, f_out)
+            for r in range(0, k2b.shape[0], SOURCE_ROWS):
+                kk, kks = k2b[r:r + SOURCE_ROWS], ks2b[r:r + SOURCE_ROWS]
+                t, ts = t_buf[:kk.shape[0]], ts_buf[:kk.shape[0]]
+                for ci in range(a.shape[-1]):
+                    np.matmul(patches[ci, r:r + SOURCE_ROWS], taps_of[ci], out=t)
+                    np.multiply(t, sig_s[ci], out=ts)
+                    t *= sig[ci]
+                    kk += np.square(t, out=t)
+                    kks += np.square(ts, out=ts)
         moments.append((src.sigma, src.sigma_s, m_mean, m_var))
     k2 = k2.astype(np.float64)
     ks2 = ks2.astype(np.float64)
@@ -228,6 +259,17 @@ def single_channel_conv(d, kernel_c):
                        axis=-1)
     kc = np.asarray(kernel_c, np.float32).reshape(9, -1)
     return (patches.reshape(-1, 9) @ kc).reshape(n, h, w, -1)
+
+
+def channel_patches(d):
+    """The 3x3 SAME patches of every channel of ``d`` (N, H, W, C): ``(C, N*H*W, 9)``
+    float32, channel ``ci``'s the rows :func:`single_channel_conv` multiplies."""
+    n, h, w, ch = d.shape
+    dp = np.pad(np.asarray(d, np.float32), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = np.empty((ch, n * h * w, 9), np.float32)
+    for t, (i, j) in enumerate((i, j) for i in range(3) for j in range(3)):
+        out[:, :, t] = dp[:, i:i + h, j:j + w, :].reshape(-1, ch).T
+    return out
 
 
 def channel_errors(c, err: Err, moments=(), red: Reductions | None = None) -> ChannelErr:
@@ -311,7 +353,7 @@ def batch_norm(c, err: Err, scale, beta, z, mean_in, var_in, moments=(), red=Non
     # The channel errors move z along 1 (the mean, and the folded form's per-channel
     # rounding) and along z - beta (inv): exact sources for the next convolution.
     local = U * (2.0 * np.abs(mean * inv) + np.abs(beta))
-    sources = (ChannelSource(np.ones(c.shape), np.hypot(inv * ch.mean, local),
+    sources = (ChannelSource(np.broadcast_to(1.0, c.shape), np.hypot(inv * ch.mean, local),
                              inv * ch.mean_s),
                ChannelSource(z - beta, ch.rel, ch.rel_s))
     return (Err(v, inv * err.k, vs, inv * err.ks, sources, inv * err.kx, inv * err.kxs), ch,
@@ -352,7 +394,15 @@ class ForwardSpread:
     local: dict
 
 
-def forward_spread(x, params, batch_stats, stages: dict) -> ForwardSpread:
+@blas.single_threaded
+def forward_spread(x, params, batch_stats, stages: dict,
+                   keep_errors: bool = True) -> ForwardSpread:
+    """The spread of a whole forward from the oracle's float64 ``stages``.
+
+    ``keep_errors`` False (what the stored spreads need; the backward model needs them
+    kept): ``err`` is left empty and each stage's error arrays are dropped once the next
+    stage is computed, about 1.3 GB less at 32x56x56x64 (a float64 tensor is 51 MB and
+    a stage's error holds up to eight). The spreads are the same either way."""
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
     p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
     st = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in batch_stats.items()}
@@ -361,28 +411,42 @@ def forward_spread(x, params, batch_stats, stages: dict) -> ForwardSpread:
     a, a_err = x, exact(x.shape)
     for conv_name, layer, conv_stage, bn_stage in (("Conv_0", "BatchNorm_0", "conv1", "bn1"),
                                                    ("Conv_1", "BatchNorm_1", "conv2", "bn2")):
-        err[conv_stage], moments, red = conv(a, a_err, p[conv_name]["kernel"],
-                                             p[conv_name]["bias"], stages[conv_stage])
+        ce, moments, red = conv(a, a_err, p[conv_name]["kernel"], p[conv_name]["bias"],
+                                stages[conv_stage])
+        del a_err
         e, ch, sm, smc, sv, svc = batch_norm(
-            stages[conv_stage], err[conv_stage], p[layer]["scale"], p[layer]["bias"],
+            stages[conv_stage], ce, p[layer]["scale"], p[layer]["bias"],
             stages[bn_stage], st[layer]["mean"], st[layer]["var"], moments, red)
-        err[bn_stage], chan[layer] = e, ch
+        chan[layer] = ch
         c = stages[conv_stage]
-        own[layer] = channel_errors(c, err[conv_stage], (), red) if moments else ch
+        own[layer] = channel_errors(c, ce, (), red) if moments else ch
+        if keep_errors:
+            err[conv_stage], err[bn_stage] = ce, e
+        del ce, moments, red
         var = np.square(c - c.mean(axis=_AXES)).mean(axis=_AXES)
         inv = np.abs(p[layer]["scale"]) / np.sqrt(var + EPSILON)
         local[layer] = U * (2.0 * np.abs(c.mean(axis=_AXES) * inv) + np.abs(p[layer]["bias"]))
         sig[f"{layer}/mean"], sig_c[f"{layer}/mean"] = sm, smc
         sig[f"{layer}/var"], sig_c[f"{layer}/var"] = sv, svc
-        # ReLU is 1-Lipschitz and passes nothing where it is closed
-        a, a_err = stages["relu1"], relu(stages["relu1"], e)
-    err["relu1"] = a_err
-    b2 = err["bn2"]
-    err["sum"] = Err(b2.v + U * U * np.square(stages["sum"]),
-                     b2.k + b2.kx + _source_rms(b2, "sigma"), b2.vs,
-                     b2.ks + b2.kxs + _source_rms(b2, "sigma_s"))
-    sig["output"] = err["sum"].sigma()
-    sig_c["output"] = err["sum"].sigma_conv()
+        # ReLU is 1-Lipschitz and passes nothing where it is closed. (After the second
+        # layer this gives err["relu1"] BatchNorm_1's errors under relu1's mask, what
+        # the backward model has always been given; kept as it is, values unchanged.)
+        if keep_errors or conv_stage == "conv1":
+            a, a_err = stages["relu1"], relu(stages["relu1"], e)
+            if not keep_errors:  # its sources' unmasked directions: 100 MB
+                del e
+    if keep_errors:
+        err["relu1"] = a_err
+    b2 = e
+    del e
+    out = Err(b2.v + U * U * np.square(stages["sum"]),
+              b2.k + b2.kx + _source_rms(b2, "sigma"), b2.vs,
+              b2.ks + b2.kxs + _source_rms(b2, "sigma_s"))
+    del b2
+    sig["output"] = out.sigma()
+    sig_c["output"] = out.sigma_conv()
+    if keep_errors:
+        err["sum"] = out
     return ForwardSpread(sigma=sig, sigma_conv=sig_c, err=err, channel=chan, own=own,
                          local=local)
 

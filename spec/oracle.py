@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from resblock import blas
 from resblock.spec.constants import EPSILON, MOMENTUM
 
 
@@ -30,14 +31,20 @@ class OracleResult:
 
 
 def conv3x3(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """SAME (zero pad 1) stride-1 cross-correlation, NHWC x HWIO -> NHWC, plus bias."""
+    """SAME (zero pad 1) stride-1 cross-correlation, NHWC x HWIO -> NHWC, plus bias.
+    A block of about 4096 positions (whole samples) at a time: the same sums element by
+    element as over the whole tensor, in cache."""
     n, h, w, _ = x.shape
-    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    out = np.zeros((n, h, w, kernel.shape[-1]), dtype=np.float64)
-    for i in range(3):
-        for j in range(3):
-            out += xp[:, i : i + h, j : j + w, :] @ kernel[i, j]
-    return out + bias
+    out = np.empty((n, h, w, kernel.shape[-1]), dtype=np.float64)
+    step = max(1, 4096 // max(h * w, 1))
+    for b in range(0, n, step):
+        xp = np.pad(x[b:b + step], ((0, 0), (1, 1), (1, 1), (0, 0)))
+        ob = np.zeros((xp.shape[0], h, w, kernel.shape[-1]), dtype=np.float64)
+        for i in range(3):
+            for j in range(3):
+                ob += xp[:, i : i + h, j : j + w, :] @ kernel[i, j]
+        out[b:b + step] = ob + bias
+    return out
 
 
 def batch_stats_of(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,6 +75,7 @@ def kappa_of(batch_moments, count: int) -> float:
     return 1.0 + max(float(np.max(m * m / (v + EPSILON))) for m, v in batch_moments)
 
 
+@blas.single_threaded
 def forward(x, params, batch_stats) -> OracleResult:
     """Evaluate the block in float64 on (float32) inputs; see module docstring."""
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731

@@ -48,10 +48,11 @@ def make_case():
 
 @pytest.fixture(scope="session")
 def smoke_golden(tmp_path_factory):
-    """The ``smoke`` preset (5 cases, 5 shape groups), generated once; do not modify."""
+    """The ``smoke`` preset (5 cases, 5 shape groups) with its stage data, as the committed
+    set stores it, generated once; do not modify."""
     path = tmp_path_factory.mktemp("golden") / "smoke.h5"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SOURCE_DATE_EPOCH", "1700000000")
-        meta = generate(preset_cases("smoke"), path, preset="smoke")
+        meta = generate(preset_cases("smoke"), path, preset="smoke", stages=True)
     path.chmod(0o444)
     return path, meta

@@ -220,7 +220,17 @@ def test_show(tiny_golden):
     assert r.exit_code == 0, r.output
     assert "group      n2_h3_w5_f2" in r.output
     assert "params/Conv_0/kernel" in r.output and "(3, 3, 2, 2)" in r.output
-    assert "oracle/stages/bn2" in r.output and "float64" in r.output
+    assert "oracle/y" in r.output and "float64" in r.output
+    # generated without --stages: the stage data is said to be absent, and how to get it
+    assert "oracle/stages/bn2" not in r.output
+    assert "no stage data stored" in r.output and "--stages" in r.output
+
+
+def test_show_a_file_with_stage_data(smoke_golden):
+    path, _ = smoke_golden
+    r = run("show", path, "functional-normal-n2-4x4-f4-s0")
+    assert r.exit_code == 0, r.output
+    assert "oracle/stages/bn2" in r.output and "no stage data" not in r.output
 
 
 def test_show_unknown_case_exits_2(tiny_golden):

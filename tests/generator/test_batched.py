@@ -89,9 +89,12 @@ def test_large_draws_run_per_size_class_bit_identically(monkeypatch):
     calls = []
     real = batched._execute_batch
     monkeypatch.setattr(batched, "_execute_batch",
-                        lambda reqs, sizes, rows: calls.append(rows) or real(reqs, sizes, rows))
+                        lambda reqs, sizes, rows: calls.append((rows, max(map(len, reqs))))
+                        or real(reqs, sizes, rows))
     classed = batched.derive_cases(cases)
-    assert len(calls) > 1 and min(calls) < batched.CHUNK
+    assert len(calls) > 1 and min(r for r, _ in calls) < batched.CHUNK
+    # never more rows than draws: a real-size x alone is drawn once, not padded to 8 rows
+    assert all(rows <= draws for rows, draws in calls) and (1, 1) in calls
     for (x, params, stats), (x2, params2, stats2) in zip(padded, classed, strict=True):
         assert np.array_equal(x, x2)
         for tree, tree2 in ((params, params2), (stats, stats2)):

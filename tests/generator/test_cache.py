@@ -22,7 +22,7 @@ def test_cached_executables_give_identical_content(smoke_golden, tmp_path):
     for i in range(2):  # the first run fills the cache, the second reads it
         out = tmp_path / f"c{i}.h5"
         subprocess.run([sys.executable, "-m", "resblock", "generate", "--preset", "smoke",
-                        "-o", str(out), "--cache-dir", str(cache)], env=env, check=True,
+                        "-o", str(out), "--cache-dir", str(cache), "--stages"], env=env, check=True,
                        capture_output=True)
         outs.append(out)
         if i == 0:

@@ -28,7 +28,7 @@ if {broken}:
     def broken(case, precision="highest"):
         raise RuntimeError("compile worker broken on purpose")
     engine.compile_forward = broken
-run.generate(preset_cases("smoke"), {out!r}, preset="smoke", jobs=1)
+run.generate(preset_cases("smoke"), {out!r}, preset="smoke", jobs=1, stages=True)
 print("USED", sum(used), len(used))
 """
 

@@ -21,7 +21,7 @@ def _start_pair(out, port, env, cwd=None):
     return [subprocess.Popen(
         [sys.executable, "-m", "resblock", "generate", "--preset", "smoke", "-o", str(out),
          "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-         "--process-id", str(i)], env=env, cwd=cwd, stdout=subprocess.PIPE,
+         "--process-id", str(i), "--stages"], env=env, cwd=cwd, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True) for i in range(2)]
 
 

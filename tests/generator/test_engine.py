@@ -30,7 +30,7 @@ def runner():
 
 @pytest.fixture(scope="module")
 def computed(runner):
-    return compute_group(GROUP, runner)
+    return compute_group(GROUP, runner, stages=True)
 
 
 def test_group_has_every_case_array_stacked(computed):
@@ -40,6 +40,17 @@ def test_group_has_every_case_array_stacked(computed):
         assert a.shape == (3,) + expected_shape(name, 2, 3, 5, 2), name
         assert a.dtype == expected_dtype(name), name
     assert len(extras) == 3 and set(extras[0]) == {"kappa", "ref_score"}
+
+
+def test_without_stages_the_same_arrays_but_the_stage_data(computed, runner):
+    from resblock.golden.store import STAGE_ARRAYS
+
+    lean, extras = compute_group(GROUP, runner)
+    full, full_extras = computed
+    assert set(lean) == set(CASE_ARRAYS) - set(STAGE_ARRAYS) and len(STAGE_ARRAYS) == 18
+    for name, a in lean.items():
+        np.testing.assert_array_equal(a, full[name], err_msg=name)
+    assert extras == full_extras
 
 
 def test_rows_are_the_derived_inputs_reference_and_oracle(computed, runner):

@@ -20,6 +20,26 @@ def test_smoke_preset_cases():
     ]
 
 
+def test_resnet18_preset_is_the_four_stages_at_a_training_batch():
+    from resblock.generator import resources
+
+    cases = grid.preset_cases("resnet18")
+    assert [c.id for c in cases] == [
+        "functional-normal-n32-56x56-f64-s0",
+        "functional-normal-n32-28x28-f128-s0",
+        "functional-normal-n32-14x14-f256-s0",
+        "functional-normal-n32-7x7-f512-s0",
+    ]
+    assert len(grid.group_cases(cases)) == 4  # one shape group per stage
+    # each stage halves the activation: a quarter of the area, twice the channels
+    assert [c.n * c.h * c.w * c.features for c in cases] == [32 * 56 * 56 * 64 // 2**i
+                                                              for i in range(4)]
+    # the generator's estimate of the largest group's working set: about 4.1 GB
+    resources.check_memory(cases, 4.5)
+    with pytest.raises(GridError, match="functional|n32_h"):
+        resources.check_memory(cases, 3.5)
+
+
 def test_default_preset_covers_every_axis_value():
     cases = grid.preset_cases("default")
     assert len(cases) == sum(len(r.seeds) for r in grid.DEFAULT_ROWS)

@@ -27,7 +27,8 @@ def test_case_bytes_is_what_a_golden_file_stores(smoke_golden):
                     stored.append(obj.nbytes)
 
             f[f"groups/{g['name']}"].visititems(add)
-            want = g["size"] * resources.case_bytes(g["n"], g["h"], g["w"], g["features"])
+            want = g["size"] * resources.case_bytes(g["n"], g["h"], g["w"], g["features"],
+                                                    stages=True)  # the fixture stores them
             assert sum(stored) == want, g["name"]
 
 
@@ -51,7 +52,8 @@ def test_the_limit_is_the_largest_group():
     big = Case("functional", "normal", 2, 64, 64, 8, 0)
     ((group, k, need), *_) = resources.group_memory(small + [big])
     assert group == big.group and k == 1
-    assert need == resources.WORKING_FACTOR * resources.case_bytes(2, 64, 64, 8)
+    assert need == resources.WORKING_FACTOR * resources.case_bytes(2, 64, 64, 8,
+                                                                    stages=True)
     resources.check_memory(small + [big], need / 1e9 + 1)
     with pytest.raises(GridError, match=big.group):
         resources.check_memory(small + [big], need / 1e9 / 2)

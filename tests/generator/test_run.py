@@ -58,7 +58,9 @@ def test_generate_writes_what_the_engine_computes(tmp_path):
                 gc = gf.case(case.id)
                 assert gc.entry["kappa"] == extras[row]["kappa"]
                 assert gc.entry["ref_score"] == extras[row]["ref_score"]
-                for name in CASE_ARRAYS:
+                assert set(gc.arrays) == set(arrays)  # no stage data by default
+                assert set(arrays) < set(CASE_ARRAYS)
+                for name in arrays:
                     np.testing.assert_array_equal(gc.arrays[name], arrays[name][row],
                                                   err_msg=name)
     assert meta["grid"] == {"preset": None, "definition": {"cases": [c.id for c in cases]},

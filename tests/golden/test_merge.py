@@ -22,7 +22,8 @@ def shards(tmp_path_factory):
         paths = []
         for k in (1, 2, 3):
             p = d / f"s{k}.h5"
-            generate(preset_cases("smoke"), p, preset="smoke", shard=f"{k}/3", jobs=1)
+            generate(preset_cases("smoke"), p, preset="smoke", shard=f"{k}/3", jobs=1,
+                     stages=True)
             paths.append(p)
     return paths
 
@@ -87,7 +88,7 @@ def test_parallel_generation_is_bit_identical(smoke_golden, tmp_path, monkeypatc
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     full, _ = smoke_golden
     out = tmp_path / "par.h5"
-    meta = generate(preset_cases("smoke"), out, preset="smoke", jobs=2)
+    meta = generate(preset_cases("smoke"), out, preset="smoke", jobs=2, stages=True)
     with GoldenFile(full) as f:
         assert meta["content_sha256"] == f.metadata["content_sha256"]
     assert [p.name for p in tmp_path.iterdir()] == ["par.h5"]  # shards cleaned up
@@ -104,7 +105,8 @@ def test_forked_workers_are_bit_identical(smoke_golden, tmp_path):
     code = ("import sys\nfrom resblock.generator import compile_worker, run\n"
             "from resblock.generator.grid import preset_cases\n"
             "assert compile_worker.can_fork()\n"
-            f"run.generate(preset_cases('smoke'), {str(out)!r}, preset='smoke', jobs=2)\n")
+            f"run.generate(preset_cases('smoke'), {str(out)!r}, preset='smoke', jobs=2,"
+            " stages=True)\n")
     env = dict(os.environ, SOURCE_DATE_EPOCH="1700000000")
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
     with GoldenFile(out) as m, GoldenFile(full) as f:

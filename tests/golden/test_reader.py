@@ -115,9 +115,9 @@ def test_metadata_with_bad_hash(golden, rewrite_metadata):
 
 def test_newer_format_version(golden, rewrite_metadata):
     path, meta = golden
-    meta["format_version"] = "5.0.0"
+    meta["format_version"] = "6.0.0"
     rewrite_metadata(path, meta)
-    _open_fails(path, "format version 5.0.0, but this kit reads formats 2.x, 3.x, 4.x")
+    _open_fails(path, "format version 6.0.0, but this kit reads formats 2.x, 3.x, 4.x, 5.x")
 
 
 def test_format_1_files_get_a_regeneration_message(golden, rewrite_metadata):
@@ -264,7 +264,11 @@ def test_a_part_digest_dropped_from_the_index_is_refused(golden, rewrite_metadat
     path, meta = golden
     del meta["cases"][0]["parts"]["stages"]
     rewrite_metadata(path, meta)
-    _open_fails(path, "at cases/0/parts: 'stages' is a required property")
+    _open_fails(path, "has digests for parts ['forward'], but its group holds ['forward', "
+                      "'stages']")
+    del meta["cases"][0]["parts"]["forward"]
+    rewrite_metadata(path, meta)
+    _open_fails(path, "at cases/0/parts: 'forward' is a required property")
     del meta["cases"][0]["parts"]
     rewrite_metadata(path, meta)
     _open_fails(path, "has digests for parts [], but its group holds ['forward', 'stages']")
@@ -273,7 +277,7 @@ def test_a_part_digest_dropped_from_the_index_is_refused(golden, rewrite_metadat
 def _as_format_3(path, rewrite_metadata):
     """Rewrite a golden as format 3 wrote it: no spreads (``sigma/``, ``sigma_conv/``),
     each case sealed in parts over the remaining arrays."""
-    from resblock.golden.store import content_sha256, group_arrays, seal
+    from resblock.golden.store import STAGES_MARKER, content_sha256, group_arrays, seal
 
     with h5py.File(path, "r+") as f:
         meta = json.loads(f["metadata"][()])
@@ -283,7 +287,7 @@ def _as_format_3(path, rewrite_metadata):
                 del grp[kind]
         for e in meta["cases"]:
             g = f[f"groups/{e['group']}"]
-            names = group_arrays(("grad/y_bar",) if "grad" in g else ())
+            names = group_arrays((STAGES_MARKER,) + (("grad/y_bar",) if "grad" in g else ()))
             seal(e, {k: g[k][e["row"]] for k in names})
     meta["format_version"] = "3.1.0"
     meta["content_sha256"] = content_sha256(meta["cases"])

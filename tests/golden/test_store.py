@@ -91,7 +91,7 @@ def test_content_sha256_by_hand():
 def test_file_layout(smoke_golden):
     path, meta = smoke_golden
     with h5py.File(path, "r") as f:
-        assert f.attrs["format_version"] == "4.0.0" == meta["format_version"]
+        assert f.attrs["format_version"] == "5.0.0" == meta["format_version"]
         assert f.attrs["spec_version"] == "4.0.0"
         assert json.loads(f["metadata"][()]) == meta
         assert sorted(f["groups"]) == sorted(g["name"] for g in meta["groups"])

@@ -173,3 +173,37 @@ def test_zero_cotangent_gives_zero_budgets():
     for e in errs.values():  # y_bar = 0: every gradient exactly 0, and so its error
         for part in (e.v, e.k, e.m, e.vs, e.ks, e.ms):
             assert np.all(np.asarray(part) == 0)
+
+
+def test_conv_gradients_in_blocks_of_samples_agree_with_the_whole_tensor():
+    """5 samples of 30x30 (4500 positions): two blocks. The input gradient is the same
+    sums element by element (bit for bit); the kernel gradient adds the blocks' sums
+    (a float64 rounding from the single sum), and is bit for bit the single sum when
+    one block holds everything."""
+    from resblock.spec.backward import conv3x3_input_grad, conv3x3_kernel_grad
+
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((5, 30, 30, 3))
+    c_bar = rng.standard_normal((5, 30, 30, 2))
+    kernel = rng.standard_normal((3, 3, 3, 2))
+    k_whole = _kernel_grad_whole(a, c_bar)
+    a_whole = np.zeros((5, 32, 32, 3))
+    for i in range(3):
+        for j in range(3):
+            a_whole[:, i:i + 30, j:j + 30, :] += c_bar @ kernel[i, j].T
+    assert np.array_equal(conv3x3_input_grad(c_bar, kernel), a_whole[:, 1:31, 1:31, :])
+    got = conv3x3_kernel_grad(a, c_bar)
+    assert np.allclose(got, k_whole, rtol=1e-13, atol=1e-12)
+    assert np.array_equal(conv3x3_kernel_grad(a[:4], c_bar[:4]),  # 3600: one block
+                          _kernel_grad_whole(a[:4], c_bar[:4]))
+
+
+def _kernel_grad_whole(a, c_bar):
+    n, h, w, ci = a.shape
+    ap = np.pad(a, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = np.empty((3, 3, ci, c_bar.shape[-1]))
+    for i in range(3):
+        for j in range(3):
+            out[i, j] = ap[:, i:i + h, j:j + w, :].reshape(-1, ci).T @ \
+                c_bar.reshape(-1, c_bar.shape[-1])
+    return out

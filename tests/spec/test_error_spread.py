@@ -166,3 +166,118 @@ def test_backward_budgets_are_tight_where_the_spec_2_model_was_not():
         assert np.all(b >= np.abs(g) * 2.0 ** -24 * 0.5), t
         if t not in ("Conv_0/bias", "Conv_1/bias"):  # exactly 0 in exact arithmetic
             assert np.median(b / np.maximum(np.abs(g), 1e-30)) < 1e-2, t
+
+
+# -- blockwise evaluation (issue 19) ----------------------------------------------------
+
+def _tap_moments_whole(a, dev):
+    """The formula of :func:`error_spread.tap_moments` over all positions at once (its
+    form before the blocks): the reference the blockwise sums must reproduce."""
+    n, h, w, ch = a.shape
+    ap = np.pad(np.asarray(a, np.float32), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    dev2 = np.asarray(dev, np.float32).reshape(n * h * w, -1)
+    m1 = np.empty((3, 3, ch))
+    m2 = np.empty((3, 3, ch, dev2.shape[1]))
+    for i in range(3):
+        for j in range(3):
+            sl = ap[:, i:i + h, j:j + w, :].reshape(n * h * w, ch)
+            m1[i, j] = sl.sum(axis=0, dtype=np.float64) / (n * h * w)
+            m2[i, j] = (sl.T @ dev2).astype(np.float64) / (n * h * w)
+    return m1, m2
+
+
+def test_sample_blocks_cover_the_batch_once_and_keep_small_tensors_whole():
+    assert error_spread.sample_blocks(8, 16, 16) == [slice(0, 8)]  # 2048 positions
+    blocks = error_spread.sample_blocks(32, 56, 56)  # 3136 positions a sample
+    assert blocks == [slice(b, b + 1) for b in range(32)]
+    blocks = error_spread.sample_blocks(10, 20, 20)  # 400 a sample: 10 per block
+    assert blocks == [slice(0, 10)]
+    blocks = error_spread.sample_blocks(25, 20, 20)
+    assert blocks == [slice(0, 10), slice(10, 20), slice(20, 25)]
+    assert error_spread.sample_blocks(3, 100, 100) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+
+
+def test_tap_moments_in_one_block_are_bit_identical_to_the_whole_formula():
+    """Up to BLOCK_ROWS values per channel (the whole committed set) the blocks change
+    no bit of the stored spreads."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((8, 16, 16, 8))
+    dev = rng.standard_normal((8, 16, 16, 8))
+    m1, m2 = error_spread.tap_moments(a, dev)
+    w1, w2 = _tap_moments_whole(a, dev)
+    assert np.array_equal(m1, w1) and np.array_equal(m2, w2)
+
+
+def test_tap_moments_over_several_blocks_agree_with_float64():
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((6, 30, 30, 4))  # 900 positions a sample: 2 blocks
+    dev = rng.standard_normal((6, 30, 30, 5))
+    assert len(error_spread.sample_blocks(6, 30, 30)) == 2
+    m1, m2 = error_spread.tap_moments(a, dev)
+    a32 = np.asarray(a, np.float32).astype(np.float64)
+    d32 = np.asarray(dev, np.float32).astype(np.float64)
+    ap = np.pad(a32, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    for i, j in ((0, 0), (1, 1), (2, 1)):
+        sl = ap[:, i:i + 30, j:j + 30, :].reshape(-1, 4)
+        assert np.allclose(m1[i, j], sl.mean(axis=0), rtol=1e-12, atol=1e-15)
+        exact = sl.T @ d32.reshape(-1, 5) / sl.shape[0]
+        scale = np.abs(sl).T @ np.abs(d32.reshape(-1, 5)) / sl.shape[0]  # float32 sums
+        assert np.all(np.abs(m2[i, j] - exact) <= 1e-6 * scale)
+        assert not np.allclose(m2[i, j], 0.0)
+
+
+def test_channel_patches_give_single_channel_conv_bit_for_bit():
+    rng = np.random.default_rng(5)
+    d = rng.standard_normal((2, 5, 7, 3))
+    kernel = rng.standard_normal((3, 3, 3, 4))
+    patches = error_spread.channel_patches(d)
+    assert patches.shape == (3, 2 * 5 * 7, 9) and patches.dtype == np.float32
+    k32 = np.asarray(kernel, np.float32)
+    for ci in range(3):
+        got = (patches[ci] @ k32[:, :, ci, :].reshape(9, -1)).reshape(2, 5, 7, 4)
+        want = error_spread.single_channel_conv(d[..., ci], kernel[:, :, ci, :])
+        assert np.array_equal(got, want)
+
+
+def test_forward_spread_is_unchanged_by_the_blocks_and_agrees_across_them(monkeypatch):
+    """A case is evaluated whole (BLOCK_ROWS above its positions) and in blocks of one
+    sample: the spreads agree to float32 rounding, and the whole evaluation is the one the
+    committed set was generated with (bit for bit: one block)."""
+    case = Case("functional", "normal", 4, 6, 6, 4, 0)
+    x = derive_x(case)
+    params, stats = derive_variables(case)
+    st = oracle.forward(x, params, stats).stages
+    whole = error_spread.forward_spread(x, params, stats, st)
+    from resblock.spec import error_model
+
+    monkeypatch.setattr(error_model, "BLOCK_ROWS", 36)  # one sample a block
+    assert len(error_spread.sample_blocks(4, 6, 6)) == 4
+    blocked = error_spread.forward_spread(x, params, stats, st)
+    for name in error_spread.SPREAD_TENSORS:
+        for a, b in ((whole.sigma[name], blocked.sigma[name]),
+                     (whole.sigma_conv[name], blocked.sigma_conv[name])):
+            assert np.all(a > 0)
+            assert np.allclose(a, b, rtol=1e-6, atol=0)
+
+
+def test_forward_spread_without_its_errors_gives_the_same_spreads():
+    """keep_errors=False (the generator's forward: only the stored spreads are needed)
+    drops the per-stage errors, and changes no bit of the spreads or channel errors."""
+    case = Case("functional", "normal", 2, 5, 5, 4, 0)
+    x = derive_x(case)
+    params, stats = derive_variables(case)
+    st = oracle.forward(x, params, stats).stages
+    full = error_spread.forward_spread(x, params, stats, st)
+    lean = error_spread.forward_spread(x, params, stats, st, keep_errors=False)
+    assert set(full.err) == {"conv1", "bn1", "relu1", "conv2", "bn2", "sum"}
+    assert lean.err == {}
+    for name in error_spread.SPREAD_TENSORS:
+        assert np.array_equal(full.sigma[name], lean.sigma[name])
+        assert np.array_equal(full.sigma_conv[name], lean.sigma_conv[name])
+    for layer in ("BatchNorm_0", "BatchNorm_1"):
+        for f in ("mean", "var", "rel", "mean_s", "var_s", "rel_s"):
+            assert np.array_equal(getattr(full.channel[layer], f),
+                                  getattr(lean.channel[layer], f))
+            assert np.array_equal(getattr(full.own[layer], f), getattr(lean.own[layer], f))
+        assert np.array_equal(full.local[layer], lean.local[layer])
+    assert np.all(full.sigma["output"] > 0)

@@ -164,3 +164,19 @@ def test_kappa_is_moderate_for_normal_inputs():
     case = Case("functional", "normal", 2, 4, 4, 4, 8)
     ref = oracle.forward(derive_x(case), *derive_variables(case))
     assert 1.0 < ref.kappa < 1e3
+
+
+def test_conv3x3_in_blocks_of_samples_is_bit_identical_to_the_whole_tensor():
+    """5 samples of 30x30 (4500 positions) are evaluated in two blocks of whole samples:
+    every element is the same nine products summed in the same order."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((5, 30, 30, 3))
+    kernel = rng.standard_normal((3, 3, 3, 2))
+    bias = rng.standard_normal(2)
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    whole = np.zeros((5, 30, 30, 2))
+    for i in range(3):
+        for j in range(3):
+            whole += xp[:, i:i + 30, j:j + 30, :] @ kernel[i, j]
+    whole += bias
+    assert np.array_equal(oracle.conv3x3(x, kernel, bias), whole)

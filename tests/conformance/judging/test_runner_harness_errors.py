@@ -125,8 +125,8 @@ def test_schema_invalid_golden(golden_copy):
 
 def test_golden_of_another_format_major_version(golden_copy):
     p = _variant_file(golden_copy, "format.h5")
-    _rewrite_metadata(p, lambda m: m.update(format_version="5.0.0"))
-    with pytest.raises(GoldenFormatError, match="format version 5.0.0"):
+    _rewrite_metadata(p, lambda m: m.update(format_version="6.0.0"))
+    with pytest.raises(GoldenFormatError, match="format version 6.0.0"):
         run_fn_on([p])
 
 
