@@ -428,15 +428,13 @@ def forward_spread(x, params, batch_stats, stages: dict,
         local[layer] = U * (2.0 * np.abs(c.mean(axis=_AXES) * inv) + np.abs(p[layer]["bias"]))
         sig[f"{layer}/mean"], sig_c[f"{layer}/mean"] = sm, smc
         sig[f"{layer}/var"], sig_c[f"{layer}/var"] = sv, svc
-        # ReLU is 1-Lipschitz and passes nothing where it is closed. (After the second
-        # layer this gives err["relu1"] BatchNorm_1's errors under relu1's mask, what
-        # the backward model has always been given; kept as it is, values unchanged.)
-        if keep_errors or conv_stage == "conv1":
+        # ReLU is 1-Lipschitz and passes nothing where it is closed: relu1, Conv_1's
+        # input, carries BatchNorm_0's errors.
+        if conv_stage == "conv1":
             a, a_err = stages["relu1"], relu(stages["relu1"], e)
-            if not keep_errors:  # its sources' unmasked directions: 100 MB
-                del e
-    if keep_errors:
-        err["relu1"] = a_err
+            if keep_errors:
+                err["relu1"] = a_err
+            del e  # its sources' unmasked directions: 100 MB
     b2 = e
     del e
     out = Err(b2.v + U * U * np.square(stages["sum"]),

@@ -281,3 +281,23 @@ def test_forward_spread_without_its_errors_gives_the_same_spreads():
             assert np.array_equal(getattr(full.own[layer], f), getattr(lean.own[layer], f))
         assert np.array_equal(full.local[layer], lean.local[layer])
     assert np.all(full.sigma["output"] > 0)
+
+
+def test_relu1_carries_batchnorm_0s_errors_under_its_mask():
+    """Conv_1's input error is BatchNorm_0's (bn1's) error through relu1: element-wise
+    parts whole, channel sources only where relu1 passes; not BatchNorm_1's (a bug
+    until spec 4.1 gave the backward model the second layer's errors here)."""
+    case = Case("functional", "normal", 2, 5, 5, 4, 0)
+    x = derive_x(case)
+    params, stats = derive_variables(case)
+    st = oracle.forward(x, params, stats).stages
+    sp = error_spread.forward_spread(x, params, stats, st)
+    r, b1, b2 = sp.err["relu1"], sp.err["bn1"], sp.err["bn2"]
+    assert np.array_equal(r.v, b1.v) and np.array_equal(r.k, b1.k)
+    assert not np.allclose(r.v, b2.v, rtol=1e-3, atol=0)
+    open_ = st["relu1"] > 0
+    assert 0 < open_.mean() < 1
+    assert len(r.sources) == len(b1.sources)
+    for got, src in zip(r.sources, b1.sources):
+        assert np.array_equal(got.direction, src.direction * open_)
+        assert np.array_equal(got.sigma, src.sigma)
