@@ -298,6 +298,6 @@ def test_relu1_carries_batchnorm_0s_errors_under_its_mask():
     open_ = st["relu1"] > 0
     assert 0 < open_.mean() < 1
     assert len(r.sources) == len(b1.sources)
-    for got, src in zip(r.sources, b1.sources):
+    for got, src in zip(r.sources, b1.sources, strict=True):
         assert np.array_equal(got.direction, src.direction * open_)
         assert np.array_equal(got.sigma, src.sigma)
