@@ -65,14 +65,59 @@ def _f32(a):
     return np.asarray(a, np.float32)
 
 
+class _Diag:
+    """Tangents packed by channel: ``a[b, ..., c]`` is the value of tangent ``b F + c``
+    (source ``b``'s in channel ``c``) in its own channel ``c``; it is 0 in every other
+    channel. A channel source's tangent keeps this form until a convolution mixes the
+    channels, and in it every step costs ``1/F`` of the dense form's: elementwise
+    steps and per-channel reductions of BatchNorm broadcast over the channel axis
+    exactly as they do on the dense tangents."""
+
+    __slots__ = ("a",)
+
+    def __init__(self, a):
+        self.a = a
+
+
+def _dense(v):
+    """``(B F, ...)`` dense tangents of packed ones; dense ones and None as they are."""
+    if not isinstance(v, _Diag):
+        return v
+    a = v.a
+    b, f = a.shape[0], a.shape[-1]
+    out = np.zeros((b, f) + a.shape[1:], a.dtype)
+    for c in range(f):
+        out[:, c, ..., c] = a[..., c]
+    return out.reshape((b * f,) + a.shape[1:])
+
+
+def _columns(v: _Diag):
+    """``(d, ch)``: packed tangents one channel each, ``d`` (B F, N, H, W) float32 and
+    ``ch`` the channel of each."""
+    a = v.a
+    b, f = a.shape[0], a.shape[-1]
+    d = np.moveaxis(_f32(a), -1, 1).reshape((b * f,) + a.shape[1:-1])
+    return d, np.tile(np.arange(f), b)
+
+
 def _conv_t(a, kernel):
-    """3x3 SAME convolution (no bias) of tangents ``a`` (T, N, H, W, C). The
+    """3x3 SAME convolution (no bias) of tangents ``a`` (T, N, H, W, C), dense out. The
     convolutions of tangents run in float32 (an image's relative error of 1e-6 is
     nothing beside the spread it is multiplied by; the BatchNorm steps, where terms
-    cancel, stay float64)."""
+    cancel, stay float64). Packed ``a`` (one input channel a tangent) costs ``1/C`` of
+    a dense one: an outer product a tap."""
+    k = _f32(kernel)
+    if isinstance(a, _Diag):
+        d, ch = _columns(a)
+        t, n, h, w = d.shape
+        dp = np.pad(d, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        out = np.zeros((t, n, h, w, kernel.shape[-1]), np.float32)
+        for i in range(3):
+            for j in range(3):
+                out += dp[:, :, i:i + h, j:j + w, None] * k[i, j][ch][:, None, None, None, :]
+        return out.astype(np.float64)
     t, n, h, w, c = a.shape
     ap = np.pad(_f32(a).reshape(t * n, h, w, c), ((0, 0), (1, 1), (1, 1), (0, 0)))
-    k = _f32(kernel)
     out = np.zeros((t * n, h, w, kernel.shape[-1]), np.float32)
     for i in range(3):
         for j in range(3):
@@ -81,10 +126,20 @@ def _conv_t(a, kernel):
 
 
 def _input_grad_t(cb, kernel):
-    """``conv3x3_input_grad`` of tangents (T, N, H, W, F), in float32."""
+    """``conv3x3_input_grad`` of tangents (T, N, H, W, F), dense out, in float32 (packed
+    ``cb``: ``1/F`` of the cost)."""
+    k = _f32(kernel)
+    if isinstance(cb, _Diag):
+        d, ch = _columns(cb)
+        t, n, h, w = d.shape
+        d = d[..., None]
+        out = np.zeros((t, n, h + 2, w + 2, kernel.shape[2]), np.float32)
+        for i in range(3):
+            for j in range(3):
+                out[:, :, i:i + h, j:j + w, :] += d * k[i, j][:, ch].T[:, None, None, None, :]
+        return out[:, :, 1:h + 1, 1:w + 1, :].astype(np.float64)
     t, n, h, w, f = cb.shape
     c = _f32(cb).reshape(t * n, h, w, f)
-    k = _f32(kernel)
     out = np.zeros((t * n, h + 2, w + 2, kernel.shape[2]), np.float32)
     for i in range(3):
         for j in range(3):
@@ -93,8 +148,32 @@ def _input_grad_t(cb, kernel):
 
 
 def _kernel_grad(a, cb):
-    """``conv3x3_kernel_grad`` for tangents: ``a`` or ``cb`` (or both) carry a leading
-    tangent axis; the result has it too (T, 3, 3, C, F)."""
+    """``conv3x3_kernel_grad`` for tangents, dense out (T, 3, 3, C, F): ``a`` or ``cb``
+    (or both) carry a leading tangent axis. Packed ``a`` (with a plain ``cb``) fills one
+    input row of its tangent's kernel gradient, packed ``cb`` (with a plain ``a``) one
+    output column, at ``1/C`` or ``1/F`` of the cost."""
+    if isinstance(a, _Diag) or isinstance(cb, _Diag):
+        packed_a = isinstance(a, _Diag)
+        d, ch = _columns(a if packed_a else cb)
+        other = _f32(cb if packed_a else a)  # (N, H, W, F) or (N, H, W, C)
+        t, n, h, w = d.shape
+        ci = a.a.shape[-1] if packed_a else a.shape[-1]
+        f = cb.shape[-1] if packed_a else cb.a.shape[-1]
+        out = np.zeros((t, 3, 3, ci, f))
+        rows = np.arange(t)
+        if packed_a:  # shift the tangent against the cotangent
+            dp = np.pad(d, ((0, 0), (0, 0), (1, 1), (1, 1)))
+            c2 = other.reshape(-1, f)
+            for i in range(3):
+                for j in range(3):
+                    out[rows, i, j, ch, :] = dp[:, :, i:i + h, j:j + w].reshape(t, -1) @ c2
+        else:  # shift the activation against the tangent
+            ap = np.pad(other, ((0, 0), (1, 1), (1, 1), (0, 0)))
+            d2 = d.reshape(t, -1)
+            for i in range(3):
+                for j in range(3):
+                    out[rows, i, j, :, ch] = d2 @ ap[:, i:i + h, j:j + w, :].reshape(-1, ci)
+        return out
     a5 = _f32(a if a.ndim == 5 else a[None])
     c5 = _f32(cb if cb.ndim == 5 else cb[None])
     t = max(a5.shape[0], c5.shape[0])
@@ -114,8 +193,11 @@ def _mean(a):
     return a.mean(axis=_AXES)[:, None, None, None, :]
 
 
-def _sum(a):
-    return a.sum(axis=_AXES)
+def _sum(v):
+    """Per-channel sums of tangents, packed if ``v`` is."""
+    if isinstance(v, _Diag):
+        return _Diag(v.a.sum(axis=_AXES))
+    return v.sum(axis=_AXES)
 
 
 def _moments(c):
@@ -130,19 +212,40 @@ def images(x, params, stages, cot, sources, open1=None) -> dict:
     ``sources`` and each channel ``f`` (in that order), the derivative of every gradient
     along a unit source of ``kind`` in channel ``f`` of BatchNorm ``layer`` (masks held:
     ``open1``, relu1's, default the oracle's; the output ReLU's is in ``cot["sum"]``).
-    Tangents that are zero for all of ``sources`` are skipped (None), so sources that
-    enter at the same place are best asked together."""
+    Sources are computed a :data:`GROUPS` member at a time (where their tangents start),
+    so tangents that are zero for a group are skipped."""
+    sources = list(sources)
+    nf = np.shape(x)[-1]
+    rows = {}
+    for group in GROUPS:
+        mine = [s for s in sources if s in group]
+        if mine:
+            im = _group_images(x, params, stages, cot, mine, open1)
+            for b, src in enumerate(mine):
+                rows[src] = {t: v[b * nf:(b + 1) * nf] for t, v in im.items()}
+    if set(rows) != set(sources):
+        unknown = sorted(set(sources) - set(rows))
+        raise ValueError(f"unknown channel sources {unknown}; expected (kind, layer) with "
+                         f"kind one of {KINDS} and layer 0 or 1")
+    if len(sources) == 1:
+        return rows[sources[0]]
+    return {t: np.concatenate([rows[s][t] for s in sources]) for t in GRAD_TENSORS}
+
+
+def _group_images(x, params, stages, cot, sources, open1) -> dict:
+    """:func:`images` for sources of one :data:`GROUPS` member: their tangents are
+    packed (:class:`_Diag`) until a convolution mixes the channels."""
     f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
     p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
     x = f64(x)
     nf = x.shape[-1]
-    sources = list(sources)
-    nt = len(sources) * nf
+    nb = len(sources)
+    nt = nb * nf
     blocks = {}
-    for b, src in enumerate(sources):  # one channel per tangent, one block per source
-        e = np.zeros((nt, 1, 1, 1, nf))
-        e[b * nf:(b + 1) * nf, 0, 0, 0, :] = np.eye(nf)
-        blocks[src] = e
+    for b, src in enumerate(sources):  # one block per source, every channel at once
+        e = np.zeros((nb, 1, 1, 1, nf))
+        e[b] = 1.0
+        blocks[src] = _Diag(e)
 
     def seed(k, lay):
         return blocks.get((k, lay))
@@ -151,29 +254,43 @@ def images(x, params, stages, cot, sources, open1=None) -> dict:
         terms = [t for t in terms if t is not None]
         return sum(terms[1:], terms[0]) if terms else None
 
+    def raw_fn(*tangents):
+        """How to read tangents in one step: their packed arrays when none is dense,
+        else all dense (and the wrapper for the step's results)."""
+        if any(isinstance(t, np.ndarray) for t in tangents):
+            return _dense, lambda v: v
+        return (lambda v: None if v is None else v.a), (lambda v: None if v is None
+                                                        else _Diag(v))
+
     def bn_forward(c, dc, lay):
         """Tangents ``(dz, drel, dout)`` of BatchNorm ``lay``'s forward (None: zero)."""
+        sm, sr, sa = seed("dm", lay), seed("dr", lay), seed("da", lay)
+        rd, wrap = raw_fn(dc, sm, sr, sa)
+        dc, sm, sr, sa = rd(dc), rd(sm), rd(sr), rd(sa)
         dev, zhat, inv = _moments(c)
-        dmean = add(None if dc is None else _mean(dc), seed("dm", lay))
+        dmean = add(None if dc is None else _mean(dc), sm)
         dvar = None if dc is None else 2.0 * _mean(dev * dc)
-        drel = add(None if dvar is None else -dvar * 0.5 * inv * inv, seed("dr", lay))
+        drel = add(None if dvar is None else -dvar * 0.5 * inv * inv, sr)
         dz = add(None if dc is None else dc * inv, None if dmean is None else -dmean * inv,
                  None if drel is None else zhat * drel)
         scale = p[f"BatchNorm_{lay}"]["scale"]
-        dout = add(None if dz is None else scale * dz, seed("da", lay))
-        return dz, drel, dout
+        dout = add(None if dz is None else scale * dz, sa)
+        return wrap(dz), wrap(drel), wrap(dout)
 
     def bn_backward(c, dz, drel, g, dg, lay):
         """Tangents of c_bar, scale_bar, beta_bar of BatchNorm ``lay``'s VJP."""
+        sg, sgz = seed("dg", lay), seed("dgz", lay)
+        rd, wrap = raw_fn(dz, drel, dg, sg, sgz)
+        dz, drel, dg, sg, sgz = rd(dz), rd(drel), rd(dg), rd(sg), rd(sgz)
         _, zhat, inv = _moments(c)
         gi = p[f"BatchNorm_{lay}"]["scale"] * inv
         mgz = (g * zhat).mean(axis=(0, 1, 2))
-        dmg = add(None if dg is None else _mean(dg), seed("dg", lay))
+        dmg = add(None if dg is None else _mean(dg), sg)
         g_dz = None if dz is None else g * dz
         dmgz = add(None if dg is None else _mean(dg * zhat),
-                   None if g_dz is None else _mean(g_dz), seed("dgz", lay))
+                   None if g_dz is None else _mean(g_dz), sgz)
         if drel is None and dg is None and dz is None and dmg is None and dmgz is None:
-            return None, np.zeros((nt, nf)), np.zeros((nt, nf))
+            return None, None, None
         bracket = g - g.mean(axis=(0, 1, 2)) - zhat * mgz
         dcbar = add(None if drel is None else gi * drel * bracket,
                     None if dg is None else gi * dg, None if dmg is None else -gi * dmg,
@@ -182,33 +299,38 @@ def images(x, params, stages, cot, sources, open1=None) -> dict:
         dscale = add(None if dg is None else _sum(dg * zhat),
                      None if g_dz is None else _sum(g_dz))
         dbeta = None if dg is None else _sum(dg)
-        dcbar = np.broadcast_to(dcbar, (nt,) + g.shape)  # a seed alone is per channel
-        zero = np.zeros((nt, nf))
-        return dcbar, zero if dscale is None else dscale, zero if dbeta is None else dbeta
+        # a seed alone is per channel
+        dcbar = np.broadcast_to(dcbar, dcbar.shape[:1] + g.shape)
+        return wrap(dcbar), wrap(dscale), wrap(dbeta)
+
+    def dense_or_zero(v, shape):
+        return np.zeros((nt,) + shape) if v is None else _dense(v)
 
     st = stages
     open1 = st["bn1"] > 0 if open1 is None else open1
+    k0, k1 = p["Conv_0"]["kernel"], p["Conv_1"]["kernel"]
     # forward: conv1 is exact (x and the kernels are inputs)
     dz0, drel0, dbn1 = bn_forward(st["conv1"], None, 0)
-    drelu1 = None if dbn1 is None else dbn1 * open1
-    dconv2 = None if drelu1 is None else _conv_t(drelu1, p["Conv_1"]["kernel"])
+    drelu1 = None if dbn1 is None else _Diag(dbn1.a * open1)
+    dconv2 = None if drelu1 is None else _conv_t(drelu1, k1)
     dz1, drel1, _ = bn_forward(st["conv2"], dconv2, 1)
     # backward: y_bar and the output mask are fixed, so sum_bar has no tangent
     dc2b, ds1, db1 = bn_backward(st["conv2"], dz1, drel1, cot["sum"], None, 1)
-    k1_shape = (nt,) + p["Conv_1"]["kernel"].shape
     dk1 = add(None if drelu1 is None else _kernel_grad(drelu1, cot["conv2"]),
               None if dc2b is None else _kernel_grad(st["relu1"], dc2b))
-    dbn1b = None if dc2b is None else _input_grad_t(dc2b, p["Conv_1"]["kernel"]) * open1
+    dbn1b = None if dc2b is None else _input_grad_t(dc2b, k1) * open1
     dc1b, ds0, db0 = bn_backward(st["conv1"], dz0, drel0, cot["bn1"], dbn1b, 0)
-    zero_x = np.zeros((nt,) + x.shape)
-    return {"x": zero_x if dc1b is None else _input_grad_t(dc1b, p["Conv_0"]["kernel"]),
-            "Conv_0/kernel": (np.zeros((nt,) + p["Conv_0"]["kernel"].shape) if dc1b is None
+    return {"x": (np.zeros((nt,) + x.shape) if dc1b is None
+                  else _input_grad_t(dc1b, k0)),
+            "Conv_0/kernel": (np.zeros((nt,) + k0.shape) if dc1b is None
                               else _kernel_grad(x, dc1b)),
-            "Conv_0/bias": np.zeros((nt, nf)) if dc1b is None else _sum(dc1b),
-            "BatchNorm_0/scale": ds0, "BatchNorm_0/bias": db0,
-            "Conv_1/kernel": np.zeros(k1_shape) if dk1 is None else dk1,
-            "Conv_1/bias": np.zeros((nt, nf)) if dc2b is None else _sum(dc2b),
-            "BatchNorm_1/scale": ds1, "BatchNorm_1/bias": db1}
+            "Conv_0/bias": dense_or_zero(None if dc1b is None else _sum(dc1b), (nf,)),
+            "BatchNorm_0/scale": dense_or_zero(ds0, (nf,)),
+            "BatchNorm_0/bias": dense_or_zero(db0, (nf,)),
+            "Conv_1/kernel": np.zeros((nt,) + k1.shape) if dk1 is None else dk1,
+            "Conv_1/bias": dense_or_zero(None if dc2b is None else _sum(dc2b), (nf,)),
+            "BatchNorm_1/scale": dense_or_zero(ds1, (nf,)),
+            "BatchNorm_1/bias": dense_or_zero(db1, (nf,))}
 
 
 def source_k(x, params, stages, cot, sigmas: dict, open1=None) -> dict:

@@ -110,8 +110,10 @@ def test_sources_asked_together_give_the_same_images():
     for b, src in enumerate(srcs):
         alone = source_images.images(x, params, st, cot, [src])
         for t, v in alone.items():
-            np.testing.assert_allclose(together[t][b * nf:(b + 1) * nf], v, rtol=1e-6,
-                                       atol=1e-9 * (np.max(np.abs(v)) + 1.0))
+            # float32 convolutions of tangents, summed in another order when a source
+            # alone takes the channel-sparse path: equal to float32 rounding
+            np.testing.assert_allclose(together[t][b * nf:(b + 1) * nf], v, rtol=1e-5,
+                                       atol=1e-6 * (np.max(np.abs(v)) + 1e-3))
 
 
 def test_one_value_per_channel_has_no_source_images():
