@@ -155,8 +155,9 @@ def _preset_names():
               help="Also store the inference block (running statistics derived from the "
                    "case key, the Flax reference with use_running_average=True, the float64 "
                    "oracle, its budgets and spreads; spec section 12) for `check --api "
-                   "inference`, as the committed set does. Adds about a third of the "
-                   "forward's bytes.")
+                   "inference`, as the committed set does. Adds about 90% to a "
+                   "forward-only file's bytes before compression (10% to the committed "
+                   "set's, which has the backward and the stage data).")
 @click.option("--memory-limit", type=PositiveGB(), default=None,
               metavar="GB", help="Refuse a grid whose largest shape group needs more memory "
                                  "than this (default: 80% of this machine's memory).")
@@ -190,7 +191,7 @@ def generate(ctx, output, preset, families, inputs, seeds, shapes, features, bat
         cases = grid.preset_cases(preset) if preset else grid.axes_cases(
             families=families, inputs=inputs, batches=batch, shapes=shapes,
             features=features, seeds=seeds)
-        resources.check_memory(cases, memory_limit, grad=grad)
+        resources.check_memory(cases, memory_limit, grad=grad, inference=inference)
     except GridError as e:
         raise click.UsageError(str(e)) from None
     import importlib.util

@@ -229,3 +229,17 @@ infer = make_infer(mistake="inf_var_as_std")
         "--resblock-impl", f"{pytester.path / 'bad_inf.py'}:infer", *args)
     assert bad.ret == pytest.ExitCode.TESTS_FAILED
     assert "matches pitfall inf_var_as_std" in bad.stdout.str()
+
+
+def test_secret_mode_refuses_inference():
+    from click.testing import CliRunner
+
+    from resblock.cli import cli
+    from resblock.conformance.judging.secret import check_config
+    from resblock.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="--secret does not take --api inference"):
+        check_config(CheckConfig(target="t", api="inference"))
+    res = CliRunner().invoke(cli, ["check", "--secret", "--api", "inference", "--impl",
+                                   str(ROOT / "examples/numpy_folded_inference.py:infer")])
+    assert res.exit_code == 2 and "--api inference" in res.output
