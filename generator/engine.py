@@ -145,6 +145,10 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None,
         from resblock.generator.batched import derive_y_bars
 
         y_bars = derive_y_bars(cases)
+    if inference:
+        from resblock.generator.batched import derive_running_stats_all
+
+        running_stats = derive_running_stats_all(cases)
     for i, (case, (x, params, stats)) in enumerate(zip(cases, inputs, strict=True)):
         if getattr(runner, "grad", False):
             y_bar = y_bars[i]
@@ -169,9 +173,7 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None,
             arrays.update(grad_arrays(x, params, stats, y_bar, x_bar, params_bar, bw))
             del bw
         if inference:
-            from resblock.spec.derivation import derive_running_stats
-
-            running = derive_running_stats(case)
+            running = running_stats[i]
             arrays.update(inference_arrays(x, params, running,
                                            runner.infer(x, params, running)))
         kappa = ref.kappa

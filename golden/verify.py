@@ -123,6 +123,11 @@ def input_problems(gf) -> tuple[list[str], list[str]]:
             from resblock.generator.batched import derive_y_bars
 
             y_bars = derive_y_bars([Case.from_id(e["id"]) for e in chunk])
+        running = None
+        if any(gf.group_has_inference(e["group"]) for e in chunk):
+            from resblock.generator.batched import derive_running_stats_all
+
+            running = derive_running_stats_all([Case.from_id(e["id"]) for e in chunk])
         for j, (e, (x, params, stats)) in enumerate(zip(chunk, derived, strict=True)):
             fresh = {"x": x}
             fresh.update({f"params/{k}/{kk}": v for k, d in params.items() for kk, v in d.items()})
@@ -135,11 +140,8 @@ def input_problems(gf) -> tuple[list[str], list[str]]:
             if "inference/y" in stored:
                 from resblock.golden.store import INFERENCE_STATS, flat_tree
                 from resblock.spec.constants import STAT_NAMES
-                from resblock.spec.derivation import derive_running_stats
 
-                fresh.update(flat_tree("inference/batch_stats",
-                                       derive_running_stats(Case.from_id(e["id"])),
-                                       STAT_NAMES))
+                fresh.update(flat_tree("inference/batch_stats", running[j], STAT_NAMES))
                 names = names + INFERENCE_STATS
             first = next((n for n in names
                           if not np.array_equal(np.asarray(fresh[n]), stored[n])), None)
