@@ -359,7 +359,7 @@ def check_groups(config: CheckConfig, invoker, groups, total: int, run: RunResul
         res.pitfall = diagnose_case(gc, result, config, prof)
         if res.pitfall:
             run.pitfalls[res.pitfall] += 1
-    if config.details and config.api in ("functional", "seeded"):
+    if config.details and config.api != "backward":
         from resblock.conformance.judging.details import case_detail
 
         for _, _, res, gc, result in worst_first[:config.details]:

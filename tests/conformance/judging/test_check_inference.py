@@ -204,6 +204,8 @@ def test_cli_inference_reports(tmp_path):
     assert "use epsilon = 1e-5" in res.output
     rep = json.loads(out.read_text())
     assert [p["name"] for p in rep["pitfalls"]] == ["inf_epsilon_1e3"]
+    detailed = [c for c in rep["cases"] if "details" in c]  # error maps of the worst cases
+    assert detailed and all(c["details"]["maps"][0]["tensor"] == "output" for c in detailed)
     assert "inf_epsilon_1e3" in html.read_text()
 
 
