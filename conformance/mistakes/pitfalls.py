@@ -62,7 +62,8 @@ class Pitfall:
     backward_fix: str | None = None
 
     def fix_for(self, api: str) -> str:
-        """The fix text for a check of ``api`` ("functional", "seeded", "backward")."""
+        """The fix text for a check of ``api`` ("functional", "seeded", "backward",
+        "inference")."""
         return self.backward_fix if api == "backward" and self.backward_fix else self.fix
 
     def __post_init__(self):
