@@ -174,10 +174,11 @@ def derive_running_stats(case: Case, draws=_EXACT) -> dict:
     batch's and from ``batch_stats_in``: with ``a`` the input amplitude,
     ``mean = f32(4 a) * N(key, (F,))`` (large next to the spread, so subtracting first
     and folding differ and a folded bias without the conv bias shows), ``var = f32(a^2) *
-    U(key, (F,), 0.25, 4)``, then ``BatchNorm_1``'s variance of channel 0 set to ``1e-6``
-    (near 0 next to epsilon: epsilon's size and placement, and a variance taken for a
-    standard deviation, show; in the last BatchNorm, so that its gain of ~300 does not
-    feed the second convolution)."""
+    U(key, (F,), 0.25, 4)``, then ``BatchNorm_1``'s channel 0 set to variance ``1e-6`` and
+    mean 0 (a variance near 0 next to epsilon: epsilon's size and placement, and a
+    variance taken for a standard deviation, show; in the last BatchNorm, so that its gain
+    of ~300 does not feed the second convolution; centred, so that the ReLU after it keeps
+    the elements of either sign of the convolution output instead of all or none)."""
     a = INPUTS[case.inputs]["amplitude"]
     stats: dict = {}
     for name in STAT_NAMES:
@@ -185,6 +186,8 @@ def derive_running_stats(case: Case, draws=_EXACT) -> dict:
         role = "inference/" + name
         if leaf == "mean":
             v = np.float32(4.0 * a) * _normal(case, role, (case.features,), draws)
+            if layer == "BatchNorm_1":  # centred where the gain is ~300: both signs show
+                v[0] = np.float32(0.0)
         else:
             v = np.float32(a * a) * _uniform(case, role, (case.features,), 0.25, 4.0, draws)
             if layer == "BatchNorm_1":  # the last: its gain of ~300 amplifies only y

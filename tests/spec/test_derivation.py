@@ -202,6 +202,7 @@ def test_running_statistics_follow_spec_12_2():
         u = ExactDraws().uniform(c, "inference/BatchNorm_0/var", (6,), 0.25, 4.0)
         assert np.array_equal(rs["BatchNorm_0"]["var"], np.float32(a * a) * u)
         assert rs["BatchNorm_1"]["var"][0] == np.float32(1e-6)
+        assert rs["BatchNorm_1"]["mean"][0] == 0.0 and np.all(rs["BatchNorm_1"]["mean"][1:])
         assert np.all(rs["BatchNorm_1"]["var"][1:] >= np.float32(0.25 * a * a))
         assert all(v.dtype == np.float32 and v.shape == (6,)
                    for d in rs.values() for v in d.values())
