@@ -15,11 +15,14 @@ import click
               help="package.module:function or path/to/file.py:function")
 @click.option("--exec", "exec_", metavar="'PROGRAM ARGS {input} {output}'",
               help="Run a program per shape group (protocol: spec/PROGRAM_PROTOCOL.md).")
-@click.option("--api", type=click.Choice(["functional", "seeded", "backward"]),
+@click.option("--api", type=click.Choice(["functional", "seeded", "backward", "inference"]),
               default="functional", show_default=True,
-              help="functional: forward(x, params, batch_stats); seeded: f(seed, x, "
-                   "features); backward: backward(x, params, batch_stats, y_bar) -> (x_bar, "
-                   "params_bar), judged on the gradient goldens (spec section 10).")
+              help="functional: forward(x, params, batch_stats), the training-mode block; "
+                   "seeded: f(seed, x, features); backward: backward(x, params, batch_stats, "
+                   "y_bar) -> (x_bar, params_bar), judged on the gradient goldens (spec "
+                   "section 10); inference: infer(x, params, batch_stats) -> y, BatchNorm "
+                   "with the given running statistics (model.eval(), deployment engines; "
+                   "spec section 12).")
 @click.option("--layout", type=click.Choice(["nhwc", "nchw"]), default="nhwc",
               show_default=True, help="The implementation's layout; the kit converts.")
 @click.option("--goldens", "goldens", multiple=True, type=click.Path(dir_okay=False),
@@ -61,15 +64,16 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
     if bool(impl) == bool(exec_):
         raise click.UsageError("give exactly one of --impl TARGET or --exec 'PROGRAM ...'")
     if exec_ and (api == "seeded" or layout != "nhwc"):
-        raise click.UsageError("--exec programs use the NHWC protocol (functional, or "
-                               "--api backward); drop --api seeded/--layout")
+        raise click.UsageError("--exec programs use the NHWC protocol (functional, "
+                               "--api backward or --api inference); drop --api "
+                               "seeded/--layout")
     if (secret_seed or secret_preset != "default") and not secret:
         raise click.UsageError("--secret-seed and --secret-preset belong to --secret")
-    if secret and (in_process or goldens or exec_ or api == "seeded"):
+    if secret and (in_process or goldens or exec_ or api in ("seeded", "inference")):
         raise click.UsageError(
             "--secret runs an --impl (functional or --api backward) in a confined worker on "
             "cases it draws itself: drop --in-process (not isolated), --goldens (not read) "
-            "and --exec / --api seeded (not supported: spec section 11)")
+            "and --exec / --api seeded / --api inference (not supported: spec section 11)")
     if in_process and (exec_ or timeout is not None):
         raise click.UsageError("--in-process runs an --impl without a worker process: it "
                                "cannot apply --timeout or --exec")

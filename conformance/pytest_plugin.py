@@ -16,7 +16,7 @@ def pytest_addoption(parser):
     g = parser.getgroup("resblock", "ResNet basic block conformance (resblock)")
     g.addoption("--resblock-impl", metavar="TARGET", default=None,
                 help="module:function or file.py:function to check against the goldens")
-    g.addoption("--resblock-api", choices=["functional", "seeded", "backward"],
+    g.addoption("--resblock-api", choices=["functional", "seeded", "backward", "inference"],
                 default="functional")
     g.addoption("--resblock-layout", choices=["nhwc", "nchw"], default="nhwc")
     g.addoption("--resblock-profile", choices=["fp32", "tf32", "bf16"], default="fp32")
@@ -52,12 +52,12 @@ class ResblockItem(pytest.Item):
             pit = None
             if res.tensors:
                 pit = diagnose_case(gc, outcome.result, cfg, prof)
-            elif outcome.error is not None:
+            elif outcome.error is not None and cfg.api != "inference":
                 pit = diagnose_error(gc, outcome.error)
             if pit:
                 from resblock.conformance.mistakes.pitfalls import lookup
 
-                lines.append(f"matches pitfall {pit}: {lookup(pit).fix}")
+                lines.append(f"matches pitfall {pit}: {lookup(pit).fix_for(cfg.api)}")
             raise ResblockFailure("\n".join(lines))
 
     def repr_failure(self, excinfo, style=None):
@@ -124,6 +124,10 @@ def pytest_collection_modifyitems(session, config, items):
             from resblock.conformance.judging.runner import check_gradients
 
             check_gradients(files)
+        elif cfg.api == "inference":
+            from resblock.conformance.judging.runner import check_inference_data
+
+            check_inference_data(files)
         if not in_process:
             invoker.wait_ready()
     except HarnessError as e:

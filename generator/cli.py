@@ -151,13 +151,20 @@ def _preset_names():
                    "stages: the first diverging stage of a check). Without it a checker "
                    "recomputes it from the inputs when it needs it; at real sizes it is "
                    "five times the bytes of everything else.")
+@click.option("--inference/--no-inference", default=False, show_default=True,
+              help="Also store the inference block (running statistics derived from the "
+                   "case key, the Flax reference with use_running_average=True, the float64 "
+                   "oracle, its budgets and spreads; spec section 12) for `check --api "
+                   "inference`, as the committed set does. Adds about 90% to a "
+                   "forward-only file's bytes before compression (10% to the committed "
+                   "set's, which has the backward and the stage data).")
 @click.option("--memory-limit", type=PositiveGB(), default=None,
               metavar="GB", help="Refuse a grid whose largest shape group needs more memory "
                                  "than this (default: 80% of this machine's memory).")
 @click.pass_context
 def generate(ctx, output, preset, families, inputs, seeds, shapes, features, batch, device,
              jobs, shard, distributed, coordinator, num_processes, process_id, precision,
-             cache_dir, force, grad, stages, memory_limit):
+             cache_dir, force, grad, stages, inference, memory_limit):
     """Run the reference block over a grid of cases and write an HDF5 golden file."""
     import os
 
@@ -184,7 +191,7 @@ def generate(ctx, output, preset, families, inputs, seeds, shapes, features, bat
         cases = grid.preset_cases(preset) if preset else grid.axes_cases(
             families=families, inputs=inputs, batches=batch, shapes=shapes,
             features=features, seeds=seeds)
-        resources.check_memory(cases, memory_limit, grad=grad)
+        resources.check_memory(cases, memory_limit, grad=grad, inference=inference)
     except GridError as e:
         raise click.UsageError(str(e)) from None
     import importlib.util
@@ -236,12 +243,13 @@ def generate(ctx, output, preset, families, inputs, seeds, shapes, features, bat
             meta = generate_distributed(
                 cases, output, preset=preset, force=force, device=device, precision=precision,
                 cache_dir=cache_dir, coordinator=coordinator, num_processes=num_processes,
-                process_id=process_id, progress=bar.update, grad=grad, stages=stages)
+                process_id=process_id, progress=bar.update, grad=grad, stages=stages,
+                inference=inference)
         else:
             meta = runmod.generate(cases, output, preset=preset, force=force, device=device,
                                    jobs=jobs, shard=shard, precision=precision,
                                    cache_dir=cache_dir, progress=bar.update, grad=grad,
-                                   stages=stages)
+                                   stages=stages, inference=inference)
     if not meta["cases"]:
         return
     worst = max(meta["cases"], key=lambda e: e["ref_score"])

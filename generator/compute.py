@@ -71,12 +71,14 @@ def device_runners(device: str, precision: str, grad: bool = False):
     return dev, [ReferenceRunner(d, precision=precision, grad=grad) for d in devices]
 
 
-def compute_groups(groups, writer, runners, progress=None, compiler=None, stages=False):
+def compute_groups(groups, writer, runners, progress=None, compiler=None, stages=False,
+                   inference=False):
     """Derive (in batches), run and write ``groups`` into an open GoldenWriter.
 
     On a host with several GPUs, shape groups go round-robin over the local devices.
     ``compiler``: a :class:`~resblock.generator.compile_worker.CompileWorker` compiling
-    these groups' forwards. ``stages``: store the stage data too (format 5).
+    these groups' forwards. ``stages``: store the stage data too (format 5);
+    ``inference``: the inference block (format 5.1).
     """
     from resblock.generator.batched import derive_cases
     from resblock.generator.engine import compute_group
@@ -99,7 +101,8 @@ def compute_groups(groups, writer, runners, progress=None, compiler=None, stages
             compiled = compiler.executable(i)
             if compiled is not None:
                 runner.use_executable(group[0].x_shape, compiled)
-        arrays, extras = compute_group(group, runner, pending.pop(0), stages=stages)
+        arrays, extras = compute_group(group, runner, pending.pop(0), stages=stages,
+                                       inference=inference)
         writer.write_group(group, arrays, extras)
         if progress is not None:
             progress(len(group))
@@ -120,7 +123,8 @@ def metadata(created, dev, precision, cache_dir, grid) -> dict:
 
 def compute_into(groups, path, *, device: str, grid: dict, force: bool, progress=None,
                  precision: str = "highest", cache_dir: str | None = None,
-                 compile_worker: bool = True, grad: bool = False, stages: bool = False):
+                 compile_worker: bool = True, grad: bool = False, stages: bool = False,
+                 inference: bool = False):
     """Compute ``groups`` in this process and write them to ``path``.
 
     With ``compile_worker`` (and a CPU device, several groups, and a process that can
@@ -140,7 +144,8 @@ def compute_into(groups, path, *, device: str, grid: dict, force: bool, progress
     try:
         dev, runners = device_runners(device, precision, grad)
         with GoldenWriter(path, force=force) as writer:
-            compute_groups(groups, writer, runners, progress, compiler, stages=stages)
+            compute_groups(groups, writer, runners, progress, compiler, stages=stages,
+                           inference=inference)
             return writer.finish(metadata(created, dev, precision, cache_dir, grid))
     finally:
         if compiler is not None:

@@ -53,7 +53,7 @@ def generate_distributed(cases, path, *, preset=None, force=False, device="cpu",
                          precision="highest", cache_dir=None, coordinator=None,
                          num_processes=None, process_id=None, wait_timeout: float = 3600.0,
                          progress=None, grad: bool = False,
-                         stages: bool = False) -> dict:
+                         stages: bool = False, inference: bool = False) -> dict:
     """One process of a ``jax.distributed`` job: compute shard ``process_index+1`` of
     ``process_count`` next to ``path``; process 0 waits for every shard (files are
     renamed into place atomically, so existence means complete) and merges them.
@@ -69,7 +69,7 @@ def generate_distributed(cases, path, *, preset=None, force=False, device="cpu",
         meta = _distributed_body(cases, Path(path), preset=preset, force=force, device=device,
                                  precision=precision, cache_dir=cache_dir,
                                  wait_timeout=wait_timeout, progress=progress, grad=grad,
-                                 stages=stages)
+                                 stages=stages, inference=inference)
     except PeerFailed as e:
         # No orderly shutdown: it is a barrier that a dead peer never reaches.
         raise HarnessError(f"--distributed: {e}") from None
@@ -81,7 +81,8 @@ def generate_distributed(cases, path, *, preset=None, force=False, device="cpu",
 
 
 def _distributed_body(cases, path, *, preset, force, device, precision, cache_dir,
-                      wait_timeout, progress, grad=False, stages=False) -> dict:
+                      wait_timeout, progress, grad=False, stages=False,
+                      inference=False) -> dict:
     import jax
 
     from resblock.golden.merge import merge_files
@@ -101,7 +102,7 @@ def _distributed_body(cases, path, *, preset, force, device, precision, cache_di
         meta = run.generate(cases, shard_paths[k - 1], preset=preset, force=True, device=device,
                             jobs=1, shard=f"{k}/{n}", precision=precision,
                             cache_dir=cache_dir, progress=progress, grad=grad,
-                            stages=stages)
+                            stages=stages, inference=inference)
     except BaseException as e:  # tell process 0, which would otherwise wait for the shard
         failed[k - 1].write_text(f"{type(e).__name__}: {e}"[:2000], "utf-8")
         raise

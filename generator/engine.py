@@ -42,6 +42,7 @@ class ReferenceRunner:
         self.device = device or jax.local_devices()[0]
         self.grad = grad
         self._fn = jax.jit(forward_vjp if grad else apply_block)
+        self._infer = None  # the inference forward, compiled on first use
         self._executables: dict = {}
 
     def use_executable(self, x_shape: tuple, compiled) -> None:
@@ -66,6 +67,19 @@ class ReferenceRunner:
             with self._precision():
                 out = self._fn(*args)
         return tuple(jax.tree_util.tree_map(np.asarray, o) for o in out)
+
+
+    def infer(self, x, params, running_stats):
+        """``y`` of the inference block (Flax, ``use_running_average=True``, spec section
+        12), under the same precision and on the same device as the forward."""
+        jax = self._jax
+        if self._infer is None:
+            from resblock.spec.reference import apply_inference
+
+            self._infer = jax.jit(apply_inference)
+        args = jax.device_put((x, params, running_stats), self.device)
+        with self._precision():
+            return np.asarray(self._infer(*args))
 
 
 def forward_vjp(x, params, stats, y_bar):
@@ -112,9 +126,10 @@ def compile_forward(case: Case, precision: str = "highest", grad: bool = False):
 
 
 def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None,
-                  stages: bool = False):
+                  stages: bool = False, inference: bool = False):
     """The arrays of a shape group (stacked on axis 0) and per-case index extras: every
-    CASE_ARRAYS name, the stage data (STAGE_ARRAYS) only with ``stages``.
+    CASE_ARRAYS name, the stage data (STAGE_ARRAYS) only with ``stages``, the inference
+    block (INFERENCE_ARRAYS) only with ``inference``.
 
     ``inputs``: the ``(x, params, batch_stats)`` of each case, if already derived
     (``resblock.generator.batched.derive_cases`` derives many groups at once).
@@ -130,6 +145,10 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None,
         from resblock.generator.batched import derive_y_bars
 
         y_bars = derive_y_bars(cases)
+    if inference:
+        from resblock.generator.batched import derive_running_stats_all
+
+        running_stats = derive_running_stats_all(cases)
     for i, (case, (x, params, stats)) in enumerate(zip(cases, inputs, strict=True)):
         if getattr(runner, "grad", False):
             y_bar = y_bars[i]
@@ -153,6 +172,10 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None,
         if getattr(runner, "grad", False):
             arrays.update(grad_arrays(x, params, stats, y_bar, x_bar, params_bar, bw))
             del bw
+        if inference:
+            running = running_stats[i]
+            arrays.update(inference_arrays(x, params, running,
+                                           runner.infer(x, params, running)))
         kappa = ref.kappa
         del ref  # the six float64 stages: 300 MB at 32x56x56x64
         rows.append(arrays)
@@ -203,6 +226,26 @@ def grad_arrays(x, params, stats, y_bar, x_bar, params_bar, bw, reference=True) 
         out[f"budget_conv/{grad_path(name)}"] = b.conv[name]
         out[f"sigma/{grad_path(name)}"] = model.sigma[name]
         out[f"sigma_conv/{grad_path(name)}"] = model.sigma_conv[name]
+    return out
+
+
+def inference_arrays(x, params, running_stats, y=None) -> dict:
+    """The inference datasets of one case (format 5.1, spec section 12): the running
+    statistics, the reference's ``inference/y`` (``y``; None: the oracle's arrays only, as
+    ``resblock verify`` recomputes them), the float64 oracle, its budgets and spreads."""
+    from resblock.spec import inference
+
+    ref = inference.forward(x, params, running_stats)
+    b = inference.budgets(x, params, running_stats, ref.stages)
+    sig, sig_conv = inference.spreads(x, params, running_stats, ref.stages)
+    out = flat_tree("inference/batch_stats", running_stats, STAT_NAMES)
+    if y is not None:
+        out["inference/y"] = np.asarray(y)
+    out["oracle/inference/y"] = ref.y
+    out["budget/inference/y"] = b.fp32["output"]
+    out["budget_conv/inference/y"] = b.conv["output"]
+    out["sigma/inference/y"] = sig["output"]
+    out["sigma_conv/inference/y"] = sig_conv["output"]
     return out
 
 

@@ -21,7 +21,7 @@ from resblock.generator.shard import plan
 
 
 def generate_forked(groups, path, *, jobs, device, grid, force, progress, precision,
-                     cache_dir, grad=False, stages=False):
+                     cache_dir, grad=False, stages=False, inference=False):
     """Split groups over this process and ``jobs - 1`` forked children.
 
     Forking after the imports and before any JAX backend exists costs a child ~10 ms,
@@ -47,7 +47,8 @@ def generate_forked(groups, path, *, jobs, device, grid, force, progress, precis
                 try:
                     compute.compute_into(b, shard, device=device, grid=grid, force=True,
                                          precision=precision, cache_dir=cache_dir,
-                                         compile_worker=False, grad=grad, stages=stages)
+                                         compile_worker=False, grad=grad, stages=stages,
+                                         inference=inference)
                     code = 0
                 except BaseException:  # noqa: BLE001 - reported through the exit code
                     import traceback
@@ -58,7 +59,8 @@ def generate_forked(groups, path, *, jobs, device, grid, force, progress, precis
             children.append((pid, shard, b))
         dev, runners = compute.device_runners(device, precision, grad)
         with GoldenWriter(path, force=force) as writer:
-            compute.compute_groups(bins[0], writer, runners, progress, stages=stages)
+            compute.compute_groups(bins[0], writer, runners, progress, stages=stages,
+                                   inference=inference)
             for pid, shard, b in children:
                 _, status = os.waitpid(pid, 0)
                 if os.waitstatus_to_exitcode(status) != 0:
@@ -81,19 +83,21 @@ def generate_forked(groups, path, *, jobs, device, grid, force, progress, precis
 
 
 def _worker(args):  # runs in a worker process
-    case_ids, path, device, grid, queue, precision, cache_dir, grad, stages = args
+    (case_ids, path, device, grid, queue, precision, cache_dir, grad, stages,
+     inference) = args
     from resblock.generator.grid import group_cases as _group
     from resblock.spec.cases import Case
 
     groups = _group([Case.from_id(i) for i in case_ids])
     compute.compute_into(groups, path, device=device, grid=grid, force=True,
                          precision=precision, cache_dir=cache_dir, grad=grad, stages=stages,
+                         inference=inference,
                          progress=(lambda n: queue.put(n)) if queue is not None else None)
     return path
 
 
 def generate_spawned(groups, path, *, jobs, device, grid, force, progress, precision,
-                       cache_dir, grad=False, stages=False):
+                       cache_dir, grad=False, stages=False, inference=False):
     import multiprocessing as mp
     import queue as _queue
     from concurrent.futures import ProcessPoolExecutor
@@ -106,7 +110,7 @@ def generate_spawned(groups, path, *, jobs, device, grid, force, progress, preci
     try:
         bins = [b for b in plan(groups, jobs) if b]
         work = [([c.id for g in b for c in g], str(tmp / f"shard{i}.h5"), device, grid, q,
-                 precision, cache_dir, grad, stages) for i, b in enumerate(bins)]
+                 precision, cache_dir, grad, stages, inference) for i, b in enumerate(bins)]
         with ProcessPoolExecutor(len(work), mp_context=ctx) as pool:
             futures = [pool.submit(_worker, w) for w in work]
             while not all(f.done() for f in futures):

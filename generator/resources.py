@@ -39,25 +39,34 @@ def check_grid_size(axes: dict) -> None:
 
 
 def case_bytes(n: int, h: int, w: int, f: int, grad: bool = False,
-               stages: bool = False) -> int:
+               stages: bool = False, inference: bool = False) -> int:
     """Bytes a golden file declares for one case of shape (n, h, w, f), before
     compression (with ``grad``, the backward arrays too; with ``stages``, the stage
-    data)."""
-    from resblock.golden.store import STAGES_MARKER, expected_dtype, expected_shape, group_arrays
+    data; with ``inference``, the inference block)."""
+    from resblock.golden.store import (
+        INFERENCE_MARKER,
+        STAGES_MARKER,
+        expected_dtype,
+        expected_shape,
+        group_arrays,
+    )
 
     names = group_arrays(("sigma/y",) + (("grad/y_bar",) if grad else ())
-                         + ((STAGES_MARKER,) if stages else ()))
+                         + ((STAGES_MARKER,) if stages else ())
+                         + ((INFERENCE_MARKER,) if inference else ()))
     return sum(int(np.prod(expected_shape(name, n, h, w, f), dtype=np.int64))
                * expected_dtype(name).itemsize for name in names)
 
 
-def group_memory(cases, grad: bool = False) -> list[tuple[str, int, int]]:
+def group_memory(cases, grad: bool = False,
+                 inference: bool = False) -> list[tuple[str, int, int]]:
     """``[(group, cases, estimated bytes while computed)]``, largest first."""
     groups: dict[str, list] = {}
     for c in cases:
         groups.setdefault(c.group, []).append(c)
     out = [(g, len(cs), WORKING_FACTOR * len(cs) * case_bytes(cs[0].n, cs[0].h, cs[0].w,
-                                                              cs[0].features, grad, True))
+                                                              cs[0].features, grad, True,
+                                                              inference))
            for g, cs in groups.items()]
     return sorted(out, key=lambda t: -t[2])
 
@@ -75,13 +84,15 @@ def default_limit() -> int | None:
     return None if mem is None else int(0.8 * mem)
 
 
-def check_memory(cases, limit_gb: float | None = None, grad: bool = False) -> None:
+def check_memory(cases, limit_gb: float | None = None, grad: bool = False,
+                 inference: bool = False) -> None:
     """Refuse a grid whose largest shape group would not fit in ``limit_gb`` gigabytes
-    (default: :func:`default_limit`); ``grad``: the backward arrays are stored too."""
+    (default: :func:`default_limit`); ``grad``: the backward arrays are stored too;
+    ``inference``: the inference block."""
     limit = default_limit() if limit_gb is None else int(limit_gb * 1e9)
     if limit is None or not cases:
         return
-    group, k, need = group_memory(cases, grad)[0]
+    group, k, need = group_memory(cases, grad, inference)[0]
     if need > limit:
         which = ("--memory-limit" if limit_gb is not None
                  else "80% of this machine's memory")

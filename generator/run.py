@@ -45,14 +45,16 @@ def generate(cases, path, *, preset: str | None = None, force: bool = False,
              device: str = "cpu", jobs: int | None = None, shard: str | None = None,
              precision: str = "highest", cache_dir: str | None = None,
              progress: Callable[[int], None] | None = None, grad: bool = False,
-             stages: bool = False) -> dict:
+             stages: bool = False, inference: bool = False) -> dict:
     """Compute every case (or shard ``"K/N"`` of them), write ``path`` atomically, and
     return the metadata written. The metadata records the whole grid, so shards can be
     merged and checked for gaps. ``grad``: also the backward (format 2.1 gradient
     datasets: ``y_bar``, the reference's ``jax.vjp``, the oracle backward, budgets),
     forward and VJP compiled as one program per shape group. ``stages``: also store the
     stage data (format 5: oracles and budgets of the six stages, for diagnosis; a reader
-    recomputes it from the inputs when it is absent)."""
+    recomputes it from the inputs when it is absent). ``inference``: also the inference
+    block (format 5.1, spec section 12: running statistics from the case key, the Flax
+    reference with ``use_running_average=True``, its float64 oracle, budgets, spreads)."""
     from resblock.errors import GoldenFormatError
     from resblock.generator.shard import parse_shard, shard_cases
 
@@ -71,12 +73,15 @@ def generate(cases, path, *, preset: str | None = None, force: bool = False,
     if jobs == 1:
         return compute.compute_into(groups, path, device=device, grid=grid, force=force,
                                     progress=progress, precision=precision,
-                                    cache_dir=cache_dir, grad=grad, stages=stages)
+                                    cache_dir=cache_dir, grad=grad, stages=stages,
+                                    inference=inference)
     if can_fork():
         return parallel.generate_forked(groups, path, jobs=jobs, device=device, grid=grid,
                                 force=force, progress=progress, precision=precision,
-                                cache_dir=cache_dir, grad=grad, stages=stages)
+                                cache_dir=cache_dir, grad=grad, stages=stages,
+                                    inference=inference)
     return parallel.generate_spawned(groups, path, jobs=jobs, device=device, grid=grid,
                                      force=force,
                               progress=progress, precision=precision, cache_dir=cache_dir,
-                              grad=grad, stages=stages)
+                              grad=grad, stages=stages,
+                                    inference=inference)

@@ -174,7 +174,7 @@ class GoldenFile:
             if h5py.check_string_dtype(ids.dtype) is None:
                 self._fail(f"/{path}/case_ids is {ids.shape} {ids.dtype}; expected "
                            f"({g['size']},) strings")
-            have = tuple(n for n in ("grad/y_bar", "sigma/y")
+            have = tuple(n for n in ("grad/y_bar", "sigma/y", "inference/y")
                          if f"{path}/{n.split('/')[0]}".encode() in self._links)
             # Format 5 made the stage data optional (a group has all of it or none);
             # before, every group must have it.
@@ -347,6 +347,12 @@ class GoldenFile:
         from resblock.golden.store import GRAD_ARRAYS
 
         return GRAD_ARRAYS[0] in self._names[group]
+
+    def group_has_inference(self, group: str) -> bool:
+        """Whether shape group ``group`` stores the inference block (format 5.1)."""
+        from resblock.golden.store import INFERENCE_MARKER
+
+        return INFERENCE_MARKER in self._names[group]
 
     @property
     def ids(self) -> list[str]:

@@ -69,6 +69,18 @@ GRAD_ARRAYS = (("grad/y_bar",) + tuple(f"grad/{t}" for t in GRAD_TENSORS)
 GRAD_SPREAD_ARRAYS = tuple(f"{kind}/grad/{t}" for kind in ("sigma", "sigma_conv")
                            for t in GRAD_TENSORS)
 GRAD_ARRAYS = GRAD_ARRAYS + GRAD_SPREAD_ARRAYS
+# Optional per group (format 5.1): the inference block of spec section 12.
+# ``inference/batch_stats/<BatchNorm_i>/{mean,var}`` are the running statistics the case
+# normalises with (derived from the case key, spec 12.2), ``inference/y`` the reference's
+# output (Flax, ``use_running_average=True``), ``oracle/inference/y`` the float64 oracle,
+# ``budget[_conv]/inference/y`` and ``sigma[_conv]/inference/y`` its budgets and spreads.
+# A group has all of them or none.
+INFERENCE_STATS = tuple(f"inference/batch_stats/{s}" for s in STAT_NAMES)
+INFERENCE_ARRAYS = (("inference/y",) + INFERENCE_STATS
+                    + tuple(f"{kind}/inference/y" for kind in ("oracle", "budget",
+                                                                 "budget_conv", "sigma",
+                                                                 "sigma_conv")))
+INFERENCE_MARKER = INFERENCE_ARRAYS[0]  # "inference/y"
 # Format 3 files have no spreads: read as before, without the aggregate test.
 _SPREADS = frozenset(SPREAD_ARRAYS + GRAD_SPREAD_ARRAYS)
 
@@ -82,7 +94,8 @@ STAGE_ARRAYS = tuple(f"{kind}/{t}" for kind in ("oracle", "budget", "budget_conv
                      for t in _STAGE_TENSORS)
 _STAGE_SET = frozenset(STAGE_ARRAYS)
 FORWARD_ARRAYS = tuple(n for n in CASE_ARRAYS if n not in STAGE_ARRAYS)
-PARTS = {"forward": FORWARD_ARRAYS, "stages": STAGE_ARRAYS, "grad": GRAD_ARRAYS}
+PARTS = {"forward": FORWARD_ARRAYS, "stages": STAGE_ARRAYS, "grad": GRAD_ARRAYS,
+         "inference": INFERENCE_ARRAYS}
 _PART_OF = {n: p for p, names in PARTS.items() for n in names}
 
 
@@ -100,7 +113,8 @@ def part_arrays(names) -> dict[str, tuple[str, ...]]:
 
 
 def part_of(name: str) -> str:
-    """The part ("forward", "stages" or "grad") whose digest covers array ``name``."""
+    """The part ("forward", "stages", "grad" or "inference") whose digest covers array
+    ``name``."""
     return _PART_OF[name]
 
 
@@ -117,15 +131,23 @@ def has_stages(names) -> bool:
 def group_parts(names) -> tuple[str, ...]:
     """The parts a group holds, given its array names (or any set that has them)."""
     return (("forward",) + (("stages",) if has_stages(names) else ())
-            + (("grad",) if "grad/y_bar" in names else ()))
+            + (("grad",) if "grad/y_bar" in names else ())
+            + (("inference",) if has_inference(names) else ()))
+
+
+def has_inference(names) -> bool:
+    """Whether a group (or a set of arrays) carries the inference block (format 5.1)."""
+    return INFERENCE_MARKER in names
 
 
 def group_arrays(names) -> tuple[str, ...]:
     """The array names a group holds: CASE_ARRAYS (without the stage data unless
     ``names``, what a group or a set of arrays has, includes ``oracle/stages/conv1``),
     and GRAD_ARRAYS when it includes ``grad/y_bar``; the spreads only when it includes
-    ``sigma/y`` (format 4)."""
+    ``sigma/y`` (format 4); INFERENCE_ARRAYS when it includes ``inference/y``."""
     out = CASE_ARRAYS + GRAD_ARRAYS if "grad/y_bar" in names else CASE_ARRAYS
+    if has_inference(names):
+        out = out + INFERENCE_ARRAYS
     if not has_stages(names):
         out = tuple(n for n in out if n not in _STAGE_SET)
     return out if has_spreads(names) else tuple(n for n in out if n not in _SPREADS)
@@ -176,6 +198,14 @@ def grad_path(name: str) -> str:
     if name in PARAM_NAMES:
         return f"grad/params/{name}"
     raise KeyError(f"no gradient named {name!r}")
+
+
+def inference_path(name: str) -> str:
+    """Where the inference block's checked tensor lives under ``oracle/``, ``budget[_conv]/``
+    and ``sigma[_conv]/``: only its output, "output" -> "inference/y"."""
+    if name == "output":
+        return "inference/y"
+    raise KeyError(f"no inference tensor named {name!r}: inference mode checks the output")
 
 
 def tensor_path(name: str) -> str:
@@ -399,6 +429,37 @@ class GoldenCase:
         t = grad_path(name)
         return bound_from(self.arrays[f"budget/{t}"], self.arrays[f"budget_conv/{t}"],
                           prof.u_conv)
+
+    @property
+    def has_inference(self) -> bool:
+        """Whether the case carries the inference block (format 5.1, spec section 12)."""
+        return has_inference(self.arrays)
+
+    @property
+    def running_stats(self) -> dict:
+        """The running statistics of the inference block, ``{layer: {"mean", "var"}}``."""
+        return self.tree("inference/batch_stats")
+
+    def inference_reference(self) -> np.ndarray:
+        """The float64 oracle of the inference block's output."""
+        return self.arrays[f"oracle/{inference_path('output')}"]
+
+    def inference_bound(self, prof) -> np.ndarray:
+        """Per-element bound of the inference output under a tolerance profile."""
+        from resblock.spec.error_model import bound_from
+
+        t = inference_path("output")
+        return bound_from(self.arrays[f"budget/{t}"], self.arrays[f"budget_conv/{t}"],
+                          prof.u_conv)
+
+    def inference_aggregate_score(self, got, prof) -> float:
+        """The aggregate test's score of the inference output (spec 12.4, as 8.5)."""
+        from resblock.spec.tolerance import aggregate_score
+
+        t = inference_path("output")
+        return aggregate_score(got, self.arrays[f"oracle/{t}"], self.arrays[f"sigma/{t}"],
+                               self.arrays[f"sigma_conv/{t}"], prof.u_conv,
+                               self.case.features)
 
     @property
     def x(self):

@@ -66,6 +66,9 @@ def verify_file(path, profile: str = "fp32", derive: bool = True) -> FileVerdict
             problem = gradient_problem(gc, prof) if gc.has_grad else None
             if problem:
                 verdict.problems.append(f"{path}: case {gc.id}: {problem}")
+            problem = inference_problem(gc, prof) if gc.has_inference else None
+            if problem:
+                verdict.problems.append(f"{path}: case {gc.id}: {problem}")
             score = reference_score(gc.case, gc.arrays, prof)
             dev = float(np.max(np.abs(gc.arrays["y"] - gc.arrays["oracle/y"])))
             ok = score <= 1.0
@@ -120,6 +123,11 @@ def input_problems(gf) -> tuple[list[str], list[str]]:
             from resblock.generator.batched import derive_y_bars
 
             y_bars = derive_y_bars([Case.from_id(e["id"]) for e in chunk])
+        running = None
+        if any(gf.group_has_inference(e["group"]) for e in chunk):
+            from resblock.generator.batched import derive_running_stats_all
+
+            running = derive_running_stats_all([Case.from_id(e["id"]) for e in chunk])
         for j, (e, (x, params, stats)) in enumerate(zip(chunk, derived, strict=True)):
             fresh = {"x": x}
             fresh.update({f"params/{k}/{kk}": v for k, d in params.items() for kk, v in d.items()})
@@ -129,6 +137,12 @@ def input_problems(gf) -> tuple[list[str], list[str]]:
             names = INPUT_ARRAYS
             if "grad/y_bar" in stored:
                 fresh["grad/y_bar"], names = y_bars[j], INPUT_ARRAYS + ("grad/y_bar",)
+            if "inference/y" in stored:
+                from resblock.golden.store import INFERENCE_STATS, flat_tree
+                from resblock.spec.constants import STAT_NAMES
+
+                fresh.update(flat_tree("inference/batch_stats", running[j], STAT_NAMES))
+                names = names + INFERENCE_STATS
             first = next((n for n in names
                           if not np.array_equal(np.asarray(fresh[n]), stored[n])), None)
             if first is not None:
@@ -202,6 +216,36 @@ def gradient_problem(gc, prof) -> str | None:
     if not score <= 1.0:
         return (f"stored reference gradients deviate from the float64 oracle backward (score "
                 f"{score:.3g} > 1 under profile {prof.name}); was the VJP computed with "
+                "reduced-precision convolutions? Regenerate with full float32 precision.")
+    return None
+
+
+def inference_problem(gc, prof) -> str | None:
+    """The inference datasets (format 5.1): the float64 inference oracle recomputed from
+    the stored inputs and running statistics (to 1e-9 of its scale), its budgets and
+    spreads (1e-5 relative), and the stored Flax ``inference/y`` within them under
+    ``prof`` (both tests)."""
+    from resblock.conformance.mistakes.variants_inference import inference_score
+    from resblock.generator.engine import inference_arrays
+
+    fresh = inference_arrays(gc.x, gc.params, gc.running_stats)
+    for name, a in fresh.items():
+        if name.startswith("inference/batch_stats/"):
+            continue  # the inputs themselves (re-derived by input_problems)
+        stored = np.asarray(gc.arrays[name], np.float64)
+        a = np.asarray(a, np.float64)
+        if name.startswith("oracle/"):
+            scale = max(float(np.max(np.abs(a))), 1.0) if a.size else 1.0
+            if not float(np.max(np.abs(stored - a), initial=0.0)) <= 1e-9 * scale:
+                return (f"stored {name} differs from the inference oracle recomputed from "
+                        "the stored inputs: the file's data is inconsistent")
+        elif not np.all(np.abs(stored - a) <= 1e-5 * np.abs(a) + 1e-38):
+            return (f"stored {name} differs from the inference error model's value "
+                    "recomputed from the stored inputs: the file's bounds are inconsistent")
+    score = inference_score(gc, gc.arrays["inference/y"], prof, aggregate=True)
+    if not score <= 1.0:
+        return (f"stored inference/y deviates from the float64 inference oracle (score "
+                f"{score:.3g} > 1 under profile {prof.name}); was it computed with "
                 "reduced-precision convolutions? Regenerate with full float32 precision.")
     return None
 

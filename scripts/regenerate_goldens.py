@@ -4,7 +4,8 @@
 
 Run it only when the spec or the format changes (every regeneration stays in git
 history). The committed set carries the backward (``grad=True``: spec section 10) and the stage
-data (``stages=True``: format 5 leaves it out by default).
+data (``stages=True``: format 5 leaves it out by default) and the inference block
+(``inference=True``: spec section 12).
 SOURCE_DATE_EPOCH is pinned so that the same environment (constraints.txt, the same XLA CPU
 target as recorded in ``environment.xla_target``) reproduces byte-identical files.
 """
@@ -37,7 +38,7 @@ def main() -> int:
         print(f"generating {len(cases)} cases -> {path}", file=sys.stderr)
         # The committed set keeps its stage data (a few MB): diagnosis reads it.
         meta = generate(cases, path, preset=preset, force=True, device="cpu", grad=True,
-                        stages=True)
+                        stages=True, inference=True)
         files.append(manifest_entry(path, preset, meta))
     manifest = {"format_version": FORMAT_VERSION, "spec_version": SPEC_VERSION,
                 "regenerate": REGENERATE, "files": files}

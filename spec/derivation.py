@@ -162,3 +162,35 @@ def prng_config() -> dict:
         "default_prng_impl": str(jax.config.jax_default_prng_impl),
         "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
     }
+
+
+# The running variance of BatchNorm_1's channel 0 in every inference case: epsilon / 10.
+NEAR_ZERO_VAR = 1e-6
+
+
+def derive_running_stats(case: Case, draws=_EXACT) -> dict:
+    """The running statistics an inference case normalises with (spec 12.2), drawn from
+    their own roles ``inference/<BatchNorm_i>/{mean,var}`` so that they differ from the
+    batch's and from ``batch_stats_in``: with ``a`` the input amplitude,
+    ``mean = f32(4 a) * N(key, (F,))`` (large next to the spread, so subtracting first
+    and folding differ and a folded bias without the conv bias shows), ``var = f32(a^2) *
+    U(key, (F,), 0.25, 4)``, then ``BatchNorm_1``'s channel 0 set to variance ``1e-6`` and
+    mean 0 (a variance near 0 next to epsilon: epsilon's size and placement, and a
+    variance taken for a standard deviation, show; in the last BatchNorm, so that its gain
+    of ~300 does not feed the second convolution; centred, so that the ReLU after it keeps
+    the elements of either sign of the convolution output instead of all or none)."""
+    a = INPUTS[case.inputs]["amplitude"]
+    stats: dict = {}
+    for name in STAT_NAMES:
+        layer, leaf = name.split("/")
+        role = "inference/" + name
+        if leaf == "mean":
+            v = np.float32(4.0 * a) * _normal(case, role, (case.features,), draws)
+            if layer == "BatchNorm_1":  # centred where the gain is ~300: both signs show
+                v[0] = np.float32(0.0)
+        else:
+            v = np.float32(a * a) * _uniform(case, role, (case.features,), 0.25, 4.0, draws)
+            if layer == "BatchNorm_1":  # the last: its gain of ~300 amplifies only y
+                v[0] = np.float32(NEAR_ZERO_VAR)
+        stats.setdefault(layer, {})[leaf] = v.astype(np.float32)
+    return stats

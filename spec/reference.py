@@ -25,18 +25,22 @@ class BasicBlock(nn.Module):
     Attributes:
       features: output channels of both convolutions; must equal the input's channels
         (identity skip, no projection).
+      use_running_average: BatchNorm normalises with the running statistics it is given
+        and updates nothing: the inference block of spec section 12 (default: False, the
+        problem's training-mode block).
     """
 
     features: int
+    use_running_average: bool = False
 
     @nn.compact
     def __call__(self, x):
         residual = x
         y = nn.Conv(self.features, kernel_size=(3, 3), padding="SAME")(x)
-        y = nn.BatchNorm(use_running_average=False)(y)
+        y = nn.BatchNorm(use_running_average=self.use_running_average)(y)
         y = nn.relu(y)
         y = nn.Conv(self.features, kernel_size=(3, 3), padding="SAME")(y)
-        y = nn.BatchNorm(use_running_average=False)(y)
+        y = nn.BatchNorm(use_running_average=self.use_running_average)(y)
         y = y + residual
         return nn.relu(y)
 
@@ -113,6 +117,15 @@ def apply_block(x, params, batch_stats):
             {"params": params, "batch_stats": batch_stats}, x, mutable=["batch_stats"]
         )
     return y, mutated["batch_stats"]
+
+
+def apply_inference(x, params, batch_stats):
+    """One inference-mode forward (``use_running_average=True``, spec section 12): ``y``
+    normalised with ``batch_stats``, the running statistics, which stay unchanged."""
+    features = np.shape(params["Conv_0"]["kernel"])[-1]
+    model = BasicBlock(features=features, use_running_average=True)
+    with full_precision():
+        return model.apply({"params": params, "batch_stats": batch_stats}, x)
 
 
 def _to_numpy(tree):

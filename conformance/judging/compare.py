@@ -181,6 +181,16 @@ def compare_backward(gc, grads: dict, prof, layout="nhwc") -> list[TensorReport]
     return out
 
 
+def compare_inference(gc, y, prof, layout="nhwc") -> list[TensorReport]:
+    """The report of the inference output (NHWC ``y``) against the inference oracle,
+    with its per-element bounds and its aggregate test (spec section 12.4)."""
+    from resblock.golden.store import inference_path
+
+    path = inference_path("output")
+    return [compare_tensor("output", y, gc.inference_reference(), gc.inference_bound(prof),
+                           layout, spread_of(gc, path, prof))]
+
+
 def first_diverging_stage(gc, intermediates: dict, prof) -> str | None:
     """The first stage (conv1, bn1, relu1, conv2, bn2, sum) out of bound, if any."""
     for stage in STAGES:

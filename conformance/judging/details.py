@@ -125,6 +125,8 @@ def case_detail(gc, result, config, prof, stage: str | None) -> dict | None:
     from resblock.conformance.judging.compare import element_scores
 
     c = gc.case
+    if config.api == "inference":
+        return _inference_detail(gc, result, config, prof)
     try:
         y, stats, inter = adapters.split_result(result, config.api)
         y = np.asarray(adapters.as_numpy(y, "output"), dtype=np.float64)
@@ -151,3 +153,18 @@ def case_detail(gc, result, config, prof, stage: str | None) -> dict | None:
         if stats is not None:
             detail["stats"] = stat_vectors(gc, stats, prof)
     return detail
+
+
+def _inference_detail(gc, result, config, prof) -> dict | None:
+    """The output's maps of an inference case (spec section 12), against the inference
+    oracle and bounds; None if its result is unusable."""
+    from resblock.spec import tolerance
+
+    try:
+        y = adapters.split_inference(result, gc.case, config.layout)
+    except (adapters.ContractError, ValueError, AttributeError, TypeError):
+        return None
+    with np.errstate(all="ignore"):
+        scores = tolerance.scores(y, gc.inference_reference(), gc.inference_bound(prof))
+        return {"maps": [tensor_maps("output", scores)]}
+

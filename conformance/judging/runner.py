@@ -20,7 +20,7 @@ from resblock.conformance.running.adapters import ContractError
 from resblock.errors import GoldenFormatError, HarnessError
 from resblock.spec import tolerance
 
-APIS = ("functional", "seeded", "backward")
+APIS = ("functional", "seeded", "backward", "inference")
 MAX_TIMEOUT_S = 7 * 86400.0
 
 
@@ -120,7 +120,7 @@ def _layout_hint(error: str, config: CheckConfig) -> str:
     shape_error = ("channels" in text or ("shape" in text and "expected" in text)
                    or "size of tensor" in text or "must match the size" in text
                    or "shapes cannot be multiplied" in text)
-    if config.api in ("functional", "backward") and config.layout == "nhwc" and \
+    if config.api in ("functional", "backward", "inference") and config.layout == "nhwc" and \
             not config.program and shape_error:
         return ("\n    (the kit called it with NHWC x and HWIO kernels; if it takes NCHW and "
                 "OIHW, as PyTorch does, pass --layout nchw)")
@@ -136,6 +136,8 @@ def _judge(gc, outcome, config: CheckConfig, prof) -> CaseResult:
         return res
     if config.api == "backward":
         return _judge_backward(gc, outcome, config, prof, res)
+    if config.api == "inference":
+        return _judge_inference(gc, outcome, config, prof, res)
     c = gc.case
     try:
         y, stats, inter = adapters.split_result(outcome.result, config.api)
@@ -219,6 +221,36 @@ def _judge_backward(gc, outcome, config: CheckConfig, prof, res: CaseResult) -> 
     return res
 
 
+def _judge_inference(gc, outcome, config: CheckConfig, prof, res: CaseResult) -> CaseResult:
+    """Judge ``y`` against the inference oracle (spec section 12)."""
+    from resblock.conformance.judging.compare import compare_inference
+
+    try:
+        y = adapters.split_inference(outcome.result, gc.case, config.layout)
+    except ContractError as e:
+        from resblock.conformance.running.invoke import clean_text
+
+        res.message = clean_text(str(e))
+        return res
+    res.tensors = compare_inference(gc, y, prof, config.layout)
+    nonfinite = int(np.count_nonzero(~np.isfinite(y)))
+    return _conclude(res, outcome,
+                     f"{nonfinite} of {y.size} output values are NaN or Inf" if nonfinite else "")
+
+
+def check_inference_data(files) -> None:
+    """Refuse, in one line, golden files whose groups lack the inference datasets."""
+    for f in files:
+        if not all(f.group_has_inference(g["name"]) for g in f.metadata["groups"]):
+            v = f.metadata["format_version"]
+            why = f"format {v} predates them" if tuple(int(p) for p in v.split(".")[:2]) < \
+                (5, 1) else "generated without --inference"
+            raise GoldenFormatError(
+                f"{f.path}: no inference datasets ({why}), so --api inference has nothing "
+                "to compare with; regenerate it with `resblock generate --inference` and the "
+                "same grid (`resblock list` shows it), or check against the committed set")
+
+
 def check_gradients(files) -> None:
     """Refuse, in one line, golden files whose groups lack the gradient datasets."""
     for f in files:
@@ -240,9 +272,9 @@ def run_check(config: CheckConfig, invoker, golden_paths, progress=None) -> RunR
     if config.xfail:
         read_xfail(config.xfail)  # a bad file is refused before the goldens are opened
     files = open_goldens(golden_paths)
-    if config.api == "backward":
+    if config.api in ("backward", "inference"):
         try:
-            check_gradients(files)
+            (check_gradients if config.api == "backward" else check_inference_data)(files)
         except GoldenFormatError:
             for f in files:
                 f.close()
@@ -269,7 +301,8 @@ def run_check(config: CheckConfig, invoker, golden_paths, progress=None) -> RunR
             groups.setdefault((id(f), e["group"]), []).append((f, e))
         # Every part the check judges by is verified against its seal before anything
         # runs (a part that does not stay in the reader's cache is read again below).
-        parts = ("forward", "grad") if config.api == "backward" else ("forward",)
+        parts = {"backward": ("forward", "grad"), "inference": ("forward", "inference")
+                 }.get(config.api, ("forward",))
         for members in groups.values():
             members[0][0].require(members[0][1]["group"], parts)
         check_groups(config, invoker, ([f.case(e["id"]) for f, e in members]
@@ -296,7 +329,7 @@ def check_groups(config: CheckConfig, invoker, groups, total: int, run: RunResul
     for gcs in groups:
         for gc, outcome in zip(gcs, invoker.run(gcs), strict=True):
             res = judge(gc, outcome, config, prof)
-            if outcome.error is not None and config.diagnose:
+            if outcome.error is not None and config.diagnose and config.api != "inference":
                 from resblock.conformance.mistakes.diagnose import diagnose_error
 
                 res.pitfall = diagnose_error(gc, outcome.error)

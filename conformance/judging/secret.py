@@ -119,6 +119,11 @@ def check_config(config: CheckConfig) -> None:
             "checker and its answer would be the public initialiser's; check the block's "
             "arithmetic with the functional API (forward(x, params, batch_stats)) or "
             "--api backward")
+    if config.api == "inference":
+        raise HarnessError(
+            "--secret does not take --api inference yet: the graders' mode draws training "
+            "cases (spec section 11); check an inference port against the committed set "
+            "(resblock check --api inference)")
     if config.program:
         raise HarnessError("--secret checks an --impl in a confined worker; --exec programs "
                            "are not confined and are not supported in this mode")

@@ -68,6 +68,12 @@ def case_rows(gc, profiles, zoo_names=None) -> list[dict]:
             y, st = zoo.make_forward(a)(gc.x, gc.params, gc.batch_stats_in)
         outputs[a.name] = (y, {n: st[n.split("/")[0]][n.split("/")[1]] for n in STAT_NAMES})
     rows = []
+    inference_twins = None
+    if gc.has_inference:
+        from resblock.conformance.mistakes.variants_inference import twin_outputs as inf_twins
+
+        with np.errstate(all="ignore"):
+            inference_twins = inf_twins(gc)
 
     def scored(kind, name, pname, y, st, prof) -> dict:
         """A row scored as ``resblock check`` judges: per element and per tensor; the
@@ -95,6 +101,8 @@ def case_rows(gc, profiles, zoo_names=None) -> list[dict]:
                          "aggregate_only": False})
         if gc.has_grad:
             rows += backward_rows(gc, prof)
+        if gc.has_inference:
+            rows += inference_rows(gc, prof, inference_twins)
     return rows
 
 
@@ -124,6 +132,32 @@ def backward_rows(gc, prof) -> list[dict]:
     return rows
 
 
+def inference_rows(gc, prof, twins: dict | None = None) -> list[dict]:
+    """Rows of a case with the inference block (spec section 12): the stored Flax
+    ``use_running_average=True`` output (``reference flax_inference``) and every inference
+    pitfall's twin, scored against the inference oracle's bounds and diagnosed as
+    ``resblock check --api inference`` does."""
+    from resblock.conformance.mistakes.variants_inference import inference_score, twin_outputs
+
+    def row(kind, name, y, named=None):
+        score = inference_score(gc, y, prof, aggregate=True)
+        return {"kind": kind, "name": name, "profile": prof.name, "score": score,
+                "named": named, "aggregate_only": inference_score(gc, y, prof) <= 1.0 < score}
+
+    rows = [row("reference", "flax_inference", gc.arrays["inference/y"])]
+    if twins is None:
+        with np.errstate(all="ignore"):
+            twins = twin_outputs(gc)
+    for name, y in twins.items():
+        r = row("pitfall", name, y)
+        if r["score"] > 1.0:
+            scores = {k: (s, s) for k, s in ((k, inference_score(gc, y, prof, t))
+                                             for k, t in twins.items())}
+            r["named"] = best_match(r["score"], scores) == name
+        rows.append(r)
+    return rows
+
+
 def coverage(golden_paths, profiles=tolerance.PROFILES, zoo_names=None, progress=None) -> dict:
     """The coverage document (``kind: resblock-coverage``) of golden files."""
     from resblock.conformance.mistakes.pitfalls import PITFALLS
@@ -148,6 +182,11 @@ def coverage(golden_paths, profiles=tolerance.PROFILES, zoo_names=None, progress
 
         keys.insert(1, ("reference", "flax_vjp"))
         keys += [("pitfall", p.name) for p in BACKWARD_PITFALLS]
+    if any(k[0] == "reference" and k[1] == "flax_inference" for pc in per_case for k in pc):
+        from resblock.conformance.mistakes.variants_inference import INFERENCE_PITFALLS
+
+        keys.insert(1, ("reference", "flax_inference"))
+        keys += [("pitfall", p.name) for p in INFERENCE_PITFALLS]
     rows = []
     for kind, name in keys:
         for pname in profiles:

@@ -110,6 +110,14 @@ def diagnose_case(gc, result, config, prof, twins: dict | None = None) -> str | 
         except (adapters.ContractError, ValueError, AttributeError, TypeError):
             return None
         return diagnose_backward(gc, grads, prof)
+    if config.api == "inference":
+        from resblock.conformance.mistakes.variants_inference import diagnose_inference
+
+        try:
+            y = adapters.split_inference(result, c, config.layout)
+        except (adapters.ContractError, ValueError, AttributeError, TypeError):
+            return None
+        return diagnose_inference(gc, y, prof)
     try:
         y, stats, _ = adapters.split_result(result, config.api)
         y = np.asarray(y, dtype=np.float64)

@@ -62,7 +62,8 @@ class Pitfall:
     backward_fix: str | None = None
 
     def fix_for(self, api: str) -> str:
-        """The fix text for a check of ``api`` ("functional", "seeded", "backward")."""
+        """The fix text for a check of ``api`` ("functional", "seeded", "backward",
+        "inference")."""
         return self.backward_fix if api == "backward" and self.backward_fix else self.fix
 
     def __post_init__(self):
@@ -112,7 +113,8 @@ PITFALLS: tuple[Pitfall, ...] = (
         "BatchNorm normalises with the incoming running mean/var and leaves them unchanged, "
         "as PyTorch does after model.eval() or Flax with use_running_average=True.",
         "Run BatchNorm in training mode: normalise with this batch's statistics and update "
-        "the running averages (model.train() in PyTorch).",
+        "the running averages (model.train() in PyTorch). A port meant for inference "
+        "(deployment) is checked with `resblock check --api inference` instead.",
         "bn1",
     ),
     _row(
@@ -464,6 +466,10 @@ def lookup(name: str) -> Pitfall:
 
         if name in backward_rows:  # a backward pitfall (--api backward): same fields
             return backward_rows[name]
+        from resblock.conformance.mistakes.variants_inference import INFERENCE_BY_NAME
+
+        if name in INFERENCE_BY_NAME:  # an inference pitfall (--api inference)
+            return INFERENCE_BY_NAME[name]
         close = difflib.get_close_matches(name, _BY_NAME, n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise KeyError(

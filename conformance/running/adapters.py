@@ -211,5 +211,24 @@ def split_backward(result, case, layout: str) -> dict:
     return out
 
 
+def split_inference(result, case, layout: str) -> np.ndarray:
+    """Validate an inference result ``y`` (the output alone: inference updates no
+    statistics) and return it in NHWC."""
+    if isinstance(result, (tuple, list)) or hasattr(result, "unfreeze") or \
+            isinstance(result, dict):
+        items = f" of {len(result)} items" if isinstance(result, (tuple, list)) else ""
+        raise ContractError(f"infer returned a {type_name(result)}{items}; the inference "
+                            "contract is infer(x, params, batch_stats) -> y, the output "
+                            "alone (inference mode updates no statistics; a training port "
+                            "that returns (y, new_batch_stats) is checked with --api "
+                            "functional)")
+    c = case
+    want = (c.n, c.h, c.w, c.features) if layout == "nhwc" else (c.n, c.features, c.h, c.w)
+    other = "nchw" if layout == "nhwc" else "nhwc"
+    y = check_array(result, "output y", want, f"is the implementation {other.upper()}? try "
+                    f"--layout {other}")
+    return output_from_user_layout(y, layout)
+
+
 def flat_params(params: dict) -> dict:
     return {n: params[n.split("/")[0]][n.split("/")[1]] for n in PARAM_NAMES}

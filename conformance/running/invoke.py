@@ -29,8 +29,10 @@ class Outcome:
 
 def case_inputs(gc, api: str) -> dict:
     """The picklable inputs of a golden case for ``api`` (NHWC, kit layout). Only the
-    backward reads the cotangent (and with it the gradient part of the file)."""
-    out = {"x": gc.x, "params": gc.params, "stats": gc.batch_stats_in,
+    backward reads the cotangent (and with it the gradient part of the file); inference
+    hands over the running statistics of the inference part as ``batch_stats``."""
+    stats = gc.running_stats if api == "inference" else gc.batch_stats_in
+    out = {"x": gc.x, "params": gc.params, "stats": stats,
            "seed": gc.case.seed, "features": gc.case.features}
     if api == "backward":
         out["y_bar"] = gc.y_bar
@@ -145,16 +147,20 @@ class Program:
         from resblock.conformance.running.program import run_program
 
         backward = self.api == "backward"
-        batch = [(gc.id, gc.x, gc.params, gc.batch_stats_in) + ((gc.y_bar,) if backward else ())
-                 for gc in gcs]
+        inference = self.api == "inference"
+        batch = [(gc.id, gc.x, gc.params, gc.running_stats if inference else gc.batch_stats_in)
+                 + ((gc.y_bar,) if backward else ()) for gc in gcs]
         t0 = time.perf_counter()
-        res = run_program(self.template, batch, timeout=self.timeout, backward=backward)
+        res = run_program(self.template, batch, timeout=self.timeout, backward=backward,
+                          inference=inference)
         per = (time.perf_counter() - t0) / max(1, len(gcs))
         outs = []
         for gc in gcs:
             r = res.get(gc.id, "the program produced no result for this case")
             if isinstance(r, str):
                 outs.append(Outcome(error=r, seconds=per))
+            elif inference:
+                outs.append(Outcome(result=r[0], seconds=per))
             else:
                 outs.append(Outcome(result=(r[0], r[1]), seconds=per))
         return outs

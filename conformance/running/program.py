@@ -139,7 +139,7 @@ def _substitute(argv: Sequence[str], input_dir: Path, output_dir: Path) -> list[
 
 
 def run_program(argv_template, cases, timeout=None, workdir=None,
-                backward: bool = False) -> BatchResult:
+                backward: bool = False, inference: bool = False) -> BatchResult:
     """Run the program once on a batch and return each case's outputs or error.
 
     Args:
@@ -152,6 +152,8 @@ def run_program(argv_template, cases, timeout=None, workdir=None,
         directory). The program itself runs in the current directory.
       backward: the backward mode (``resblock-program-backward/1``): cases carry
         ``y_bar`` as a fifth item and results are ``(x_bar, params_bar)``.
+      inference: the inference mode (``resblock-program-inference/1``): ``batch_stats``
+        are the running statistics and results are ``(y, None)``.
 
     Returns:
       A :class:`BatchResult`: ``{case_id: (y, new_batch_stats) | ProgramError}``. A
@@ -171,7 +173,7 @@ def run_program(argv_template, cases, timeout=None, workdir=None,
         input_dir, output_dir = Path(tmp, "input"), Path(tmp, "output")
         input_dir.mkdir()
         output_dir.mkdir()
-        descriptor = write_inputs(input_dir, cases, backward)
+        descriptor = write_inputs(input_dir, cases, backward, inference)
         for case in descriptor["cases"]:
             (output_dir / case["dir"]).mkdir()
         ids = [case["id"] for case in descriptor["cases"]]

@@ -24,6 +24,9 @@ PROTOCOL = "resblock-program/1"
 # The backward mode (spec section 10): y_bar in, the gradients out; the forward protocol
 # is unchanged.
 PROTOCOL_BACKWARD = "resblock-program-backward/1"
+# The inference mode (spec section 12): the same inputs (the stats are the running
+# statistics to normalise with), ``y`` alone out.
+PROTOCOL_INFERENCE = "resblock-program-inference/1"
 
 # Raw float32, little-endian whatever the host: the files are an interchange format.
 _DTYPE = np.dtype("<f4")
@@ -44,7 +47,7 @@ def _file_name(name: str) -> str:
 
 
 def _array_shapes(n: int, h: int, w: int, c: int,
-                  backward: bool = False) -> tuple[dict, dict]:
+                  backward: bool = False, inference: bool = False) -> tuple[dict, dict]:
     """``{name: shape}`` of the inputs and the outputs of one case (C == F)."""
     f = c
     inputs = {"x": (n, h, w, c)}
@@ -58,7 +61,8 @@ def _array_shapes(n: int, h: int, w: int, c: int,
         outputs.update({f"{name}_bar": inputs[name] for name in PARAM_NAMES})
         return inputs, outputs
     outputs = {"y": (n, h, w, f)}
-    outputs.update({name: (f,) for name in STAT_NAMES})
+    if not inference:
+        outputs.update({name: (f,) for name in STAT_NAMES})
     return inputs, outputs
 
 
@@ -102,7 +106,7 @@ def _case_arrays(case_id, x, params, batch_stats) -> tuple[tuple[int, ...], dict
     return (n, h, w, c), arrays
 
 
-def write_inputs(directory, cases, backward: bool = False) -> dict:
+def write_inputs(directory, cases, backward: bool = False, inference: bool = False) -> dict:
     """Write one batch in the protocol's input layout and return its ``cases.json`` dict.
 
     Args:
@@ -110,7 +114,9 @@ def write_inputs(directory, cases, backward: bool = False) -> dict:
       cases: ``(case_id, x, params, batch_stats)`` tuples; ``x`` is NHWC, the trees are
         Flax-style nested dicts. Arrays are written as little-endian float32.
         With ``backward`` (protocol ``resblock-program-backward/1``), tuples of five:
-        ``(case_id, x, params, batch_stats, y_bar)``.
+        ``(case_id, x, params, batch_stats, y_bar)``. With ``inference`` (protocol
+        ``resblock-program-inference/1``), ``batch_stats`` are the running statistics and
+        ``y`` is the only output.
 
     Raises:
       GridError: no cases, an empty id, or duplicate ids.
@@ -122,7 +128,7 @@ def write_inputs(directory, cases, backward: bool = False) -> dict:
         raise GridError("no cases to hand to the program; a batch needs at least one case")
     directory.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
-    protocol = PROTOCOL_BACKWARD if backward else PROTOCOL
+    protocol = PROTOCOL_BACKWARD if backward else PROTOCOL_INFERENCE if inference else PROTOCOL
     entries, lines = [], [protocol]
     for index, (case_id, x, params, batch_stats, *rest) in enumerate(cases):
         case_id = str(case_id)
@@ -135,7 +141,7 @@ def write_inputs(directory, cases, backward: bool = False) -> dict:
         dir_name = _case_dir(index, case_id)
         case_path = directory / dir_name
         case_path.mkdir()
-        in_shapes, out_shapes = _array_shapes(n, h, w, c, backward)
+        in_shapes, out_shapes = _array_shapes(n, h, w, c, backward, inference)
         if backward:
             arrays["y_bar"] = np.asarray(rest[0])
             if arrays["y_bar"].shape != in_shapes["y_bar"]:
@@ -218,6 +224,9 @@ def read_outputs(directory, descriptor: Mapping) -> dict:
                 layer, leaf = name.split("/")
                 grads.setdefault(layer, {})[leaf] = arrays[f"{name}_bar"]
             results[case["id"]] = (arrays["x_bar"], grads)
+            continue
+        if descriptor["protocol"] == PROTOCOL_INFERENCE:
+            results[case["id"]] = (arrays["y"], None)
             continue
         stats: dict = {}
         for name in STAT_NAMES:

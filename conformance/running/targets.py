@@ -82,4 +82,5 @@ def check_arity(fn, target: str, api: str = "functional") -> None:
         raise TargetError(
             f"--impl {target!r}: {getattr(fn, '__name__', 'the target')}{sig} cannot be called "
             "with three arguments; the contract is forward(x, params, batch_stats) "
-            "(--api functional) or f(seed, x, features) (--api seeded)") from None
+            "(--api functional), infer(x, params, batch_stats) (--api inference) or f(seed, "
+            "x, features) (--api seeded)") from None

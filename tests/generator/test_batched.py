@@ -114,3 +114,18 @@ def test_batched_y_bars_equal_the_exact_draws():
         want = derive_y_bar(c)
         assert got.dtype == want.dtype and got.shape == c.x_shape
         assert np.array_equal(got, want)
+
+
+def test_batched_running_stats_equal_the_exact_draws():
+    from resblock.generator.batched import derive_running_stats_all
+    from resblock.spec.cases import Case
+    from resblock.spec.derivation import derive_running_stats
+
+    cases = [Case("functional", "normal", 2, 3, 5, 4, 0), Case("seeded", "large", 1, 1, 1, 3, 7),
+             Case("stress", "lowamp", 4, 6, 6, 8, 1), Case("stress", "offset", 1, 2, 2, 1, 2)]
+    for c, got in zip(cases, derive_running_stats_all(cases), strict=True):
+        want = derive_running_stats(c)
+        for layer in want:
+            for leaf in want[layer]:
+                assert got[layer][leaf].dtype == np.float32
+                assert np.array_equal(got[layer][leaf], want[layer][leaf]), (c.id, layer, leaf)

@@ -91,3 +91,11 @@ def test_the_backward_arrays_count_when_stored():
     with pytest.raises(GridError):
         resources.check_memory(big, need / 1e9 - 0.01, grad=True)
     resources.check_memory(big, need / 1e9 - 0.01)  # forward only: fits
+
+
+def test_case_bytes_counts_the_inference_block():
+    """inference/y, four f4 budgets and spreads, the f8 oracle, four running statistics."""
+    n, h, w, f = 2, 5, 7, 3
+    extra = (resources.case_bytes(n, h, w, f, inference=True)
+             - resources.case_bytes(n, h, w, f))
+    assert extra == n * h * w * f * (5 * 4 + 8) + 4 * f * 4

@@ -205,3 +205,29 @@ def test_resolve_device():
         assert auto.platform == "cpu"
         with pytest.raises(HarnessError, match="--device gpu: JAX sees no GPU"):
             resolve_device("gpu")
+
+
+def test_inference_block_is_the_same_whatever_the_split(tmp_path, monkeypatch):
+    """``--inference`` in one process, over forked workers and over shards merged: the
+    same content hash, every group with the inference part, a NumPy port conforming."""
+    from resblock.conformance.judging.runner import CheckConfig, run_check
+    from resblock.conformance.mistakes.variants_inference import make_infer
+    from resblock.conformance.running.invoke import InProcess
+    from resblock.golden.merge import merge_files
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    cases = grid.preset_cases("smoke")
+    one = generate(cases, tmp_path / "one.h5", preset="smoke", inference=True, jobs=1)
+    two = generate(cases, tmp_path / "two.h5", preset="smoke", inference=True, jobs=2)
+    shards = [tmp_path / f"s{k}.h5" for k in (1, 2)]
+    for k, path in enumerate(shards, start=1):
+        generate(cases, path, preset="smoke", inference=True, shard=f"{k}/2", jobs=1)
+    merge_files(tmp_path / "merged.h5", shards)
+    with GoldenFile(tmp_path / "merged.h5") as gf:
+        merged = gf.metadata["content_sha256"]
+        assert all(gf.group_has_inference(g["name"]) for g in gf.metadata["groups"])
+    assert one["content_sha256"] == two["content_sha256"] == merged
+    cfg = CheckConfig(target="t", api="inference", diagnose=False)
+    run = run_check(cfg, InProcess(make_infer("folded"), "inference", "nhwc"),
+                    [tmp_path / "merged.h5"])
+    assert run.conforms and len(run.results) == 5

@@ -91,7 +91,7 @@ def test_content_sha256_by_hand():
 def test_file_layout(smoke_golden):
     path, meta = smoke_golden
     with h5py.File(path, "r") as f:
-        assert f.attrs["format_version"] == "5.0.0" == meta["format_version"]
+        assert f.attrs["format_version"] == "5.1.0" == meta["format_version"]
         assert f.attrs["spec_version"] == "5.0.0"
         assert json.loads(f["metadata"][()]) == meta
         assert sorted(f["groups"]) == sorted(g["name"] for g in meta["groups"])
@@ -127,12 +127,23 @@ def test_index_entries(smoke_golden):
 def test_parts_partition_every_array():
     names = [n for p in store.PARTS.values() for n in p]
     assert len(names) == len(set(names))
-    assert set(names) == set(store.CASE_ARRAYS + store.GRAD_ARRAYS)
+    assert set(names) == set(store.CASE_ARRAYS + store.GRAD_ARRAYS + store.INFERENCE_ARRAYS)
     # a forward verdict needs only the forward part: inputs, outputs, their oracle/budgets
     assert {"x", "y", "oracle/y", "budget/y", "budget_conv/batch_stats_out/BatchNorm_1/var",
             "params/Conv_1/kernel"} <= set(store.PARTS["forward"])
     assert not any("stages/" in n or "grad" in n for n in store.PARTS["forward"])
     assert store.group_parts(store.CASE_ARRAYS) == ("forward", "stages")
+    assert store.group_parts(store.CASE_ARRAYS + store.INFERENCE_ARRAYS) == (
+        "forward", "stages", "inference")
+    assert not any(n.startswith(("inference/", "oracle/inference")) or "/inference/" in n
+                   for n in store.PARTS["forward"])
+    # the inference block's running statistics, output, oracle, budgets and spreads
+    assert set(store.group_arrays(("sigma/y", "inference/y"))) - set(
+        store.group_arrays(("sigma/y",))) == {
+        "inference/y", "oracle/inference/y", "budget/inference/y",
+        "budget_conv/inference/y", "sigma/inference/y", "sigma_conv/inference/y",
+        "inference/batch_stats/BatchNorm_0/mean", "inference/batch_stats/BatchNorm_0/var",
+        "inference/batch_stats/BatchNorm_1/mean", "inference/batch_stats/BatchNorm_1/var"}
     assert store.group_parts(store.CASE_ARRAYS + store.GRAD_ARRAYS)[-1] == "grad"
 
 

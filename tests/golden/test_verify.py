@@ -3,6 +3,8 @@ fails its hashes, and a re-hashed reduced-precision golden fails the oracle gate
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 from click.testing import CliRunner
@@ -117,3 +119,24 @@ def test_committed_default_golden_passes_its_own_gate():
     for path in committed_paths():
         v = verify_file(path)
         assert v.problems == [] and v.cases and all(c.ok for c in v.cases), path
+
+
+def test_inference_part_is_verified():
+    """Format 5.1: the inference oracle, budgets and spreads are recomputed from the stored
+    inputs and running statistics, and the stored Flax ``inference/y`` judged by them."""
+    from resblock.golden.reader import GoldenFile
+    from resblock.golden.store import GoldenCase
+    from resblock.golden.verify import inference_problem
+    from resblock.spec import tolerance
+
+    prof = tolerance.profile("fp32")
+    committed = Path(__file__).resolve().parents[2] / "golden" / "default.h5"
+    with GoldenFile(committed) as gf:
+        gc = next(gf.iter_cases(["functional-normal-n2-4x4-f4-s0"]))
+        assert gc.has_inference and inference_problem(gc, prof) is None
+        arrays = dict(gc.arrays)
+    for name, factor, words in (("budget/inference/y", 2.0, "bounds are inconsistent"),
+                                ("oracle/inference/y", 1.001, "data is inconsistent"),
+                                ("inference/y", 1.001, "deviates from the float64")):
+        bad = dict(arrays, **{name: arrays[name] * factor})
+        assert words in inference_problem(GoldenCase(gc.case, gc.entry, bad), prof)

@@ -14,6 +14,7 @@ from resblock.spec.cases import Case
 from resblock.spec.constants import PARAM_NAMES, STAT_NAMES
 from resblock.spec.derivation import (
     derive_random_variables,
+    derive_running_stats,
     derive_variables,
     derive_x,
     key_seed,
@@ -185,3 +186,28 @@ def test_grid_derivation_equals_each_case_alone():
     # and one case alone through the same batched path
     (alone,) = derive_cases([cases[6]])
     np.testing.assert_array_equal(alone[0], together[6][0])
+
+
+def test_running_statistics_follow_spec_12_2():
+    """Each from its own role (``inference/<stat>``), scaled by the input amplitude, one
+    variance at 1e-6 in BatchNorm_1; repeatable and unlike the incoming statistics."""
+    from resblock.spec.derivation import ExactDraws
+
+    for inputs, a in (("normal", 1.0), ("large", 1e3), ("lowamp", 1e-3)):
+        c = Case("stress", inputs, 2, 3, 3, 6, 1)
+        rs = derive_running_stats(c)
+        assert sorted(rs) == ["BatchNorm_0", "BatchNorm_1"]
+        z = ExactDraws().normal(c, "inference/BatchNorm_0/mean", (6,))
+        assert np.array_equal(rs["BatchNorm_0"]["mean"], np.float32(4.0 * a) * z)
+        u = ExactDraws().uniform(c, "inference/BatchNorm_0/var", (6,), 0.25, 4.0)
+        assert np.array_equal(rs["BatchNorm_0"]["var"], np.float32(a * a) * u)
+        assert rs["BatchNorm_1"]["var"][0] == np.float32(1e-6)
+        assert rs["BatchNorm_1"]["mean"][0] == 0.0 and np.all(rs["BatchNorm_1"]["mean"][1:])
+        assert np.all(rs["BatchNorm_1"]["var"][1:] >= np.float32(0.25 * a * a))
+        assert all(v.dtype == np.float32 and v.shape == (6,)
+                   for d in rs.values() for v in d.values())
+        _, stats = derive_random_variables(c)
+        assert not np.array_equal(rs["BatchNorm_0"]["mean"], stats["BatchNorm_0"]["mean"])
+        again = derive_running_stats(c)
+        assert all(np.array_equal(again[k][kk], rs[k][kk]) for k in rs for kk in rs[k])
+

@@ -134,3 +134,23 @@ def test_check_channels():
         check_channels((2, 3, 0), 0)
     with pytest.raises(SpecError, match="C=2 channels but features=5"):
         check_channels((1, 3, 3, 2), 5)
+
+
+def test_apply_inference_normalises_with_the_given_statistics():
+    """``use_running_average=True``: y from the running statistics (spec section 12),
+    within the inference budgets of spec/inference.py, and unlike the training block."""
+    from resblock.spec import inference, tolerance
+    from resblock.spec.cases import Case
+    from resblock.spec.derivation import derive_random_variables, derive_running_stats
+    from resblock.spec.derivation import derive_x as _derive_x
+    from resblock.spec.reference import apply_block, apply_inference
+
+    c = Case("functional", "normal", 2, 4, 4, 3, 0)
+    x = _derive_x(c)
+    params, stats = derive_random_variables(c)
+    running = derive_running_stats(c)
+    y = np.asarray(apply_inference(x, params, running))
+    ref = inference.forward(x, params, running)
+    b = inference.budgets(x, params, running, ref.stages)
+    assert tolerance.max_score(y, ref.y, b.bound("output", 0.0)) <= 1.0
+    assert not np.allclose(y, np.asarray(apply_block(x, params, running)[0]))
