@@ -13,6 +13,7 @@ from resblock.spec import (
     error_model,
     error_model_backward,
     error_spread,
+    error_store,
     oracle,
     tolerance,
 )
@@ -169,8 +170,9 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None,
 
 
 def budget_arrays(x, params, stats, stages: dict) -> dict:
-    """``budget/<t>`` and ``budget_conv/<t>`` arrays of one case (the error model), and
-    ``sigma/<t>``, ``sigma_conv/<t>`` of the output and stats (the spread model)."""
+    """``budget/<t>``, ``budget_conv/<t>`` and ``budget_store/<t>`` arrays of one case (the
+    error and storage models), and ``sigma/<t>``, ``sigma_conv/<t>``, ``sigma_store/<t>``
+    of the output and stats (the spread and storage models)."""
     from resblock.golden.store import tensor_path
 
     b = error_model.budgets(x, params, stats, stages)
@@ -182,6 +184,12 @@ def budget_arrays(x, params, stats, stages: dict) -> dict:
     for name in error_spread.SPREAD_TENSORS:
         out[f"sigma/{tensor_path(name)}"] = error_spread.stored(sp.sigma[name])
         out[f"sigma_conv/{tensor_path(name)}"] = error_spread.stored(sp.sigma_conv[name])
+    del sp
+    st = error_store.model(x, params, stats, stages)
+    for name in error_model.TENSORS:
+        out[f"budget_store/{tensor_path(name)}"] = st.budget[name]
+    for name in error_store.SPREAD_TENSORS:
+        out[f"sigma_store/{tensor_path(name)}"] = st.sigma[name]
     return out
 
 

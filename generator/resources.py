@@ -43,9 +43,15 @@ def case_bytes(n: int, h: int, w: int, f: int, grad: bool = False,
     """Bytes a golden file declares for one case of shape (n, h, w, f), before
     compression (with ``grad``, the backward arrays too; with ``stages``, the stage
     data)."""
-    from resblock.golden.store import STAGES_MARKER, expected_dtype, expected_shape, group_arrays
+    from resblock.golden.store import (
+        STAGES_MARKER,
+        STORE_MARKER,
+        expected_dtype,
+        expected_shape,
+        group_arrays,
+    )
 
-    names = group_arrays(("sigma/y",) + (("grad/y_bar",) if grad else ())
+    names = group_arrays(("sigma/y", STORE_MARKER) + (("grad/y_bar",) if grad else ())
                          + ((STAGES_MARKER,) if stages else ()))
     return sum(int(np.prod(expected_shape(name, n, h, w, f), dtype=np.int64))
                * expected_dtype(name).itemsize for name in names)

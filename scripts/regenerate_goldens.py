@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "golden"
-SOURCE_DATE_EPOCH = "1796428800"  # 2026-12-05T00:00:00Z, spec 4.0.0
+SOURCE_DATE_EPOCH = "1796428800"  # 2026-12-05T00:00:00Z, spec 4.1.0 (format 6)
 PRESETS = ("default",)
 
 

@@ -73,7 +73,7 @@ def test_correct_float32_ports_sit_far_below_the_threshold_and_tf32_far_above():
     sp = error_spread.forward_spread(x, params, stats, ref.stages)
     thr = tolerance.aggregate_threshold(case.features)
     fp32 = tolerance.profile("fp32")
-    tf32 = tolerance.profile("tf32")
+    tf32 = tolerance.profile("tf32-conv")
 
     def worst_q(name, prof):
         y, st = make_forward(name)(x, params, stats)
