@@ -9,6 +9,8 @@ import sys
 
 import click
 
+from resblock.options import PROFILE
+
 
 @click.command("check")
 @click.option("--impl", "impl", metavar="TARGET",
@@ -29,7 +31,7 @@ import click
               help="Golden files (default: the committed set). Repeatable.")
 @click.option("-k", "keyword", metavar="EXPR", help="Select cases: words with and/or/not.")
 @click.option("--xfail", type=click.Path(dir_okay=False), help="Expected failures file.")
-@click.option("--profile", type=click.Choice(["fp32", "tf32", "bf16"]), default="fp32",
+@click.option("--profile", type=PROFILE, default="fp32",
               show_default=True)
 @click.option("--json-report", type=click.Path(dir_okay=False), help="Write a JSON report.")
 @click.option("--junit", type=click.Path(dir_okay=False), help="Write JUnit XML.")

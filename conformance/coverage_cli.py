@@ -11,12 +11,14 @@ import sys
 
 import click
 
+from resblock.options import PROFILE, profile_names
+
 
 @click.command("coverage")
 @click.option("--goldens", "goldens", multiple=True, type=click.Path(dir_okay=False),
               help="Golden files (default: the committed set). Repeatable.")
 @click.option("--profile", "profiles", multiple=True,
-              type=click.Choice(["fp32", "tf32", "bf16"]),
+              type=PROFILE,
               help="Profiles to evaluate (default: all). Repeatable.")
 @click.option("--zoo", "zoo", default="all", show_default=True, metavar="NAMES|all|none",
               help="Comma-separated zoo algorithms to run (conformance/mistakes/zoo.py).")
@@ -54,7 +56,7 @@ def coverage_cmd(goldens, profiles, zoo, min_cases, json_out, html_out, markdown
         from resblock.golden.cli import default_goldens
 
         goldens = default_goldens()
-    profiles = profiles or ("fp32", "tf32", "bf16")
+    profiles = profiles or profile_names()
     err = click.get_text_stream("stderr")
 
     def progress(done, case_id):

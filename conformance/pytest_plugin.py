@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pytest
 
+from resblock.options import profile_names
+
 
 def pytest_addoption(parser):
     g = parser.getgroup("resblock", "ResNet basic block conformance (resblock)")
@@ -19,7 +21,8 @@ def pytest_addoption(parser):
     g.addoption("--resblock-api", choices=["functional", "seeded", "backward", "inference"],
                 default="functional")
     g.addoption("--resblock-layout", choices=["nhwc", "nchw"], default="nhwc")
-    g.addoption("--resblock-profile", choices=["fp32", "tf32", "bf16"], default="fp32")
+    g.addoption("--resblock-profile", default="fp32", metavar="|".join(profile_names()),
+                help="tolerance profile (spec section 8.2; a renamed one says its new name)")
     g.addoption("--resblock-goldens", action="append", default=None, metavar="PATH")
     g.addoption("--resblock-timeout", type=float, default=None, metavar="SECONDS",
                 help="a case that runs longer is an error (not with --resblock-in-process)")

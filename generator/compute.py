@@ -78,7 +78,7 @@ def compute_groups(groups, writer, runners, progress=None, compiler=None, stages
     On a host with several GPUs, shape groups go round-robin over the local devices.
     ``compiler``: a :class:`~resblock.generator.compile_worker.CompileWorker` compiling
     these groups' forwards. ``stages``: store the stage data too (format 5);
-    ``inference``: the inference block (format 5.1).
+    ``inference``: the inference block (format 6).
     """
     from resblock.generator.batched import derive_cases
     from resblock.generator.engine import compute_group

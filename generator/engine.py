@@ -13,6 +13,7 @@ from resblock.spec import (
     error_model,
     error_model_backward,
     error_spread,
+    error_store,
     oracle,
     tolerance,
 )
@@ -192,8 +193,9 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None,
 
 
 def budget_arrays(x, params, stats, stages: dict) -> dict:
-    """``budget/<t>`` and ``budget_conv/<t>`` arrays of one case (the error model), and
-    ``sigma/<t>``, ``sigma_conv/<t>`` of the output and stats (the spread model)."""
+    """``budget/<t>``, ``budget_conv/<t>`` and ``budget_store/<t>`` arrays of one case (the
+    error and storage models), and ``sigma/<t>``, ``sigma_conv/<t>``, ``sigma_store/<t>``
+    of the output and stats (the spread and storage models)."""
     from resblock.golden.store import tensor_path
 
     b = error_model.budgets(x, params, stats, stages)
@@ -205,6 +207,12 @@ def budget_arrays(x, params, stats, stages: dict) -> dict:
     for name in error_spread.SPREAD_TENSORS:
         out[f"sigma/{tensor_path(name)}"] = error_spread.stored(sp.sigma[name])
         out[f"sigma_conv/{tensor_path(name)}"] = error_spread.stored(sp.sigma_conv[name])
+    del sp
+    st = error_store.model(x, params, stats, stages)
+    for name in error_model.TENSORS:
+        out[f"budget_store/{tensor_path(name)}"] = st.budget[name]
+    for name in error_store.SPREAD_TENSORS:
+        out[f"sigma_store/{tensor_path(name)}"] = st.sigma[name]
     return out
 
 
@@ -230,7 +238,7 @@ def grad_arrays(x, params, stats, y_bar, x_bar, params_bar, bw, reference=True) 
 
 
 def inference_arrays(x, params, running_stats, y=None) -> dict:
-    """The inference datasets of one case (format 5.1, spec section 12): the running
+    """The inference datasets of one case (format 6, spec section 12): the running
     statistics, the reference's ``inference/y`` (``y``; None: the oracle's arrays only, as
     ``resblock verify`` recomputes them), the float64 oracle, its budgets and spreads."""
     from resblock.spec import inference

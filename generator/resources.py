@@ -46,12 +46,13 @@ def case_bytes(n: int, h: int, w: int, f: int, grad: bool = False,
     from resblock.golden.store import (
         INFERENCE_MARKER,
         STAGES_MARKER,
+        STORE_MARKER,
         expected_dtype,
         expected_shape,
         group_arrays,
     )
 
-    names = group_arrays(("sigma/y",) + (("grad/y_bar",) if grad else ())
+    names = group_arrays(("sigma/y", STORE_MARKER) + (("grad/y_bar",) if grad else ())
                          + ((STAGES_MARKER,) if stages else ())
                          + ((INFERENCE_MARKER,) if inference else ()))
     return sum(int(np.prod(expected_shape(name, n, h, w, f), dtype=np.int64))

@@ -53,7 +53,7 @@ def generate(cases, path, *, preset: str | None = None, force: bool = False,
     forward and VJP compiled as one program per shape group. ``stages``: also store the
     stage data (format 5: oracles and budgets of the six stages, for diagnosis; a reader
     recomputes it from the inputs when it is absent). ``inference``: also the inference
-    block (format 5.1, spec section 12: running statistics from the case key, the Flax
+    block (format 6, spec section 12: running statistics from the case key, the Flax
     reference with ``use_running_average=True``, its float64 oracle, budgets, spreads)."""
     from resblock.errors import GoldenFormatError
     from resblock.generator.shard import parse_shard, shard_cases

@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from resblock.options import PROFILE
+
 
 def default_goldens() -> list[str]:
     """The committed golden files shipped with the kit (listed in golden/MANIFEST.json)."""
@@ -17,7 +19,7 @@ def default_goldens() -> list[str]:
 @click.command("verify")
 @click.argument("paths", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--profile", default="fp32", show_default=True,
-              type=click.Choice(["fp32", "tf32", "bf16"]))
+              type=PROFILE)
 @click.option("-v", "--verbose", is_flag=True, help="One line per case.")
 @click.option("--no-derive", is_flag=True,
               help="Skip re-deriving the inputs from the case ids (saves JAX's start-up and "
@@ -153,7 +155,7 @@ def merge(output, inputs, allow_gaps, force):
 @click.argument("a", type=click.Path(dir_okay=False))
 @click.argument("b", type=click.Path(dir_okay=False))
 @click.option("--profile", default="fp32", show_default=True,
-              type=click.Choice(["fp32", "tf32", "bf16"]))
+              type=PROFILE)
 @click.option("--subset", is_flag=True,
               help="The sets may hold different cases: compare the common ones only "
                    "(default: a case missing on either side means DISAGREE).")

@@ -17,7 +17,7 @@ METADATA_MAX_BYTES = 64 * 2**20  # /metadata is JSON text: a few hundred kB per 
 # Format 2 sealed each case with one hash over all its arrays; format 3 with a digest per
 # part (forward, stages, gradients), so that a check reads and hashes only what it uses;
 # format 5 may leave the stages out and compresses large arrays (HDF5 deflate).
-READABLE_MAJORS = ("2", "3", "4", "5")
+READABLE_MAJORS = ("2", "3", "4", "5", "6")
 
 
 def open_golden(path) -> GoldenFile:
@@ -150,7 +150,7 @@ class GoldenFile:
         when a part is first read (:meth:`part`), before a byte of it is read."""
         import h5py
 
-        from resblock.golden.store import STAGES_MARKER, group_arrays, group_parts
+        from resblock.golden.store import STAGES_MARKER, STORE_MARKER, group_arrays, group_parts
 
         self._names = {}  # group -> its array names (CASE_ARRAYS, and GRAD_ARRAYS if any)
         self._cache: dict[tuple, tuple] = {}  # (group, part) -> (arrays, hash problems)
@@ -174,7 +174,7 @@ class GoldenFile:
             if h5py.check_string_dtype(ids.dtype) is None:
                 self._fail(f"/{path}/case_ids is {ids.shape} {ids.dtype}; expected "
                            f"({g['size']},) strings")
-            have = tuple(n for n in ("grad/y_bar", "sigma/y", "inference/y")
+            have = tuple(n for n in ("grad/y_bar", "sigma/y", "inference/y", STORE_MARKER)
                          if f"{path}/{n.split('/')[0]}".encode() in self._links)
             # Format 5 made the stage data optional (a group has all of it or none);
             # before, every group must have it.
@@ -349,7 +349,7 @@ class GoldenFile:
         return GRAD_ARRAYS[0] in self._names[group]
 
     def group_has_inference(self, group: str) -> bool:
-        """Whether shape group ``group`` stores the inference block (format 5.1)."""
+        """Whether shape group ``group`` stores the inference block (format 6)."""
         from resblock.golden.store import INFERENCE_MARKER
 
         return INFERENCE_MARKER in self._names[group]

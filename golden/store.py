@@ -12,6 +12,7 @@ Layout (plain datasets and one string dataset only; no pickles, no object timest
         y                  (k, N, H, W, F)  float32   the Flax reference output
         batch_stats_out/<BatchNorm_i>/{mean,var}     float32
         oracle/y, oracle/batch_stats_out/..., oracle/stages/<stage>   float64
+        budget[_conv|_store]/<t>, sigma[_conv|_store]/<t>             float32
 
 Stacking one shape per group is ~5x faster to write and ~13x faster to read than one
 group per case (measured, issue 2). Each case is sealed by a SHA-256 per part (forward,
@@ -43,20 +44,22 @@ ORACLE_ARRAYS = (
     + tuple(f"oracle/stages/{s}" for s in STAGES if s != "output")
 )
 # Per-element budgets of the error model (spec section 8): ``budget/<t>`` is the fp32
-# budget, ``budget_conv/<t>`` the sensitivity to reduced-precision convolution inputs;
-# a checker's bound is ``budget + u_conv * budget_conv``.
+# budget, ``budget_conv/<t>`` the sensitivity to reduced-precision convolution inputs,
+# ``budget_store/<t>`` (format 6) the sensitivity to values stored in a low type; a
+# checker's bound is ``budget + u_conv * budget_conv + u_store * budget_store``.
 BUDGET_TENSORS = (
     ("y",)
     + tuple(f"batch_stats_out/{s}" for s in STAT_NAMES)
     + tuple(f"stages/{s}" for s in STAGES if s != "output")
 )
-BUDGET_ARRAYS = tuple(f"{kind}/{t}" for kind in ("budget", "budget_conv")
+BUDGET_ARRAYS = tuple(f"{kind}/{t}" for kind in ("budget", "budget_conv", "budget_store")
                       for t in BUDGET_TENSORS)
 # Spreads of the spread model (spec section 8.3, format 4): ``sigma/<t>`` and
 # ``sigma_conv/<t>`` of the output and the running statistics, what the aggregate test
 # of a tensor divides by.
 SPREAD_TENSORS = ("y",) + tuple(f"batch_stats_out/{s}" for s in STAT_NAMES)
-SPREAD_ARRAYS = tuple(f"{kind}/{t}" for kind in ("sigma", "sigma_conv") for t in SPREAD_TENSORS)
+SPREAD_ARRAYS = tuple(f"{kind}/{t}" for kind in ("sigma", "sigma_conv", "sigma_store")
+                      for t in SPREAD_TENSORS)
 CASE_ARRAYS = INPUT_ARRAYS + REFERENCE_ARRAYS + ORACLE_ARRAYS + BUDGET_ARRAYS + SPREAD_ARRAYS
 # Optional per group (format 2.1): the backward of spec section 10. ``grad/y_bar`` is the
 # cotangent, ``grad/<t>`` the reference's gradient (jax.vjp of the Flax block, float32),
@@ -69,7 +72,7 @@ GRAD_ARRAYS = (("grad/y_bar",) + tuple(f"grad/{t}" for t in GRAD_TENSORS)
 GRAD_SPREAD_ARRAYS = tuple(f"{kind}/grad/{t}" for kind in ("sigma", "sigma_conv")
                            for t in GRAD_TENSORS)
 GRAD_ARRAYS = GRAD_ARRAYS + GRAD_SPREAD_ARRAYS
-# Optional per group (format 5.1): the inference block of spec section 12.
+# Optional per group (format 6): the inference block of spec section 12.
 # ``inference/batch_stats/<BatchNorm_i>/{mean,var}`` are the running statistics the case
 # normalises with (derived from the case key, spec 12.2), ``inference/y`` the reference's
 # output (Flax, ``use_running_average=True``), ``oracle/inference/y`` the float64 oracle,
@@ -83,6 +86,17 @@ INFERENCE_ARRAYS = (("inference/y",) + INFERENCE_STATS
 INFERENCE_MARKER = INFERENCE_ARRAYS[0]  # "inference/y"
 # Format 3 files have no spreads: read as before, without the aggregate test.
 _SPREADS = frozenset(SPREAD_ARRAYS + GRAD_SPREAD_ARRAYS)
+# Format 6 added the storage budgets and spreads (the fp16 and bf16 profiles); a reader
+# of an older file recomputes them from the inputs (GoldenCase.store_data).
+STORE_ARRAYS = tuple(n for n in BUDGET_ARRAYS + SPREAD_ARRAYS
+                     if n.startswith(("budget_store/", "sigma_store/")))
+_STORE_SET = frozenset(STORE_ARRAYS)
+STORE_MARKER = "budget_store/y"
+
+
+def has_store(names) -> bool:
+    """Whether a group (or a set of arrays) carries the storage budgets (format 6)."""
+    return STORE_MARKER in names
 
 
 # The parts of a case, each sealed by its own digest (format 3): a reader reads and
@@ -90,7 +104,8 @@ _SPREADS = frozenset(SPREAD_ARRAYS + GRAD_SPREAD_ARRAYS)
 # the oracle and budgets of what it judges); the stages serve the diagnosis and the
 # intermediates, the gradients the backward check.
 _STAGE_TENSORS = tuple(t for t in BUDGET_TENSORS if t.startswith("stages/"))
-STAGE_ARRAYS = tuple(f"{kind}/{t}" for kind in ("oracle", "budget", "budget_conv")
+STAGE_ARRAYS = tuple(f"{kind}/{t}" for kind in ("oracle", "budget", "budget_conv",
+                                                 "budget_store")
                      for t in _STAGE_TENSORS)
 _STAGE_SET = frozenset(STAGE_ARRAYS)
 FORWARD_ARRAYS = tuple(n for n in CASE_ARRAYS if n not in STAGE_ARRAYS)
@@ -107,8 +122,9 @@ def has_spreads(names) -> bool:
 def part_arrays(names) -> dict[str, tuple[str, ...]]:
     """The parts of a group and their array names, given its names (:func:`group_parts`;
     without spreads for a format-3 group)."""
-    keep = has_spreads(names)
-    return {p: tuple(n for n in PARTS[p] if keep or n not in _SPREADS)
+    keep, store = has_spreads(names), has_store(names)
+    return {p: tuple(n for n in PARTS[p] if (keep or n not in _SPREADS)
+                     and (store or n not in _STORE_SET))
             for p in group_parts(names)}
 
 
@@ -136,7 +152,7 @@ def group_parts(names) -> tuple[str, ...]:
 
 
 def has_inference(names) -> bool:
-    """Whether a group (or a set of arrays) carries the inference block (format 5.1)."""
+    """Whether a group (or a set of arrays) carries the inference block (format 6)."""
     return INFERENCE_MARKER in names
 
 
@@ -144,12 +160,15 @@ def group_arrays(names) -> tuple[str, ...]:
     """The array names a group holds: CASE_ARRAYS (without the stage data unless
     ``names``, what a group or a set of arrays has, includes ``oracle/stages/conv1``),
     and GRAD_ARRAYS when it includes ``grad/y_bar``; the spreads only when it includes
-    ``sigma/y`` (format 4); INFERENCE_ARRAYS when it includes ``inference/y``."""
+    ``sigma/y`` (format 4); the storage budgets and spreads only when it includes
+    ``budget_store/y`` (format 6); INFERENCE_ARRAYS when it includes ``inference/y``."""
     out = CASE_ARRAYS + GRAD_ARRAYS if "grad/y_bar" in names else CASE_ARRAYS
     if has_inference(names):
         out = out + INFERENCE_ARRAYS
     if not has_stages(names):
         out = tuple(n for n in out if n not in _STAGE_SET)
+    if not has_store(names):
+        out = tuple(n for n in out if n not in _STORE_SET)
     return out if has_spreads(names) else tuple(n for n in out if n not in _SPREADS)
 
 
@@ -293,16 +312,33 @@ def content_sha256(case_entries) -> str:
     return h.hexdigest()
 
 
-def stage_arrays(x, params, batch_stats, oracle_y=None) -> dict[str, np.ndarray]:
-    """The stage data of a case (STAGE_ARRAYS: float64 oracles and float32 budgets of the
-    six stages), recomputed from its inputs exactly as the generator computes it.
+# The parts whose error model has no storage term yet: (what, its section, its tensors).
+_NO_STORE = {"backward": ("the backward's", "10.4", "gradient"),
+             "inference": ("the inference block's", "12.4", "inference output")}
 
-    ``oracle_y``: the stored float64 oracle of the output; the recomputed one must agree
-    with it to 1e-9 of its scale (as ``resblock verify`` requires), else the inputs and
-    the oracle do not belong together and :class:`GoldenFormatError` is raised.
-    """
+
+def no_store_backward(prof, part: str = "backward") -> None:
+    """The backward and the inference block have no storage budgets yet: a profile that
+    stores values in a low type (fp16, bf16) raises :class:`ProfileError` for ``part``
+    ("backward" or "inference"), saying what to use."""
+    if prof.u_store:
+        from resblock.spec.tolerance import ProfileError
+
+        whose, section, tensors = _NO_STORE[part]
+        raise ProfileError(
+            f"profile {prof.name!r} admits values stored in a low type, but {whose} "
+            f"error model has no storage term yet (spec section {section}), so no "
+            f"{tensors} bound exists under it; check the {part} under fp32, tf32-conv or "
+            f"bf16-conv, and the training forward under {prof.name}")
+
+
+def checked_oracle(x, params, batch_stats, oracle_y=None):
+    """The float64 oracle recomputed from a case's inputs; with ``oracle_y`` (the stored
+    oracle of the output) it must agree to 1e-9 of its scale (as ``resblock verify``
+    requires), else the inputs and the oracle do not belong together and
+    :class:`GoldenFormatError` is raised."""
     from resblock.errors import GoldenFormatError
-    from resblock.spec import error_model, oracle
+    from resblock.spec import oracle
 
     ref = oracle.forward(x, params, batch_stats)
     if oracle_y is not None:
@@ -314,12 +350,40 @@ def stage_arrays(x, params, batch_stats, oracle_y=None) -> dict[str, np.ndarray]
                 f"stored oracle/y by {dev:.3g}, so the stage data cannot be recomputed "
                 "for this case: the file was made by another spec version or edited; run "
                 "`resblock verify` on it")
+    return ref
+
+
+def stage_arrays(x, params, batch_stats, oracle_y=None) -> dict[str, np.ndarray]:
+    """The stage data of a case (STAGE_ARRAYS: float64 oracles and float32 budgets of the
+    six stages), recomputed from its inputs exactly as the generator computes it
+    (``oracle_y``: see :func:`checked_oracle`)."""
+    from resblock.spec import error_model, error_store
+
+    ref = checked_oracle(x, params, batch_stats, oracle_y)
     b = error_model.budgets(x, params, batch_stats, ref.stages)
+    st = error_store.model(x, params, batch_stats, ref.stages)
     out = {f"oracle/stages/{k}": np.asarray(v, np.float64) for k, v in ref.stages.items()}
     for stage in error_model.STAGE_TENSORS:
         out[f"budget/stages/{stage}"] = b.fp32[stage]
         out[f"budget_conv/stages/{stage}"] = b.conv[stage]
+        out[f"budget_store/stages/{stage}"] = st.budget[stage]
     return {n: out[n] for n in STAGE_ARRAYS}
+
+
+def store_arrays(x, params, batch_stats, oracle_y=None) -> dict[str, np.ndarray]:
+    """The storage budgets and spreads of a case (STORE_ARRAYS), recomputed from its
+    inputs as the generator computes them: what a file older than format 6 lacks
+    (``oracle_y``: see :func:`checked_oracle`)."""
+    from resblock.spec import error_store
+
+    ref = checked_oracle(x, params, batch_stats, oracle_y)
+    st = error_store.model(x, params, batch_stats, ref.stages)
+    out = {}
+    for name, a in st.budget.items():
+        out[f"budget_store/{tensor_path(name)}"] = a
+    for name, a in st.sigma.items():
+        out[f"sigma_store/{tensor_path(name)}"] = a
+    return {n: out[n] for n in STORE_ARRAYS}
 
 
 @dataclass(frozen=True)
@@ -373,10 +437,33 @@ class GoldenCase:
                                                   self.arrays["oracle/y"])
         return self.derived["stages"]
 
+    @property
+    def has_store(self) -> bool:
+        """Whether the file stores this case's storage budgets and spreads (format 6)."""
+        return has_store(self.arrays)
+
+    def store_data(self) -> Mapping:
+        """The storage budgets and spreads (STORE_ARRAYS names): stored, or recomputed
+        from the inputs once (:func:`store_arrays`) for a file older than format 6."""
+        if self.has_store:
+            return self.arrays
+        if "store" not in self.derived:
+            self.derived["store"] = store_arrays(self.x, self.params, self.batch_stats_in,
+                                                 self.arrays["oracle/y"])
+        return self.derived["store"]
+
     def _array(self, name: str) -> np.ndarray:
+        if name in _STORE_SET and not self.has_store:
+            return self.store_data()[name]
         if name in _STAGE_SET:
             return self.stage_data()[name]
         return self.arrays[name]
+
+    def spread(self, path: str, prof) -> tuple:
+        """``(sigma, sigma_conv, sigma_store)`` of a stored tensor path (``y``, a stat or
+        a gradient's path); ``sigma_store`` None when the profile stores nothing low."""
+        store = self._array(f"sigma_store/{path}") if prof.u_store else None
+        return self.arrays[f"sigma/{path}"], self.arrays[f"sigma_conv/{path}"], store
 
     def reference(self, name: str) -> np.ndarray:
         """The float64 oracle of a checked tensor ("output", a stage or a stat)."""
@@ -387,8 +474,9 @@ class GoldenCase:
         from resblock.spec.error_model import bound_from
 
         t = tensor_path(name)
+        store = self._array(f"budget_store/{t}") if prof.u_store else None
         return bound_from(self._array(f"budget/{t}"), self._array(f"budget_conv/{t}"),
-                          prof.u_conv)
+                          prof.u_conv, store, prof.u_store)
 
     @property
     def has_spreads(self) -> bool:
@@ -403,11 +491,13 @@ class GoldenCase:
 
         if not self.has_spreads:
             return None
+        if grad:
+            no_store_backward(prof)
         t = grad_path(name) if grad else tensor_path(name)
         ref = self.arrays[f"oracle/{t}"]
-        return aggregate_score(got, ref, self.arrays[f"sigma/{t}"],
-                               self.arrays[f"sigma_conv/{t}"], prof.u_conv,
-                               self.case.features)
+        sigma, sigma_conv, sigma_store = self.spread(t, prof)
+        return aggregate_score(got, ref, sigma, sigma_conv, prof.u_conv, self.case.features,
+                               sigma_store, prof.u_store)
 
     @property
     def has_grad(self) -> bool:
@@ -426,13 +516,14 @@ class GoldenCase:
         """Per-element bound of a gradient under a tolerance profile (float64)."""
         from resblock.spec.error_model import bound_from
 
+        no_store_backward(prof)
         t = grad_path(name)
         return bound_from(self.arrays[f"budget/{t}"], self.arrays[f"budget_conv/{t}"],
                           prof.u_conv)
 
     @property
     def has_inference(self) -> bool:
-        """Whether the case carries the inference block (format 5.1, spec section 12)."""
+        """Whether the case carries the inference block (format 6, spec section 12)."""
         return has_inference(self.arrays)
 
     @property
@@ -448,6 +539,7 @@ class GoldenCase:
         """Per-element bound of the inference output under a tolerance profile."""
         from resblock.spec.error_model import bound_from
 
+        no_store_backward(prof, "inference")
         t = inference_path("output")
         return bound_from(self.arrays[f"budget/{t}"], self.arrays[f"budget_conv/{t}"],
                           prof.u_conv)
@@ -456,6 +548,7 @@ class GoldenCase:
         """The aggregate test's score of the inference output (spec 12.4, as 8.5)."""
         from resblock.spec.tolerance import aggregate_score
 
+        no_store_backward(prof, "inference")
         t = inference_path("output")
         return aggregate_score(got, self.arrays[f"oracle/{t}"], self.arrays[f"sigma/{t}"],
                                self.arrays[f"sigma_conv/{t}"], prof.u_conv,

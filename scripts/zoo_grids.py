@@ -113,7 +113,7 @@ def main(argv=None) -> int:
                 for name in REDUCED:
                     y, st = make_forward(name)(gc.x, gc.params, gc.batch_stats_in)
                     flat = {s: st[s.split("/")[0]][s.split("/")[1]] for s in STAT_NAMES}
-                    own = tolerance.profile(name.split("_")[0])
+                    own = tolerance.profile(name.replace("_", "-"))
                     scores[f"{name} (fp32)"] = tolerance.worst_score(gc, y, flat, fp32,
                                                                      aggregate=True)
                     scores[f"{name} ({own.name})"] = tolerance.worst_score(

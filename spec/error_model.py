@@ -88,9 +88,13 @@ class Budgets:
         return bound_from(self.fp32[name], self.conv[name], u_conv)
 
 
-def bound_from(budget, budget_conv, u_conv: float) -> np.ndarray:
-    """The bound a checker applies: ``budget + u_conv * budget_conv``, floored."""
+def bound_from(budget, budget_conv, u_conv: float, budget_store=None,
+               u_store: float = 0.0) -> np.ndarray:
+    """The bound a checker applies: ``budget + u_conv * budget_conv + u_store *
+    budget_store`` (the last term: :mod:`resblock.spec.error_store`), floored."""
     b = np.asarray(budget, np.float64) + u_conv * np.asarray(budget_conv, np.float64)
+    if u_store:
+        b = b + u_store * np.asarray(budget_store, np.float64)
     return np.maximum(b, FLOOR)
 
 

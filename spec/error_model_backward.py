@@ -56,8 +56,8 @@ from resblock.spec.error_spread import CONV_ROUNDING_VAR, sum_var
 
 GRAD_TENSORS = ("x",) + PARAM_NAMES
 _PROFILES = load()["tolerance"]["profiles"]
-U_TF32 = _PROFILES["tf32"]["conv_unit_roundoff"]
-U_BF16 = _PROFILES["bf16"]["conv_unit_roundoff"]
+U_TF32 = _PROFILES["tf32-conv"]["conv_unit_roundoff"]
+U_BF16 = _PROFILES["bf16-conv"]["conv_unit_roundoff"]
 _AXES = (0, 1, 2)
 
 

@@ -178,8 +178,16 @@ def test_verify_modified_element(tiny_golden, tmp_path):
 
 def test_verify_unknown_profile(tiny_golden):
     path, _ = tiny_golden
-    r = run("verify", "--profile", "fp16", path)
+    r = run("verify", "--profile", "fp8", path)
     assert r.exit_code == 2 and "Invalid value for '--profile'" in r.output
+    r = run("verify", "--profile", "tf32", path)  # renamed in spec 5.0
+    assert r.exit_code == 2 and "renamed 'tf32-conv'" in r.output
+
+
+def test_verify_under_a_storage_profile(tiny_golden):
+    path, _ = tiny_golden
+    r = run("verify", "--profile", "bf16", path)
+    assert r.exit_code == 0, r.output
 
 
 def test_verify_without_paths_checks_the_committed_set():

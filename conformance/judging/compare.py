@@ -91,12 +91,15 @@ class CaseResult:
 @dataclass(frozen=True)
 class Spread:
     """What the aggregate test of one tensor needs: its spreads, the profile's
-    ``u_conv`` and the case's channel count."""
+    ``u_conv`` and the case's channel count, and under a profile that stores values in a
+    low type its storage spread and ``u_store``."""
 
     sigma: np.ndarray
     sigma_conv: np.ndarray
     u_conv: float
     channels: int
+    sigma_store: np.ndarray | None = None
+    u_store: float = 0.0
 
 
 def spread_of(gc, path: str, prof) -> Spread | None:
@@ -104,8 +107,13 @@ def spread_of(gc, path: str, prof) -> Spread | None:
     golden case, or None when the file has no spreads."""
     if not gc.has_spreads:
         return None
-    return Spread(gc.arrays[f"sigma/{path}"], gc.arrays[f"sigma_conv/{path}"], prof.u_conv,
-                  gc.case.features)
+    if path.startswith("grad/"):
+        from resblock.golden.store import no_store_backward
+
+        no_store_backward(prof)
+    sigma, sigma_conv, sigma_store = gc.spread(path, prof)
+    return Spread(sigma, sigma_conv, prof.u_conv, gc.case.features, sigma_store,
+                  prof.u_store)
 
 
 def compare_tensor(name, got, ref, bound, layout="nhwc", spread: Spread | None = None
@@ -125,7 +133,7 @@ def compare_tensor(name, got, ref, bound, layout="nhwc", spread: Spread | None =
     agg = q = limit = None
     if spread is not None:
         q = tolerance.aggregate_statistic(got, ref, spread.sigma, spread.sigma_conv,
-                                          spread.u_conv)
+                                          spread.u_conv, spread.sigma_store, spread.u_store)
         limit = tolerance.aggregate_threshold(spread.channels)
         agg = q / limit
     return TensorReport(

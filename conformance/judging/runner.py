@@ -45,9 +45,11 @@ class CheckConfig:
             raise HarnessError(f"--layout {self.layout!r}: expected nhwc or nchw")
         if self.api == "seeded" and self.layout != "nhwc":
             raise HarnessError("--api seeded takes x as (H, W, C): --layout nchw does not apply")
-        if self.profile not in tolerance.PROFILES:
-            raise HarnessError(f"--profile {self.profile!r}: expected one of "
-                               f"{', '.join(tolerance.PROFILES)}")
+        tolerance.check_name(self.profile)  # ProfileError: what to use instead
+        if self.api in ("backward", "inference"):
+            from resblock.golden.store import no_store_backward
+
+            no_store_backward(tolerance.profile(self.profile), self.api)
         if self.timeout is not None and not 0 < self.timeout <= MAX_TIMEOUT_S:
             raise HarnessError(f"--timeout must be positive and at most {MAX_TIMEOUT_S:g} s "
                                f"(one week), got {self.timeout}")

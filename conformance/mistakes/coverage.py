@@ -99,7 +99,7 @@ def case_rows(gc, profiles, zoo_names=None) -> list[dict]:
             rows.append({"kind": "pitfall", "name": name, "profile": pname, "score": np.inf,
                          "named": diagnose_error(gc, message, raised) == name,
                          "aggregate_only": False})
-        if gc.has_grad:
+        if gc.has_grad and not prof.stores_low:  # no storage budgets for gradients yet
             rows += backward_rows(gc, prof)
         if gc.has_inference:
             rows += inference_rows(gc, prof, inference_twins)
@@ -177,9 +177,12 @@ def coverage(golden_paths, profiles=tolerance.PROFILES, zoo_names=None, progress
     keys = [("reference", "flax")]
     keys += [("zoo", a.name) for a in ZOO if zoo_names is None or a.name in zoo_names]
     keys += [("pitfall", p.name) for p in PITFALLS]
+    backward = set()
     if any(k[0] == "reference" and k[1] == "flax_vjp" for pc in per_case for k in pc):
         from resblock.conformance.mistakes.variants_backward import BACKWARD_PITFALLS
 
+        backward = {("reference", "flax_vjp")} | {("pitfall", p.name)
+                                                  for p in BACKWARD_PITFALLS}
         keys.insert(1, ("reference", "flax_vjp"))
         keys += [("pitfall", p.name) for p in BACKWARD_PITFALLS]
     if any(k[0] == "reference" and k[1] == "flax_inference" for pc in per_case for k in pc):
@@ -191,6 +194,8 @@ def coverage(golden_paths, profiles=tolerance.PROFILES, zoo_names=None, progress
     for kind, name in keys:
         for pname in profiles:
             got = [pc.get((kind, name, pname)) for pc in per_case]
+            if (kind, name) in backward and tolerance.profile(pname).stores_low:
+                continue  # the backward has no storage budgets yet: no row
             row = {"kind": kind, "name": name, "profile": pname,
                    "scores": [None if r is None else _json_float(r["score"]) for r in got]}
             if kind == "pitfall":
@@ -272,8 +277,9 @@ def text_report(cov: dict) -> str:
     for n in names:
         cells = []
         for p in profiles:
-            s = summ[(n, p)]
-            cells.append(f"{s.rejected:>4d}/{s.named:<3d}of {s.applicable:<3d}")
+            s = summ.get((n, p))
+            cells.append("-" if s is None else
+                         f"{s.rejected:>4d}/{s.named:<3d}of {s.applicable:<3d}")
         fp = summ.get((n, "fp32"))
         fam = "/".join(f"{fp.by_family.get(f, (0, 0))[0]}" for f in fams) if fp else ""
         if fp and fp.by_aggregate:
@@ -283,10 +289,15 @@ def text_report(cov: dict) -> str:
         if fp and fp.applicable == 0:
             weak = "  (no case here has enough values per channel)"
         lines.append(f"  {n:32s}" + "".join(f"{c:>15s}" for c in cells) + f"   {fam}{weak}")
+    lines += ["", "mistakes each profile lets through (no case rejects them):"]
+    for p in profiles:
+        through = [n for n in names if (n, p) in summ and summ[(n, p)].applicable
+                   and not summ[(n, p)].rejected]
+        lines.append(f"  {p:10s} {', '.join(through) if through else 'none'}")
     lines += ["", "correct algorithms: worst score (case) / median; slack = bound / error"]
     for a in algorithm_summaries(cov):
         flag = "" if a["worst"] <= 1.0 else "  <- REJECTED"
-        lines.append(f"  {a['kind']:9s} {a['name']:28s} {a['profile']:5s} worst {a['worst']:.3g} "
+        lines.append(f"  {a['kind']:9s} {a['name']:28s} {a['profile']:9s} worst {a['worst']:.3g} "
                      f"({a['worst_case']}), median {a['median']:.3g}; median slack "
                      f"{a['median_slack']:.3g}x, min {a['min_slack']:.3g}x{flag}")
     return "\n".join(lines)
@@ -309,7 +320,8 @@ def markdown_table(cov: dict) -> str:
                  for f in fams]
         cells.append(f"{s.named}/{s.applicable}")
         cells.append(str(s.by_aggregate))
-        cells += [f"{summ[(name, p)].rejected}/{summ[(name, p)].applicable}" for p in others]
+        cells += [f"{summ[(name, p)].rejected}/{summ[(name, p)].applicable}"
+                  if (name, p) in summ else "-" for p in others]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

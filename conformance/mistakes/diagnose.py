@@ -69,7 +69,7 @@ def match_scores(gc, y, stats, prof, twins: dict) -> dict:
             continue
         score = tolerance.worst_score(gc, y, stats, prof, ref_y=vy, ref_stats=vstats)
         want = lookup(name).match_profile
-        if tolerance.PROFILES.index(want) > tolerance.PROFILES.index(prof.name):
+        if tolerance.looser(want, prof.name):
             loose = tolerance.profile(want)
             match = tolerance.worst_score(gc, y, stats, loose, ref_y=vy, ref_stats=vstats)
             own = tolerance.worst_score(gc, vy, vstats, loose)

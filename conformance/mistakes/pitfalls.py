@@ -268,7 +268,7 @@ PITFALLS: tuple[Pitfall, ...] = (
         "Set torch.backends.cudnn.allow_tf32 = False (and cuda.matmul.allow_tf32 = False), "
         "or NVIDIA_TF32_OVERRIDE=0; in JAX use precision=lax.Precision.HIGHEST.",
         "conv1",
-        match_profile="tf32",
+        match_profile="tf32-conv",
     ),
     _row(
         "bf16_conv",
@@ -277,7 +277,7 @@ PITFALLS: tuple[Pitfall, ...] = (
         "JAX's DEFAULT precision on TPU. Errors reach ~1e-2.",
         "Run the convs in float32: disable autocast, or use precision=lax.Precision.HIGHEST.",
         "conv1",
-        match_profile="bf16",
+        match_profile="bf16-conv",
     ),
     _row(
         "layout_confusion",
@@ -361,6 +361,29 @@ PITFALLS: tuple[Pitfall, ...] = (
         "and overflow for large inputs.",
         "Keep every activation in float32; disable autocast/half precision for the block.",
         "conv1",
+    ),
+    _row(
+        "float16_block",
+        "whole block stored in float16",
+        "Inputs, parameters, activations and statistics are stored in float16 (10 mantissa "
+        "bits, largest value 65504) with float32 accumulation: torch.autocast, "
+        ".half() models, or an engine's float16 mode (TensorRT, ONNX Runtime, OpenVINO "
+        "FP16). Errors ~1e-3 relative; a variance or activation beyond 65504 overflows.",
+        "If float16 is intended, check under --profile fp16 (spec section 8.2); otherwise "
+        "keep the block in float32 (disable autocast, load the model in float32).",
+        "conv1",
+        match_profile="fp16",
+    ),
+    _row(
+        "bfloat16_block",
+        "whole block stored in bfloat16",
+        "Inputs, parameters, activations and statistics are stored in bfloat16 (7 mantissa "
+        "bits, float32's range) with float32 accumulation: torch.autocast(dtype=bfloat16), "
+        "bf16 mixed-precision training or a TPU/engine bfloat16 mode. Errors ~1e-2 relative.",
+        "If bfloat16 is intended, check under --profile bf16 (spec section 8.2); otherwise "
+        "keep the block in float32.",
+        "conv1",
+        match_profile="bf16",
     ),
     _row(
         "sequential_f32_stats",

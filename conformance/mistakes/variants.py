@@ -84,6 +84,10 @@ class Variant:
     init_fan_in_c: bool = False
     # Precision of the activations.
     float16_activations: bool = False
+    # The whole block stored in a low type, accumulated in float32 (autocast, the
+    # engines' float16 modes): wrong under fp32, correct under the fp16 / bf16 profiles.
+    float16_block: bool = False
+    bfloat16_block: bool = False
     # Memory layout.
     layout_confusion: bool = False
     # Library defaults (examples/recipes/ shows each library set up right).
@@ -98,7 +102,7 @@ class Variant:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         exclusive = [
             ("valid_padding", "circular_padding", "reflect_padding"),
-            ("tf32_conv", "bf16_conv"),
+            ("tf32_conv", "bf16_conv", "float16_block", "bfloat16_block"),
             ("momentum_swapped", "torch_default_momentum", "stale_stats"),
             ("relu_before_add", "missing_residual", "preactivation"),
         ]
@@ -173,6 +177,8 @@ def make_forward(variant: Variant | str, *, keep_dtype: bool = False) -> Forward
 
 
 def _block(v: Variant, x, p, s):
+    if v.float16_block or v.bfloat16_block:
+        return _low_block(v, x, p, s)
     if v.preactivation:
         # Pre-activation ResNet (He et al. 2016b): BN -> ReLU -> conv, twice, then + x,
         # with no final ReLU. BatchNorm_0 normalises x, BatchNorm_1 the first conv.
@@ -195,6 +201,53 @@ def _block(v: Variant, x, p, s):
     else:
         h = h + x
     return _relu(h), {"BatchNorm_0": m0, "BatchNorm_1": m1}
+
+
+def _low_block(v: Variant, x, p, s):
+    """The block with every stored value in float16 (bfloat16), every sum in float32, as
+    ``torch.autocast`` or an engine's half-precision mode computes it: x, the parameters
+    and the running statistics are cast to the low type; each convolution multiplies
+    low-type operands and accumulates in float32, its output is stored low; BatchNorm
+    computes its statistics in float32 from the stored input and stores them low, then
+    normalises in float32 with the stored statistics and parameters and stores the
+    result; the residual sum, the output and the new running statistics are stored low.
+    Results are returned as float32 (every value is exactly representable)."""
+    low = _to_float16 if v.float16_block else _to_bfloat16
+    f32 = np.float32
+    x = low(x.astype(f32))
+    p = {k: {kk: low(a.astype(f32)) for kk, a in d.items()} for k, d in p.items()}
+    s = {k: {kk: low(a.astype(f32)) for kk, a in d.items()} for k, d in s.items()}
+    plain = Variant()
+
+    def bn(h, layer):
+        rows = np.ascontiguousarray(h.reshape(-1, h.shape[-1]).T)
+        mean, var = _moments(plain, rows)  # float32 sums of stored values
+        mean, var = low(mean), low(var)
+        inv = low(p[layer]["scale"] / np.sqrt(var + f32(EPSILON)))
+        out = low((h - mean) * inv + p[layer]["bias"])
+        m = f32(MOMENTUM)
+        new = {"mean": low(m * s[layer]["mean"] + f32(1.0 - MOMENTUM) * mean),
+               "var": low(m * s[layer]["var"] + f32(1.0 - MOMENTUM) * var)}
+        return out, new
+
+    h = low(_conv(plain, x, p["Conv_0"]))
+    h, m0 = bn(h, "BatchNorm_0")
+    h = _relu(h)
+    h = low(_conv(plain, h, p["Conv_1"]))
+    h, m1 = bn(h, "BatchNorm_1")
+    y = _relu(low(h + x))
+    return y, {"BatchNorm_0": m0, "BatchNorm_1": m1}
+
+
+def _to_float16(a):
+    """Round to float16 (round to nearest even; beyond 65504: inf) and back to float32."""
+    with np.errstate(over="ignore"):
+        return np.asarray(a, np.float32).astype(np.float16).astype(np.float32)
+
+
+def _to_bfloat16(a):
+    """Round to bfloat16 (round to nearest even, float32's range) as float32."""
+    return _round_mantissa(np.asarray(a, np.float32), 16)
 
 
 def _layout_confused(v: Variant, x, p, s):

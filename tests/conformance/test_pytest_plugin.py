@@ -84,7 +84,7 @@ def test_profile_option_reaches_the_check(pytester):
                                            "--resblock-profile", "fp32")
     result.assert_outcomes(passed=passed, failed=failed)
     result = pytester.runpytest_subprocess("--resblock-impl", target, "-q", "-p", "resblock",
-                                           "--resblock-profile", "tf32")
+                                           "--resblock-profile", "tf32-conv")
     result.assert_outcomes(passed=N_CASES)
 
 

@@ -47,7 +47,7 @@ def test_without_stages_the_same_arrays_but_the_stage_data(computed, runner):
 
     lean, extras = compute_group(GROUP, runner)
     full, full_extras = computed
-    assert set(lean) == set(CASE_ARRAYS) - set(STAGE_ARRAYS) and len(STAGE_ARRAYS) == 18
+    assert set(lean) == set(CASE_ARRAYS) - set(STAGE_ARRAYS) and len(STAGE_ARRAYS) == 24
     for name, a in lean.items():
         np.testing.assert_array_equal(a, full[name], err_msg=name)
     assert extras == full_extras

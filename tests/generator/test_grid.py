@@ -34,10 +34,11 @@ def test_resnet18_preset_is_the_four_stages_at_a_training_batch():
     # each stage halves the activation: a quarter of the area, twice the channels
     assert [c.n * c.h * c.w * c.features for c in cases] == [32 * 56 * 56 * 64 // 2**i
                                                               for i in range(4)]
-    # the generator's estimate of the largest group's working set: about 4.1 GB
-    resources.check_memory(cases, 4.5)
+    # the generator's estimate of the largest group's working set: about 5.1 GB (4.1 GB
+    # before format 6 added the storage budgets and spreads)
+    resources.check_memory(cases, 5.5)
     with pytest.raises(GridError, match="functional|n32_h"):
-        resources.check_memory(cases, 3.5)
+        resources.check_memory(cases, 4.5)
 
 
 def test_default_preset_covers_every_axis_value():

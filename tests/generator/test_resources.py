@@ -36,7 +36,7 @@ def test_case_bytes_is_what_a_golden_file_stores(smoke_golden):
     (["--seeds", "0-999999999"], "expands to 1000000000 values, more than 100000"),
     (["--family", "functional", "--batch", "1-50000", "--seeds", "0-9"],
      "the grid has up to 500000 cases"),
-    (["--shapes", "10000x10000"], "needs about 256.0 GB while it is computed"),
+    (["--shapes", "10000x10000"], "needs about 320.0 GB while it is computed"),
     (["--shapes", "600x600", "--memory-limit", "0.5"],
      "more than the limit of 0.5 GB (--memory-limit)"),
 ])

@@ -59,7 +59,7 @@ def test_a_file_without_stage_data_holds_and_seals_the_rest(pair):
         assert g["x"].chunks == (1, 1, 16, 16, 8)
         assert g["params/Conv_0/bias"].compression is None  # 32 bytes: contiguous
     with GoldenFile(lean) as gl, GoldenFile(full) as gf:
-        assert gl.metadata["format_version"] == "5.1.0"
+        assert gl.metadata["format_version"] == "6.0.0"
         assert gl.hash_problems() == [] and gf.hash_problems() == []
         for cid in gl.ids:
             a, b = gl.case(cid), gf.case(cid)

@@ -115,9 +115,9 @@ def test_metadata_with_bad_hash(golden, rewrite_metadata):
 
 def test_newer_format_version(golden, rewrite_metadata):
     path, meta = golden
-    meta["format_version"] = "6.0.0"
+    meta["format_version"] = "7.0.0"
     rewrite_metadata(path, meta)
-    _open_fails(path, "format version 6.0.0, but this kit reads formats 2.x, 3.x, 4.x, 5.x")
+    _open_fails(path, "format version 7.0.0, but this kit reads formats 2.x, 3.x, 4.x, 5.x, 6.x")
 
 
 def test_format_1_files_get_a_regeneration_message(golden, rewrite_metadata):
@@ -283,7 +283,7 @@ def _as_format_3(path, rewrite_metadata):
         meta = json.loads(f["metadata"][()])
         for g in meta["groups"]:
             grp = f[f"groups/{g['name']}"]
-            for kind in ("sigma", "sigma_conv"):
+            for kind in ("sigma", "sigma_conv", "sigma_store", "budget_store"):
                 del grp[kind]
         for e in meta["cases"]:
             g = f[f"groups/{e['group']}"]
@@ -308,6 +308,69 @@ def test_format_3_files_are_read_without_the_aggregate_test(golden, rewrite_meta
     assert verify_file(path, derive=False).ok
 
 
+def _as_format_5(path, rewrite_metadata):
+    """Rewrite a golden as format 5 wrote it: no storage budgets and spreads
+    (``budget_store/``, ``sigma_store/``), each case sealed over the remaining arrays."""
+    from resblock.golden.store import STAGES_MARKER, content_sha256, group_arrays, seal
+
+    with h5py.File(path, "r+") as f:
+        meta = json.loads(f["metadata"][()])
+        for g in meta["groups"]:
+            grp = f[f"groups/{g['name']}"]
+            for kind in ("sigma_store", "budget_store"):
+                del grp[kind]
+        for e in meta["cases"]:
+            g = f[f"groups/{e['group']}"]
+            names = group_arrays(("sigma/y", STAGES_MARKER)
+                                 + (("grad/y_bar",) if "grad" in g else ()))
+            seal(e, {k: g[k][e["row"]] for k in names})
+    meta["format_version"] = "5.0.0"
+    meta["content_sha256"] = content_sha256(meta["cases"])
+    rewrite_metadata(path, meta)
+
+
+def test_format_5_files_get_their_storage_budgets_recomputed(golden, rewrite_metadata):
+    """A file older than format 6 has no budget_store/ or sigma_store/: a check under fp16
+    or bf16 recomputes them from the inputs, the same numbers the generator stores."""
+    from resblock.spec import tolerance
+
+    path, _ = golden
+    fp16 = tolerance.profile("fp16")
+    with GoldenFile(path) as gf:
+        stored = {cid: (gf.case(cid).bound("output", fp16),
+                        gf.case(cid).bound("BatchNorm_1/var", fp16),
+                        gf.case(cid).bound("conv2", fp16),
+                        gf.case(cid).spread("y", fp16)[2]) for cid in gf.ids}
+        assert all(gf.case(cid).has_store for cid in gf.ids)
+    _as_format_5(path, rewrite_metadata)
+    with GoldenFile(path) as gf:
+        assert gf.hash_problems() == []
+        for cid in gf.ids:
+            gc = gf.case(cid)
+            assert not gc.has_store and "budget_store/y" not in gc.arrays
+            got = (gc.bound("output", fp16), gc.bound("BatchNorm_1/var", fp16),
+                   gc.bound("conv2", fp16), gc.spread("y", fp16)[2])
+            for a, b in zip(got, stored[cid], strict=True):
+                np.testing.assert_array_equal(a, b)
+            # fp32 never reads them
+            assert gc.aggregate_score("output", gc.arrays["y"], tolerance.profile()) < 0.1
+
+
+def test_storage_profiles_have_no_backward_bound_yet():
+    from resblock.conformance.judging.runner import CheckConfig
+    from resblock.golden.store import GoldenCase
+    from resblock.spec import tolerance
+
+    gc = GoldenCase(case=Case.from_id("functional-normal-n2-4x4-f4-s0"), entry={}, arrays={})
+    for name in ("fp16", "bf16"):
+        with pytest.raises(tolerance.ProfileError, match="backward's error model has no "
+                                                         "storage term"):
+            gc.grad_bound("x", tolerance.profile(name))
+        with pytest.raises(tolerance.ProfileError, match="check the backward under fp32"):
+            CheckConfig(target="t", api="backward", profile=name)
+    CheckConfig(target="t", api="backward", profile="bf16-conv")  # no storage term needed
+
+
 def test_format_4_cases_carry_spreads_for_the_aggregate_test(golden):
     from resblock.spec import tolerance
 
@@ -319,3 +382,20 @@ def test_format_4_cases_carry_spreads_for_the_aggregate_test(golden):
         assert 0 <= score < 0.1  # the reference's own output
         wrong = np.asarray(gc.arrays["y"]) * np.float32(1 + 2 ** -10)
         assert gc.aggregate_score("output", wrong, tolerance.profile()) > 1
+
+
+def test_storage_profiles_have_no_inference_bound_yet():
+    """fp16/bf16 under --api inference: refused in one line that says what to use, not a
+    KeyError on a storage array the inference block does not have."""
+    from resblock.conformance.judging.runner import CheckConfig
+    from resblock.golden.store import GoldenCase
+    from resblock.spec import tolerance
+
+    gc = GoldenCase(case=Case.from_id("functional-normal-n2-4x4-f4-s0"), entry={}, arrays={})
+    for name in ("fp16", "bf16"):
+        with pytest.raises(tolerance.ProfileError, match="inference block's error model has "
+                                                         "no storage term"):
+            gc.inference_bound(tolerance.profile(name))
+        with pytest.raises(tolerance.ProfileError, match="check the inference under fp32"):
+            CheckConfig(target="t", api="inference", profile=name)
+    CheckConfig(target="t", api="inference", profile="tf32-conv")

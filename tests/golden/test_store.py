@@ -17,16 +17,23 @@ from resblock.spec.cases import Case
 def test_array_tables():
     assert store.CASE_ARRAYS[0] == "x"
     assert len(store.CASE_ARRAYS) == len(set(store.CASE_ARRAYS)) == (
-        1 + 8 + 4 + 1 + 4 + 1 + 4 + 6 + 2 * (1 + 4 + 6) + 2 * (1 + 4))
+        1 + 8 + 4 + 1 + 4 + 1 + 4 + 6 + 3 * (1 + 4 + 6) + 3 * (1 + 4))
     assert "oracle/stages/sum" in store.ORACLE_ARRAYS
     assert "oracle/stages/output" not in store.ORACLE_ARRAYS  # that is oracle/y
     # every checked tensor of the oracle has a budget and a conv budget of the same shape
     for name in store.ORACLE_ARRAYS:
         t = name[len("oracle/"):]
         assert f"budget/{t}" in store.BUDGET_ARRAYS and f"budget_conv/{t}" in store.BUDGET_ARRAYS
+        assert f"budget_store/{t}" in store.STORE_ARRAYS  # format 6: the fp16/bf16 term
         assert store.expected_shape(f"budget/{t}", 2, 3, 5, 4) == store.expected_shape(
             name, 2, 3, 5, 4)
         assert store.expected_dtype(f"budget/{t}") == np.dtype("<f4")
+    assert set(store.STORE_ARRAYS) == {n for n in store.CASE_ARRAYS
+                                       if n.startswith(("budget_store/", "sigma_store/"))}
+    # a group without budget_store/y (older formats) is read without them
+    assert not set(store.group_arrays(("sigma/y",))) & set(store.STORE_ARRAYS)
+    assert set(store.STORE_ARRAYS) < set(store.group_arrays(("sigma/y", store.STORE_MARKER,
+                                                             store.STAGES_MARKER)))
 
 
 @pytest.mark.parametrize("name, path", [
@@ -91,7 +98,7 @@ def test_content_sha256_by_hand():
 def test_file_layout(smoke_golden):
     path, meta = smoke_golden
     with h5py.File(path, "r") as f:
-        assert f.attrs["format_version"] == "5.1.0" == meta["format_version"]
+        assert f.attrs["format_version"] == "6.0.0" == meta["format_version"]
         assert f.attrs["spec_version"] == "5.0.0"
         assert json.loads(f["metadata"][()]) == meta
         assert sorted(f["groups"]) == sorted(g["name"] for g in meta["groups"])

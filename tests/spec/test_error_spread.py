@@ -73,7 +73,7 @@ def test_correct_float32_ports_sit_far_below_the_threshold_and_tf32_far_above():
     sp = error_spread.forward_spread(x, params, stats, ref.stages)
     thr = tolerance.aggregate_threshold(case.features)
     fp32 = tolerance.profile("fp32")
-    tf32 = tolerance.profile("tf32")
+    tf32 = tolerance.profile("tf32-conv")
 
     def worst_q(name, prof):
         y, st = make_forward(name)(x, params, stats)
@@ -285,8 +285,8 @@ def test_forward_spread_without_its_errors_gives_the_same_spreads():
 
 def test_relu1_carries_batchnorm_0s_errors_under_its_mask():
     """Conv_1's input error is BatchNorm_0's (bn1's) error through relu1: element-wise
-    parts whole, channel sources only where relu1 passes; not BatchNorm_1's (a bug
-    until spec 4.1 gave the backward model the second layer's errors here)."""
+    parts whole, channel sources only where relu1 passes; not BatchNorm_1's (which
+    the model had here until spec 5.0)."""
     case = Case("functional", "normal", 2, 5, 5, 4, 0)
     x = derive_x(case)
     params, stats = derive_variables(case)

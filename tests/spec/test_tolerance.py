@@ -15,16 +15,36 @@ from resblock.spec.error_model import FLOOR, bound_from
 U = 2.0**-24
 
 
-def test_profiles_are_the_three_of_the_spec():
-    assert tolerance.PROFILES == ("fp32", "tf32", "bf16")
+def test_profiles_are_the_five_of_the_spec():
+    assert tolerance.PROFILES == ("fp32", "tf32-conv", "bf16-conv", "fp16", "bf16")
 
 
 def test_profile_constants():
-    fp32, tf32, bf16 = (tolerance.profile(n) for n in ("fp32", "tf32", "bf16"))
+    fp32, tf32, bf16c, fp16, bf16 = (tolerance.profile(n) for n in tolerance.PROFILES)
     assert fp32.u == U == 5.9604644775390625e-08
     assert fp32.u_conv == 0.0  # float32 conv inputs are exact: nothing is rounded
     assert tf32.u_conv == 2.0**-11 == 4.8828125e-04  # 10 mantissa bits
-    assert bf16.u_conv == 2.0**-8 == 3.90625e-03  # 7 mantissa bits
+    assert bf16c.u_conv == 2.0**-8 == 3.90625e-03  # 7 mantissa bits
+    assert fp32.u_store == tf32.u_store == bf16c.u_store == 0.0  # float32 storage
+    # A low type stores and feeds the convolutions: both unit roundoffs are the type's.
+    assert fp16.u_conv == fp16.u_store == float(np.finfo(np.float16).eps) / 2 == 2.0**-11
+    assert bf16.u_conv == bf16.u_store == 2.0**-8
+    assert not fp32.stores_low and fp16.stores_low and bf16.stores_low
+
+
+def test_renamed_profile_points_to_its_new_name():
+    with pytest.raises(tolerance.ProfileError, match="renamed 'tf32-conv'") as e:
+        tolerance.profile("tf32")
+    assert "--profile tf32-conv" in str(e.value)  # what to do
+    assert "fp32, tf32-conv, bf16-conv, fp16, bf16" in str(e.value)  # what is expected
+
+
+def test_looser_is_a_partial_order_of_the_two_unit_roundoffs():
+    assert tolerance.looser("bf16", "bf16-conv") and tolerance.looser("fp16", "tf32-conv")
+    assert tolerance.looser("bf16", "fp16") and tolerance.looser("tf32-conv", "fp32")
+    assert not tolerance.looser("fp16", "bf16-conv")  # neither admits all of the other
+    assert not tolerance.looser("bf16-conv", "fp16")
+    assert not tolerance.looser("fp32", "fp32")
 
 
 def test_default_profile_is_fp32():
@@ -32,8 +52,8 @@ def test_default_profile_is_fp32():
 
 
 def test_unknown_profile():
-    with pytest.raises(KeyError, match="unknown profile 'fp16'"):
-        tolerance.profile("fp16")
+    with pytest.raises(KeyError, match="unknown profile 'fp8'"):
+        tolerance.profile("fp8")
 
 
 def test_bound_from_budgets_by_hand():
@@ -44,6 +64,30 @@ def test_bound_from_budgets_by_hand():
     tf32 = bound_from(budget, conv, 2.0**-11)
     assert tf32[0] == pytest.approx(float(np.float32(1e-6)) + 2.0 * 2.0**-11, rel=1e-15)
     assert FLOOR == np.finfo(np.float32).tiny
+
+
+def test_bound_adds_the_storage_term_per_unit_u_store():
+    budget = np.array([1e-6, 0.0], np.float32)
+    conv = np.array([2.0, 0.0], np.float32)
+    store = np.array([4.0, 0.5], np.float32)
+    fp16 = tolerance.profile("fp16")
+    b = bound_from(budget, conv, fp16.u_conv, store, fp16.u_store)
+    assert b[0] == pytest.approx(float(np.float32(1e-6)) + 6.0 * 2.0**-11, rel=1e-15)
+    assert b[1] == 0.5 * 2.0**-11
+    # u_store 0 (fp32, tf32-conv, bf16-conv) ignores the storage budgets, even absent.
+    np.testing.assert_array_equal(bound_from(budget, conv, 0.0, None, 0.0),
+                                  bound_from(budget, conv, 0.0))
+
+
+def test_aggregate_adds_the_storage_spread_in_quadrature():
+    ref = np.zeros(4)
+    got = np.full(4, 5.0)
+    one = np.ones(4)
+    # (3 * 1)^2 + (4 * 1)^2 = 25: Q = 25 / 25
+    q = tolerance.aggregate_statistic(got, ref, 0 * one, 3 * one, 1.0, 4 * one, 1.0)
+    assert q == pytest.approx(1.0)
+    assert tolerance.aggregate_statistic(got, ref, 0 * one, 3 * one, 1.0) == \
+        pytest.approx(25.0 / 9.0)
 
 
 def test_scores_by_hand():
@@ -103,3 +147,27 @@ def test_worst_score_against_another_reference():
     fp32 = tolerance.profile()
     assert tolerance.worst_score(gc, np.ones(2), stats, fp32, ref_y=np.ones(2),
                                  ref_stats=stats) == 0.0
+
+
+def test_profile_names_have_one_source():
+    """constants.json names the profiles; the report schema, the CLI option and the
+    pytest plugin read or restate exactly those."""
+    import json
+    from pathlib import Path
+
+    from resblock.options import profile_names
+
+    root = Path(__file__).resolve().parents[2]
+    schema = json.loads((root / "schemas" / "check-report.schema.json").read_text())
+    assert tuple(schema["properties"]["profile"]["enum"]) == tolerance.PROFILES
+    assert profile_names() == tolerance.PROFILES
+
+
+def test_cli_refuses_a_renamed_profile_with_its_new_name():
+    from click.testing import CliRunner
+
+    from resblock.cli import cli
+
+    res = CliRunner().invoke(cli, ["check", "--impl", "x:y", "--profile", "tf32"])
+    assert res.exit_code == 2
+    assert "renamed 'tf32-conv'" in res.output and "--profile tf32-conv" in res.output

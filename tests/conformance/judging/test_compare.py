@@ -95,7 +95,7 @@ def test_committed_case_bound_is_its_stored_budget(gc):
     y.flat[3] += sigma.flat[3]  # one spread: the aggregate test passes
     (t_out,) = compare_case(gc, y, None, FP32)
     assert t_out.ok and t_out.aggregate_q == pytest.approx(1 / y.size, rel=1e-6)
-    tf32 = tolerance.profile("tf32")
+    tf32 = tolerance.profile("tf32-conv")
     want = b.flat[3] + 2.0**-11 * float(gc.arrays["budget_conv/y"].flat[3])
     assert gc.bound("output", tf32).flat[3] == pytest.approx(want, rel=1e-12)
 

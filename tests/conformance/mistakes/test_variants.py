@@ -72,6 +72,8 @@ REVEALING = {
     "init_he_scale": TINY_VAR,
     "init_fan_in_c": TINY_VAR,
     "float16_activations": GENERIC,  # ~5e-4 relative rounding at every stage
+    "float16_block": GENERIC,  # the same, and the inputs, parameters and statistics
+    "bfloat16_block": GENERIC,  # ~4e-3 relative rounding of every stored value
     "equinox_ema_mode": GENERIC,  # incoming running stats != batch stats
     "haiku_zero_debias": GENERIC,  # any case: the stats come back 100x
     "biased_running_var_converted": GENERIC,  # small n, var ~1: gap 0.01*var/n
@@ -154,7 +156,7 @@ def test_variant_names_are_the_contract():
         missing_conv_bias per_sample_stats tf32_conv bf16_conv layout_confusion
         epsilon_1e4 epsilon_1e6 momentum_0999 momentum_095 sequential_f32_stats
         init_no_truncation_correction init_he_scale init_fan_in_c float16_activations
-        equinox_ema_mode haiku_zero_debias biased_running_var_converted
+        float16_block bfloat16_block equinox_ema_mode haiku_zero_debias biased_running_var_converted
         whole_running_var_converted
         torch_one_value_per_channel
         """.split()
@@ -381,3 +383,20 @@ def test_reflect_padding_mirrors_the_border(make_case):
     y_c, _ = make_forward("circular_padding")(x, params, stats)
     y_ok, _ = make_forward("correct_float32")(x, params, stats)
     assert not np.allclose(y_r, y_ok, atol=1e-3) and not np.allclose(y_r, y_c, atol=1e-3)
+
+
+def test_whole_low_blocks_store_every_value_in_their_type(make_case):
+    """The float16 and bfloat16 twins return values their type holds exactly (each stored
+    value rounded once, ties to even), and the bfloat16 rounding is ml_dtypes'."""
+    import ml_dtypes
+
+    from resblock.conformance.mistakes.variants import _to_bfloat16
+
+    x, params, stats = make_case(*GENERIC)
+    for name, dt in (("float16_block", np.float16), ("bfloat16_block", ml_dtypes.bfloat16)):
+        y, new = make_forward(name)(x, params, stats)
+        for a in (y, new["BatchNorm_0"]["mean"], new["BatchNorm_1"]["var"]):
+            np.testing.assert_array_equal(a.astype(dt).astype(np.float32), a)
+    a = np.random.default_rng(0).standard_normal(4096).astype(np.float32) * 1e3
+    np.testing.assert_array_equal(_to_bfloat16(a),
+                                  a.astype(ml_dtypes.bfloat16).astype(np.float32))

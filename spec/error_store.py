@@ -1,0 +1,228 @@
+"""The storage model: a correct port's extra error when it *stores* values in a low type.
+
+The ``fp16`` and ``bf16`` profiles (spec section 8.2) admit a block whose activations,
+parameters and statistics are stored in a type with unit roundoff ``u_s`` (float16:
+``2^-11``, bfloat16: ``2^-8``) while every sum accumulates in float32, what PyTorch's
+autocast and the deployment engines' float16 modes do. Every stored value is rounded
+once, a relative error of at most ``u_s``; the accumulation keeps ``u = 2^-24`` and its
+terms stay in the fp32 budget (:mod:`resblock.spec.error_model`). To first order the
+storage errors add a term linear in ``u_s``, so a bound is::
+
+    bound = budget + u_conv * budget_conv + u_s * budget_store
+
+with ``budget_store = S t`` the sensitivity per unit ``u_s`` derived here (a profile
+that stores in the low type also rounds the convolution *inputs* to it: ``u_conv = u_s``,
+and their roundings, of ``x``, the kernels and ``relu1``, are the ``budget_conv`` term
+already; they are not counted again here).
+
+The terms of ``t``, stage by stage (first order; every quantity float64; ``tiny`` =
+float16's smallest normal number ``2^-14`` adds the absolute error ``u_s tiny`` of a
+value stored in float16's subnormal range, conservative for bfloat16):
+
+* **Convolution** ``c = a * k + b``: the input's propagated storage errors
+  ``t_a * |k|`` (not the input's own rounding: that is ``budget_conv``), the bias
+  stored ``|b|``, the output stored ``|c| + tiny``.
+* **BatchNorm** of ``c`` (``n = N*H*W`` values per channel, ``inv = |scale| /
+  sqrt(var + eps)``, ``zg = |c - mean| inv``): the batch mean stored ``|mean|`` and the
+  variance stored ``var`` propagate like the fp32 model's ``d_mean`` and ``d_var``;
+  ``t_c`` like ``e_c``; the local roundings of either evaluation form: ``inv`` (or the
+  rsqrt) stored, ``scale`` stored and the centred value stored, ``3 zg + 2 tiny inv``;
+  the folded form's scaled kernel ``scale inv`` applied to ``c``, ``|c| inv``, its shift's
+  product ``mean inv`` stored, ``|mean inv| + tiny``, and the shift ``beta - mean inv``
+  stored, ``|mean| inv + |beta|``; ``beta`` stored, ``|beta| + tiny``; the output stored,
+  ``|z| + tiny``. Epsilon is assumed added in float32 (float16 holds
+  ``1e-5`` only as a subnormal, to 1.4e-3 of itself).
+* **ReLU** passes ``t`` on; ``relu1``'s own rounding is ``bn1``'s, a convolution input.
+* **Sum** ``bn2 + x``: ``x`` stored, ``|x|``; the sum stored, ``|sum| + tiny``.
+* **Running statistics** ``M old + (1 - M) batch`` in either form: ``(1 - M)`` times the
+  batch statistic's storage error, the old value stored, ``M`` and ``1 - M`` stored,
+  the products and the result stored: ``2 |old| + 3 (1 - M)(|batch| + |old|) + |new|``
+  (for the variance, the ``(n - 1)/n`` conversion's rounding too).
+
+Range: float16's largest finite value is 65504; a value beyond it overflows to ``inf``,
+which scores ``inf``. The profiles assume every stored value is inside the type's range
+and widen no bound for overflow: a port whose stored values overflow is rejected (on the
+committed set, a float16 block that stores its batch variance in float16 overflows on the
+two ``stress-large`` cases, whose batch variances are about 1e6).
+
+The aggregate test's spread gets the same term in quadrature (``sigma_store``, per unit
+``u_s``): element-wise roundings as variances (``|v|^2``, three times the variance of a
+rounding to nearest), the channel-shared ones (the stored statistics and parameters) as
+one standard deviation per channel, and what BatchNorm_0's channel errors do after the
+second convolution bounded by Cauchy-Schwarz over the nine taps (``sqrt(9 (k^2 * w^2))``)
+and taken as coherent by BatchNorm_1's statistics: an over-estimate, so the aggregate
+test of the low-precision profiles is the looser one (DESIGN section 5.4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from resblock import blas
+from resblock.spec.constants import EPSILON, MOMENTUM, STAT_NAMES
+from resblock.spec.error_model import SAFETY, TENSORS, abs_conv
+
+# float16's smallest normal number: a value below it is stored with the absolute error
+# u_s * TINY at most (float16's subnormal spacing is 2^-24 = 2 * 2^-11 * 2^-14).
+TINY = 2.0 ** -14
+_AXES = (0, 1, 2)
+SPREAD_TENSORS = ("output",) + STAT_NAMES
+
+
+@dataclass(frozen=True)
+class StoreModel:
+    """Sensitivities per unit ``u_s`` of one case: ``budget[name]`` (``S t``, every name
+    of :data:`resblock.spec.error_model.TENSORS`) and ``sigma[name]`` (the spread, the
+    output and the four running statistics), float32 rounded up."""
+
+    budget: dict
+    sigma: dict
+
+
+def _own(a):
+    return np.abs(a) + TINY
+
+
+def _conv(a_t, kernel, bias, c):
+    """``t`` of a convolution's output: the input's propagated storage errors through
+    ``|k|`` (``a_t`` None: none), the bias and the output stored."""
+    t = np.asarray(_own(c), np.float64) + np.abs(bias)
+    if a_t is not None:
+        t = t + abs_conv(a_t, np.abs(kernel))
+    return t
+
+
+def _bn_stats(c, scale):
+    n = c.shape[0] * c.shape[1] * c.shape[2]
+    mean = c.mean(axis=_AXES)
+    dev = np.abs(c - mean)
+    var = np.square(dev).mean(axis=_AXES)
+    sig2 = var + EPSILON
+    inv = np.abs(scale) / np.sqrt(sig2)
+    return n, mean, dev, var, sig2, inv
+
+
+def _running(t_batch, batch, old, new):
+    m = MOMENTUM
+    return ((1.0 - m) * t_batch + 2.0 * _own(old)
+            + 3.0 * (1.0 - m) * (_own(batch) + _own(old)) + _own(new))
+
+
+def _batch_norm(c, t_c, scale, beta, z, mean_in, var_in):
+    """``(t_z without the output's own rounding, own rounding, t_mean, t_var)``."""
+    n, mean, dev, var, sig2, inv = _bn_stats(c, scale)
+    zg = dev * inv
+    t_mean = t_c.mean(axis=_AXES) + _own(mean)
+    t_var = 2.0 * (dev * t_c).mean(axis=_AXES) + _own(var)
+    prop = inv * (t_c * (1.0 - 2.0 / n) + t_mean) + zg * (t_var / (2.0 * sig2))
+    # inv, scale and the centred value stored (3 zg, with tiny for each), the folded
+    # form's scaled kernel and shift, beta stored.
+    local = (3.0 * zg + 2.0 * TINY * inv + np.abs(c) * inv + np.abs(mean) * inv
+             + _own(mean * inv) + _own(beta) + np.abs(beta))
+    m = MOMENTUM
+    new_mean = m * mean_in + (1.0 - m) * mean
+    new_var = m * var_in + (1.0 - m) * var
+    r_mean = _running(t_mean, mean, mean_in, new_mean)
+    r_var = _running(t_var + _own(var), var, var_in, new_var)
+    return prop + local, _own(z), r_mean, r_var
+
+
+def raw_budgets(x, params, batch_stats, stages: dict) -> dict:
+    """The unscaled storage sensitivities ``t`` (float64) over every name of TENSORS."""
+    f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+    p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
+    st = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in batch_stats.items()}
+    t = {}
+    t["conv1"] = _conv(None, p["Conv_0"]["kernel"], p["Conv_0"]["bias"], stages["conv1"])
+    prop1, own1, t["BatchNorm_0/mean"], t["BatchNorm_0/var"] = _batch_norm(
+        stages["conv1"], t["conv1"], p["BatchNorm_0"]["scale"], p["BatchNorm_0"]["bias"],
+        stages["bn1"], st["BatchNorm_0"]["mean"], st["BatchNorm_0"]["var"])
+    t["bn1"] = prop1 + own1
+    t["relu1"] = t["bn1"]
+    t["conv2"] = _conv(prop1, p["Conv_1"]["kernel"], p["Conv_1"]["bias"], stages["conv2"])
+    prop2, own2, t["BatchNorm_1/mean"], t["BatchNorm_1/var"] = _batch_norm(
+        stages["conv2"], t["conv2"], p["BatchNorm_1"]["scale"], p["BatchNorm_1"]["bias"],
+        stages["bn2"], st["BatchNorm_1"]["mean"], st["BatchNorm_1"]["var"])
+    t["bn2"] = prop2 + own2
+    t["sum"] = t["bn2"] + np.abs(f64(x)) + _own(stages["sum"])
+    t["output"] = t["sum"]
+    return t
+
+
+def _spread_bn(c, v_c, k_c, scale, beta, z, mean_in, var_in):
+    """Spread of a BatchNorm under storage roundings: ``(v_z, k_mean, k_rel, zg, s_mean,
+    s_var)``: the element-wise variance of ``z``, the channel-shared standard deviation
+    of its offset (direction 1) and of ``inv`` (relative, direction ``z - beta``, whose
+    size is ``zg``), and the running statistics' standard deviations (per unit ``u_s``)."""
+    n, mean, dev, var, sig2, inv = _bn_stats(c, scale)
+    zg = dev * inv
+    d_mean = np.hypot(np.sqrt(v_c.mean(axis=_AXES) / n) + k_c.mean(axis=_AXES), _own(mean))
+    d_var = np.hypot(2.0 * np.sqrt((dev * dev * v_c).mean(axis=_AXES) / n)
+                     + 2.0 * (dev * k_c).mean(axis=_AXES), _own(var))
+    # Coherent channel errors of c that vary by position (BatchNorm_0's, after conv2) do
+    # not cancel in c - mean: they stay in the element's variance.
+    v_z = (inv * inv * (v_c + k_c * k_c) + np.square(_own(z)) + np.square(c * inv)
+           + np.square(zg))
+    k_mean = np.sqrt(np.square(inv * d_mean) + np.square(_own(mean * inv))
+                     + 2.0 * np.square(_own(beta)))
+    k_rel = np.sqrt(np.square(d_var / (2.0 * sig2)) + 2.0) + TINY / np.maximum(inv, TINY)
+    m = MOMENTUM
+    new_mean = m * mean_in + (1.0 - m) * mean
+    new_var = m * var_in + (1.0 - m) * var
+    s_mean = np.sqrt(((1.0 - m) * d_mean) ** 2 + 2.0 * _own(mean_in) ** 2
+                     + 3.0 * ((1.0 - m) * (_own(mean) + _own(mean_in))) ** 2
+                     + _own(new_mean) ** 2)
+    s_var = np.sqrt(((1.0 - m) * np.hypot(d_var, _own(var))) ** 2 + 2.0 * _own(var_in) ** 2
+                    + 3.0 * ((1.0 - m) * (_own(var) + _own(var_in))) ** 2
+                    + _own(new_var) ** 2)
+    return v_z, k_mean, k_rel, zg, s_mean, s_var
+
+
+def raw_spread(x, params, batch_stats, stages: dict) -> dict:
+    """The unscaled storage spreads (float64) of the output and the running statistics."""
+    f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+    p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
+    st = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in batch_stats.items()}
+    out = {}
+    c1 = stages["conv1"]
+    v1 = np.square(_own(c1))
+    v_z, k_mean, k_rel, zg, out["BatchNorm_0/mean"], out["BatchNorm_0/var"] = _spread_bn(
+        c1, v1, np.zeros_like(c1), p["BatchNorm_0"]["scale"], p["BatchNorm_0"]["bias"],
+        stages["bn1"], st["BatchNorm_0"]["mean"], st["BatchNorm_0"]["var"])
+    # The conv bias's rounding shifts a whole channel: it cancels in c - mean and moves
+    # only the running mean.
+    out["BatchNorm_0/mean"] = np.hypot(out["BatchNorm_0/mean"],
+                                       (1.0 - MOMENTUM) * np.abs(p["Conv_0"]["bias"]))
+    open_ = stages["relu1"] > 0
+    # bn1's own rounding is conv2's input rounding (budget_conv's term), not counted here
+    v_r = np.where(open_, v_z - np.square(_own(stages["bn1"])), 0.0)
+    k_r2 = np.where(open_, np.square(k_mean) + np.square(k_rel * zg), 0.0)
+    w2 = np.square(p["Conv_1"]["kernel"])
+    c2 = stages["conv2"]
+    v2 = abs_conv(v_r, w2).astype(np.float64) + np.square(_own(c2))
+    k2 = np.sqrt(9.0 * abs_conv(k_r2, w2).astype(np.float64))
+    k2 = k2 + np.abs(p["Conv_1"]["bias"])
+    v_z2, k_mean2, k_rel2, zg2, out["BatchNorm_1/mean"], out["BatchNorm_1/var"] = _spread_bn(
+        c2, v2, k2, p["BatchNorm_1"]["scale"], p["BatchNorm_1"]["bias"], stages["bn2"],
+        st["BatchNorm_1"]["mean"], st["BatchNorm_1"]["var"])
+    v_sum = v_z2 + np.square(f64(x)) + np.square(_own(stages["sum"]))
+    out["output"] = np.sqrt(v_sum + np.square(k_mean2) + np.square(k_rel2 * zg2))
+    return out
+
+
+def _stored(a, factor: float) -> np.ndarray:
+    return (np.asarray(a, np.float64) * (factor * (1.0 + 2.0 ** -18))).astype(np.float32)
+
+
+@blas.single_threaded
+def model(x, params, batch_stats, stages: dict) -> StoreModel:
+    """Stored storage budgets (``S t``) and spreads of a case, float32 rounded up."""
+    t = raw_budgets(x, params, batch_stats, stages)
+    sg = raw_spread(x, params, batch_stats, stages)
+    return StoreModel(budget={k: _stored(t[k], SAFETY) for k in TENSORS},
+                      sigma={k: _stored(sg[k], 1.0) for k in SPREAD_TENSORS})
+
+
+__all__ = ["StoreModel", "model", "raw_budgets", "raw_spread", "SPREAD_TENSORS", "TINY"]
