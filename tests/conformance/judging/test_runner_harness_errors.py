@@ -34,7 +34,7 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
         ({"api": "batched"}, "--api 'batched'"),
         ({"layout": "nwhc"}, "--layout 'nwhc'"),
         ({"api": "seeded", "layout": "nchw"}, "--layout nchw does not apply"),
-        ({"profile": "fp16"}, "--profile 'fp16'"),
+        ({"profile": "fp8"}, "unknown profile 'fp8'"),
         ({"timeout": 0}, "--timeout must be positive"),
         ({"timeout": -1.0}, "--timeout must be positive"),
     ],
@@ -125,8 +125,8 @@ def test_schema_invalid_golden(golden_copy):
 
 def test_golden_of_another_format_major_version(golden_copy):
     p = _variant_file(golden_copy, "format.h5")
-    _rewrite_metadata(p, lambda m: m.update(format_version="6.0.0"))
-    with pytest.raises(GoldenFormatError, match="format version 6.0.0"):
+    _rewrite_metadata(p, lambda m: m.update(format_version="7.0.0"))
+    with pytest.raises(GoldenFormatError, match="format version 7.0.0"):
         run_fn_on([p])
 
 
@@ -215,7 +215,7 @@ def test_cli_exit_2_unless_exactly_one_of_impl_and_exec(args):
 @pytest.mark.parametrize("args, fragment", [
     (["--timeout", "0"], "--timeout must be positive"),
     (["--api", "seeded", "--layout", "nchw"], "--layout nchw does not apply"),
-    (["--profile", "fp16"], "Invalid value for '--profile'"),
+    (["--profile", "fp8"], "Invalid value for '--profile'"),
 ])
 def test_cli_exit_2_for_bad_options(args, fragment):
     r = invoke("--impl", f"{EXAMPLES / 'numpy_float32.py'}:forward", *args)
