@@ -145,7 +145,7 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None,
         arrays.update(flat_tree("batch_stats_out", new_stats, STAT_NAMES))
         arrays["oracle/y"] = ref.y
         arrays.update(flat_tree("oracle/batch_stats_out", ref.batch_stats, STAT_NAMES))
-        arrays.update(budget_arrays(x, params, stats, ref.stages))
+        arrays.update(budget_arrays(x, params, stats, ref.stages, with_stages=stages))
         if stages:
             arrays.update({f"oracle/stages/{k}": a for k, a in ref.stages.items()})
         else:  # the stage data is recomputed from the inputs by a reader that needs it
@@ -168,14 +168,18 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None,
     return stacked, extras
 
 
-def budget_arrays(x, params, stats, stages: dict) -> dict:
+def budget_arrays(x, params, stats, stages: dict, with_stages: bool = True) -> dict:
     """``budget/<t>`` and ``budget_conv/<t>`` arrays of one case (the error model), and
-    ``sigma/<t>``, ``sigma_conv/<t>`` of the output and stats (the spread model)."""
+    ``sigma/<t>``, ``sigma_conv/<t>`` of the output and stats (the spread model).
+    ``with_stages`` False: the budgets of the output and statistics only (the stages'
+    are not stored then, and are dropped as soon as the model has used them)."""
     from resblock.golden.store import tensor_path
 
-    b = error_model.budgets(x, params, stats, stages)
+    names = error_model.TENSORS if with_stages else tuple(
+        t for t in error_model.TENSORS if t not in error_model.STAGE_TENSORS)
+    b = error_model.budgets(x, params, stats, stages, names)
     out = {}
-    for name in error_model.TENSORS:
+    for name in names:
         out[f"budget/{tensor_path(name)}"] = b.fp32[name]
         out[f"budget_conv/{tensor_path(name)}"] = b.conv[name]
     sp = error_spread.forward_spread(x, params, stats, stages, keep_errors=False)

@@ -183,13 +183,13 @@ def conv(a, err: Err, kernel, bias, c) -> tuple[Err, tuple, Reductions]:
     k_terms = 9 * a.shape[-1] + 1
     w2 = np.square(kernel)
     t2 = abs_conv(np.square(a), w2).astype(np.float64)
-    v_prop = abs_conv(err.v, w2).astype(np.float64)
+    v_prop = _abs_conv64(err.v, w2)
     v_round = U * U * k_terms * (t2 + np.square(bias) + np.square(c))
     v = v_prop + v_round
-    k = np.sqrt(9.0 * abs_conv(np.square(err.k + err.kx), w2).astype(np.float64))
-    vs_prop = abs_conv(err.vs, w2).astype(np.float64)
+    k = np.sqrt(9.0 * _abs_conv64(np.square(err.k + err.kx), w2))
+    vs_prop = _abs_conv64(err.vs, w2)
     vs = vs_prop + CONV_ROUNDING_VAR * t2
-    ks = np.sqrt(9.0 * abs_conv(np.square(err.ks + err.kxs), w2).astype(np.float64))
+    ks = np.sqrt(9.0 * _abs_conv64(np.square(err.ks + err.kxs), w2))
     dev = c - c.mean(axis=_AXES)
     dev2 = np.square(dev)
     # The batch statistics: a product's rounding is its own, but an input's error (and,
@@ -248,6 +248,14 @@ def conv(a, err: Err, kernel, bias, c) -> tuple[Err, tuple, Reductions]:
     k2 = k2.astype(np.float64)
     ks2 = ks2.astype(np.float64)
     return (Err(v, k, vs, ks, kx=np.sqrt(k2), kxs=np.sqrt(ks2)), tuple(moments), red)
+
+
+def _abs_conv64(a, w2) -> np.ndarray:
+    """:func:`abs_conv` widened to float64; an input that is exactly zero (the first
+    convolution's input errors) gives exact zeros without the convolution's work."""
+    if not np.any(a):
+        return np.zeros(np.shape(a)[:-1] + (np.shape(w2)[-1],))
+    return abs_conv(a, w2).astype(np.float64)
 
 
 def single_channel_conv(d, kernel_c):
