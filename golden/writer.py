@@ -205,10 +205,11 @@ def _create(g, name: str, a: np.ndarray) -> None:
 def deflate_chunks(a: np.ndarray, chunk: tuple, level: int, shuffle: bool) -> list:
     """``[(offset, bytes)]``: every chunk of ``a`` (chunks that tile it exactly) through
     HDF5's shuffle filter (bytes regrouped by significance) when ``shuffle``, then its
-    deflate filter (a zlib stream at ``level``), compressed in threads (zlib releases
-    the GIL)."""
-    import zlib
+    deflate filter (a zlib stream at ``level``: :func:`deflater`), compressed in threads
+    (the compressors release the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
+
+    compress = deflater(level)
 
     if any(n % c for n, c in zip(a.shape, chunk, strict=True)):
         raise ValueError(f"chunks {chunk} do not tile shape {a.shape}")
@@ -221,7 +222,7 @@ def deflate_chunks(a: np.ndarray, chunk: tuple, level: int, shuffle: bool) -> li
                                              zip(offset, chunk, strict=True))])
         raw = block.view(np.uint8).reshape(-1, size).T.tobytes() if shuffle and size > 1 \
             else block.tobytes()
-        return offset, zlib.compress(raw, level)
+        return offset, compress(raw)
 
     workers = min(len(offsets), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                   else (os.cpu_count() or 1))
@@ -229,6 +230,25 @@ def deflate_chunks(a: np.ndarray, chunk: tuple, level: int, shuffle: bool) -> li
         return [one(o) for o in offsets]
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(one, offsets))
+
+
+def deflater(level: int):
+    """``bytes -> zlib stream`` at ``level``: ISA-L's (the ``isal`` package, installed
+    with the generator's extra) for levels 0-3, else zlib's. Any inflate reads either
+    (HDF5's deflate filter is zlib's inflate). Measured on a 32x56x56x64 case's seven
+    compressed arrays (206 MB): zlib level 1 5.1 s for 145.1 MB, ISA-L level 1 0.6 s
+    for 144.7 MB (zlib-ng level 1: 2.0 s, 156.9 MB)."""
+    import functools
+    import zlib
+
+    if level <= 3:
+        try:
+            from isal import isal_zlib
+        except ImportError:
+            pass
+        else:
+            return functools.partial(isal_zlib.compress, level=level)
+    return functools.partial(zlib.compress, level=level)
 
 
 def os_reason(e: OSError) -> str:

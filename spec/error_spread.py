@@ -57,6 +57,7 @@ from resblock.spec.error_model import (
     FLOOR,
     U,
     abs_conv,
+    for_blocks,
     sample_blocks,
 )
 
@@ -219,8 +220,6 @@ def conv(a, err: Err, kernel, bias, c) -> tuple[Err, tuple, Reductions]:
     f_out = kernel32.shape[-1]
     taps_of = [np.ascontiguousarray(kernel32[:, :, ci, :].reshape(9, f_out))
                for ci in range(kernel32.shape[2])]
-    t_buf = np.empty((SOURCE_ROWS, f_out), np.float32)
-    ts_buf = np.empty((SOURCE_ROWS, f_out), np.float32)
     for src in err.sources:
         # mean(T) and mean(dev T) of each input channel's image T, from the taps:
         # sum_t w[t, ci, f] * (correlation of the direction with 1 and with dev).
@@ -231,8 +230,10 @@ def conv(a, err: Err, kernel, bias, c) -> tuple[Err, tuple, Reductions]:
         sig_s = [np.float32(v) for v in src.sigma_s]
         # The image of one input channel's error at a time, a block of samples and of
         # SOURCE_ROWS positions at a time into reused buffers (in cache; the same
-        # float32 operations element by element as whole tensors).
-        for blk in sample_blocks(*c.shape[:3]):
+        # float32 operations element by element as whole tensors), blocks on every core.
+        def block(blk, src=src, sig=sig, sig_s=sig_s):
+            t_buf = np.empty((SOURCE_ROWS, f_out), np.float32)
+            ts_buf = np.empty((SOURCE_ROWS, f_out), np.float32)
             patches = channel_patches(src.direction[blk])
             k2b, ks2b = k2[blk].reshape(-1, f_out), ks2[blk].reshape(-1, f_out)
             for r in range(0, k2b.shape[0], SOURCE_ROWS):
@@ -244,6 +245,8 @@ def conv(a, err: Err, kernel, bias, c) -> tuple[Err, tuple, Reductions]:
                     t *= sig[ci]
                     kk += np.square(t, out=t)
                     kks += np.square(ts, out=ts)
+
+        for_blocks(block, sample_blocks(*c.shape[:3]))
         moments.append((src.sigma, src.sigma_s, m_mean, m_var))
     k2 = k2.astype(np.float64)
     ks2 = ks2.astype(np.float64)
