@@ -187,10 +187,10 @@ def conv(a, err: Err, kernel, bias, c) -> tuple[Err, tuple, Reductions]:
     v_prop = _abs_conv64(err.v, w2)
     v_round = U * U * k_terms * (t2 + np.square(bias) + np.square(c))
     v = v_prop + v_round
-    k = np.sqrt(9.0 * _abs_conv64(np.square(err.k + err.kx), w2))
+    k = _coherent_conv(err.k + err.kx, w2)
     vs_prop = _abs_conv64(err.vs, w2)
     vs = vs_prop + CONV_ROUNDING_VAR * t2
-    ks = np.sqrt(9.0 * _abs_conv64(np.square(err.ks + err.kxs), w2))
+    ks = _coherent_conv(err.ks + err.kxs, w2)
     dev = c - c.mean(axis=_AXES)
     dev2 = np.square(dev)
     # The batch statistics: a product's rounding is its own, but an input's error (and,
@@ -248,6 +248,8 @@ def conv(a, err: Err, kernel, bias, c) -> tuple[Err, tuple, Reductions]:
 
         for_blocks(block, sample_blocks(*c.shape[:3]))
         moments.append((src.sigma, src.sigma_s, m_mean, m_var))
+    if not err.sources:  # exactly zero (calloc'd pages, never touched: no memory)
+        return Err(v, k, vs, ks, kx=np.zeros(c.shape), kxs=np.zeros(c.shape)), (), red
     k2 = k2.astype(np.float64)
     ks2 = ks2.astype(np.float64)
     return (Err(v, k, vs, ks, kx=np.sqrt(k2), kxs=np.sqrt(ks2)), tuple(moments), red)
@@ -259,6 +261,21 @@ def _abs_conv64(a, w2) -> np.ndarray:
     if not np.any(a):
         return np.zeros(np.shape(a)[:-1] + (np.shape(w2)[-1],))
     return abs_conv(a, w2).astype(np.float64)
+
+
+def _coherent_conv(k, w2) -> np.ndarray:
+    """``sqrt(9 conv(k^2, w^2))``: a coherent error's image through a convolution
+    (zeros without work or memory where ``k`` is exactly zero: the first layer's)."""
+    if not np.any(k):
+        return np.zeros(np.shape(k)[:-1] + (np.shape(w2)[-1],))
+    return np.sqrt(9.0 * _abs_conv64(np.square(k), w2))
+
+
+def _scaled(inv, a) -> np.ndarray:
+    """``inv * a`` (``inv`` per channel, finite), exact zeros kept without memory."""
+    if np.ndim(a) == 0 or np.any(a):
+        return inv * a
+    return np.zeros(np.broadcast_shapes(np.shape(inv), np.shape(a)))
 
 
 def single_channel_conv(d, kernel_c):
@@ -367,7 +384,8 @@ def batch_norm(c, err: Err, scale, beta, z, mean_in, var_in, moments=(), red=Non
     sources = (ChannelSource(np.broadcast_to(1.0, c.shape), np.hypot(inv * ch.mean, local),
                              inv * ch.mean_s),
                ChannelSource(z - beta, ch.rel, ch.rel_s))
-    return (Err(v, inv * err.k, vs, inv * err.ks, sources, inv * err.kx, inv * err.kxs), ch,
+    return (Err(v, _scaled(inv, err.k), vs, _scaled(inv, err.ks), sources,
+                _scaled(inv, err.kx), _scaled(inv, err.kxs)), ch,
             s_mean, s_mean_conv, s_var, s_var_conv)
 
 
