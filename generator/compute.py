@@ -80,7 +80,9 @@ def compute_groups(groups, writer, runners, progress=None, compiler=None, stages
     """
     from resblock.generator.batched import derive_cases
     from resblock.generator.engine import compute_group
+    from resblock.generator.resources import return_large_allocations
 
+    return_large_allocations()  # memory bounded from group to group
     pending: list = []
     for i, group in enumerate(groups):
         if not pending:  # derive the next chunk of groups in one batch
