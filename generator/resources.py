@@ -93,12 +93,14 @@ def check_memory(cases, limit_gb: float | None = None, grad: bool = False) -> No
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-LARGE_ALLOCATION = 1 << 20
+LARGE_ALLOCATION = 4 << 20
 
 
 def return_large_allocations() -> bool:
     """Have glibc's malloc give every allocation of LARGE_ALLOCATION bytes and more its own
-    mapping, returned to the system when freed (a fixed ``M_MMAP_THRESHOLD``).
+    mapping, returned to the system when freed (a fixed ``M_MMAP_THRESHOLD``). For grids
+    with real-size cases only (:func:`compute.compute_groups`): small grids' time is
+    compilation, whose allocations are better served from the heap.
 
     By default glibc raises that threshold to the size of each large block freed (up to
     32 MB), after which arrays of a real-size case's size come from the heap, which
