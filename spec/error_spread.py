@@ -449,9 +449,8 @@ def forward_spread(x, params, batch_stats, stages: dict,
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
     p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
     st = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in batch_stats.items()}
-    x = f64(x)
     err, chan, own, local, sig, sig_c = {}, {}, {}, {}, {}, {}
-    a, a_err = x, exact(x.shape)
+    a, a_err = f64(x), exact(np.shape(x))  # the float64 x: dropped after the first layer
     for conv_name, layer, conv_stage, bn_stage in (("Conv_0", "BatchNorm_0", "conv1", "bn1"),
                                                    ("Conv_1", "BatchNorm_1", "conv2", "bn2")):
         ce, moments, red = conv(a, a_err, p[conv_name]["kernel"], p[conv_name]["bias"],
