@@ -356,6 +356,66 @@ def real_sizes(repeats: int, tmp: Path, lines: list[str], grad: bool = True):
                  f"of the --stages file {kt:.2f} s, {km:.0f} MB")
 
 
+def timed_pair(cmds, env=None) -> tuple[float, list[tuple[float, float]]]:
+    """Run ``cmds`` at the same time, each under :func:`timed_peak`: ``(wall seconds of
+    the whole pair, [(wall, peak MB)] per command)``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(len(cmds)) as pool:
+        each = list(pool.map(lambda c: timed_peak(c, env), cmds))
+    return time.perf_counter() - t, each
+
+
+def scale_out(tmp: Path, lines: list[str], preset: str = "resnet18"):
+    """A real-size preset (issue 19 item 4) one process (``--jobs 1``) against two
+    processes on this machine: ``--shard 1/2`` and ``2/2`` at the same time then
+    ``merge``, and ``--distributed`` with 2 processes (jax.distributed on localhost).
+    Wall, peak memory per process, bytes; every file the same content hash."""
+    import h5py
+
+    env = env_with()
+    gen = [PY, "-m", "resblock", "generate", "--preset", preset, "--force", "-o"]
+    one = tmp / f"{preset}-1.h5"
+    t1, m1 = timed_peak(gen + [one, "--jobs", "1"], env)
+    shards = [tmp / f"{preset}-s{k}.h5" for k in (1, 2)]
+    ts, each = timed_pair([gen + [p, "--shard", f"{k}/2", "--jobs", "1"]
+                           for k, p in enumerate(shards, 1)], env)
+    merged = tmp / f"{preset}-merged.h5"
+    tm, mm = timed_peak([PY, "-m", "resblock", "merge", merged, *shards], env)
+    dist = tmp / f"{preset}-dist.h5"
+    import socket
+
+    with socket.socket() as sock:  # a free port for the coordinator
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    td, deach = timed_pair([gen + [dist, "--distributed", "--coordinator",
+                                   f"127.0.0.1:{port}", "--num-processes", "2",
+                                   "--process-id", str(k)] for k in (0, 1)], env)
+
+    def content(path):
+        import json
+
+        with h5py.File(path, "r") as f:
+            return json.loads(f["metadata"][()])["content_sha256"]
+
+    hashes = {content(p) for p in (one, merged, dist)}
+    assert len(hashes) == 1, f"scale-out files differ in content: {hashes}"
+    size = one.stat().st_size
+    ssz = [p.stat().st_size for p in shards]
+    lines.append(f"  {preset}, one process (--jobs 1): {t1:.1f} s, {m1:.0f} MB peak, "
+                 f"{size / 1e6:.1f} MB")
+    lines.append(f"  --shard 1/2 + 2/2 at once: {ts:.1f} s (each {each[0][0]:.1f} / "
+                 f"{each[1][0]:.1f} s, {each[0][1]:.0f} / {each[1][1]:.0f} MB peak, "
+                 f"{ssz[0] / 1e6:.1f} / {ssz[1] / 1e6:.1f} MB), then merge {tm:.1f} s, "
+                 f"{mm:.0f} MB peak, {merged.stat().st_size / 1e6:.1f} MB: "
+                 f"{(ts + tm) / t1:.2f}x the one process's time")
+    lines.append(f"  --distributed, 2 processes: {td:.1f} s (each {deach[0][0]:.1f} / "
+                 f"{deach[1][0]:.1f} s, {deach[0][1]:.0f} / {deach[1][1]:.0f} MB peak), "
+                 f"{dist.stat().st_size / 1e6:.1f} MB: {td / t1:.2f}x the one process's "
+                 "time; every file the same content hash")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -368,6 +428,9 @@ def main(argv=None):
     ap.add_argument("--real-only", action="store_true",
                     help="only section 6: a real-size case and a small grid against "
                          "their floors")
+    ap.add_argument("--scale-only", action="store_true",
+                    help="only section 7: the resnet18 preset by one process, by --shard "
+                         "+ merge and by --distributed with 2 processes")
     args = ap.parse_args(argv)
     import flax
     import jax
@@ -385,6 +448,11 @@ def main(argv=None):
         if args.check_only:
             lines.append("3. check overhead")
             check_overhead(repeats, lines)
+            print("\n".join(lines))
+            return 0
+        if args.scale_only:
+            lines.append("7. scale-out of a real-size preset (issue 19)")
+            scale_out(tmp, lines)
             print("\n".join(lines))
             return 0
         if args.real_only:
@@ -419,6 +487,9 @@ def main(argv=None):
         lines.append("6. a real-size case vs its floor (issue 19)")
         small_grid_floor(repeats, tmp, lines)
         real_sizes(repeats, tmp, lines, grad=not args.quick)
+        if not args.quick:
+            lines.append("7. scale-out of a real-size preset (issue 19)")
+            scale_out(tmp, lines)
     text = "\n".join(lines)
     print(text)
     if args.out:

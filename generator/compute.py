@@ -82,7 +82,10 @@ def compute_groups(groups, writer, runners, progress=None, compiler=None, stages
     """
     from resblock.generator.batched import derive_cases
     from resblock.generator.engine import compute_group
+    from resblock.generator.resources import LARGE_ALLOCATION, return_large_allocations
 
+    if any(g[0].n * g[0].h * g[0].w * g[0].features * 4 >= LARGE_ALLOCATION for g in groups):
+        return_large_allocations()  # memory bounded from group to group
     pending: list = []
     for i, group in enumerate(groups):
         if not pending:  # derive the next chunk of groups in one batch

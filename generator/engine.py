@@ -165,7 +165,7 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None,
         arrays.update(flat_tree("batch_stats_out", new_stats, STAT_NAMES))
         arrays["oracle/y"] = ref.y
         arrays.update(flat_tree("oracle/batch_stats_out", ref.batch_stats, STAT_NAMES))
-        arrays.update(budget_arrays(x, params, stats, ref.stages))
+        arrays.update(budget_arrays(x, params, stats, ref.stages, with_stages=stages))
         if stages:
             arrays.update({f"oracle/stages/{k}": a for k, a in ref.stages.items()})
         else:  # the stage data is recomputed from the inputs by a reader that needs it
@@ -192,15 +192,19 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None,
     return stacked, extras
 
 
-def budget_arrays(x, params, stats, stages: dict) -> dict:
+def budget_arrays(x, params, stats, stages: dict, with_stages: bool = True) -> dict:
     """``budget/<t>``, ``budget_conv/<t>`` and ``budget_store/<t>`` arrays of one case (the
     error and storage models), and ``sigma/<t>``, ``sigma_conv/<t>``, ``sigma_store/<t>``
-    of the output and stats (the spread and storage models)."""
+    of the output and stats (the spread and storage models). ``with_stages`` False: the
+    budgets of the output and statistics only (the stages' are not stored then, and are
+    dropped as soon as the models have used them)."""
     from resblock.golden.store import tensor_path
 
-    b = error_model.budgets(x, params, stats, stages)
+    names = error_model.TENSORS if with_stages else tuple(
+        t for t in error_model.TENSORS if t not in error_model.STAGE_TENSORS)
+    b = error_model.budgets(x, params, stats, stages, names)
     out = {}
-    for name in error_model.TENSORS:
+    for name in names:
         out[f"budget/{tensor_path(name)}"] = b.fp32[name]
         out[f"budget_conv/{tensor_path(name)}"] = b.conv[name]
     sp = error_spread.forward_spread(x, params, stats, stages, keep_errors=False)
@@ -209,7 +213,7 @@ def budget_arrays(x, params, stats, stages: dict) -> dict:
         out[f"sigma_conv/{tensor_path(name)}"] = error_spread.stored(sp.sigma_conv[name])
     del sp
     st = error_store.model(x, params, stats, stages)
-    for name in error_model.TENSORS:
+    for name in names:
         out[f"budget_store/{tensor_path(name)}"] = st.budget[name]
     for name in error_store.SPREAD_TENSORS:
         out[f"sigma_store/{tensor_path(name)}"] = st.sigma[name]

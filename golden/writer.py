@@ -181,14 +181,74 @@ def _create(g, name: str, a: np.ndarray) -> None:
     format says so (:func:`~resblock.golden.store.storage_options`). A reader refuses a
     dataset that declares over MAX_COMPRESSION times the bytes it stores (a compression
     bomb), so an array that compresses that well (all zeros: a zero-init residual's
-    stages) is stored uncompressed instead."""
+    stages) is stored uncompressed instead.
+
+    Compressed chunks are made here, on every core (:func:`deflate_chunks`), and handed
+    to HDF5 as they are (``write_direct_chunk``): the bytes HDF5's own shuffle and
+    deflate filters make, read back by any HDF5 reader; deflate of a real-size case's
+    arrays was a quarter of its generation time on one core."""
     from resblock.golden.safety import MAX_COMPRESSION
 
     opts = storage_options(name, a.shape[1:], a.dtype)
-    ds = g.create_dataset(name, data=a, track_times=False, **opts)
-    if opts and a.nbytes > (MAX_COMPRESSION // 2) * max(ds.id.get_storage_size(), 1):
-        del g[name]
+    if not opts:
         g.create_dataset(name, data=a, track_times=False)
+        return
+    chunks = deflate_chunks(a, opts["chunks"], opts["compression_opts"], opts["shuffle"])
+    if a.nbytes > (MAX_COMPRESSION // 2) * max(sum(len(c) for _, c in chunks), 1):
+        g.create_dataset(name, data=a, track_times=False)
+        return
+    ds = g.create_dataset(name, shape=a.shape, dtype=a.dtype, track_times=False, **opts)
+    for offset, data in chunks:
+        ds.id.write_direct_chunk(offset, data)
+
+
+def deflate_chunks(a: np.ndarray, chunk: tuple, level: int, shuffle: bool) -> list:
+    """``[(offset, bytes)]``: every chunk of ``a`` (chunks that tile it exactly) through
+    HDF5's shuffle filter (bytes regrouped by significance) when ``shuffle``, then its
+    deflate filter (a zlib stream at ``level``: :func:`deflater`), compressed in threads
+    (the compressors release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    compress = deflater(level)
+
+    if any(n % c for n, c in zip(a.shape, chunk, strict=True)):
+        raise ValueError(f"chunks {chunk} do not tile shape {a.shape}")
+    size = a.dtype.itemsize
+    offsets = [tuple(i * c for i, c in zip(idx, chunk, strict=True))
+               for idx in np.ndindex(*(n // c for n, c in zip(a.shape, chunk, strict=True)))]
+
+    def one(offset):
+        block = np.ascontiguousarray(a[tuple(slice(o, o + c) for o, c in
+                                             zip(offset, chunk, strict=True))])
+        raw = block.view(np.uint8).reshape(-1, size).T.tobytes() if shuffle and size > 1 \
+            else block.tobytes()
+        return offset, compress(raw)
+
+    workers = min(len(offsets), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                  else (os.cpu_count() or 1))
+    if workers <= 1:
+        return [one(o) for o in offsets]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, offsets))
+
+
+def deflater(level: int):
+    """``bytes -> zlib stream`` at ``level``: ISA-L's (the ``isal`` package, installed
+    with the generator's extra) for levels 0-3, else zlib's. Any inflate reads either
+    (HDF5's deflate filter is zlib's inflate). Measured on a 32x56x56x64 case's seven
+    compressed arrays (206 MB): zlib level 1 5.1 s for 145.1 MB, ISA-L level 1 0.6 s
+    for 144.7 MB (zlib-ng level 1: 2.0 s, 156.9 MB)."""
+    import functools
+    import zlib
+
+    if level <= 3:
+        try:
+            from isal import isal_zlib
+        except ImportError:
+            pass
+        else:
+            return functools.partial(isal_zlib.compress, level=level)
+    return functools.partial(zlib.compress, level=level)
 
 
 def os_reason(e: OSError) -> str:

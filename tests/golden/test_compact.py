@@ -135,3 +135,39 @@ def test_a_forged_compression_bomb_is_still_refused(tmp_path):
     with h5py.File(path, "r") as f, pytest.raises(GoldenFormatError, match="forged"):
         checked_dataset(f, path, path.stat().st_size, "z", (1, 64, 64, 64),
                         h5py.h5t.IEEE_F32LE)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("isal", [True, False])
+def test_chunks_compressed_here_are_hdf5s_own(tmp_path, monkeypatch, shuffle, dtype, isal):
+    """The writer's own chunk compression (threads, ``write_direct_chunk``) stores, with
+    zlib, the bytes HDF5's shuffle and deflate filters store; with ISA-L (when
+    installed) a stream any reader inflates; either reads back the same values."""
+    import sys
+    import zlib
+
+    from resblock.golden import writer
+    from resblock.golden.writer import deflate_chunks
+
+    if isal:
+        pytest.importorskip("isal")
+    else:
+        monkeypatch.setitem(sys.modules, "isal", None)  # import isal fails: zlib
+
+    a = np.random.default_rng(0).standard_normal((1, 3, 5, 6, 4)).astype(dtype)
+    a[0, 1] = np.maximum(a[0, 1], 0)
+    opts = {"chunks": (1, 1, 5, 6, 4), "compression": "gzip", "compression_opts": 1,
+            "shuffle": shuffle}
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        theirs = f.create_dataset("theirs", data=a, **opts)
+        ours = f.create_dataset("ours", shape=a.shape, dtype=a.dtype, **opts)
+        for offset, data in deflate_chunks(a, opts["chunks"], 1, shuffle):
+            ours.id.write_direct_chunk(offset, data)
+        for k in range(3):
+            mine = ours.id.read_direct_chunk((0, k, 0, 0, 0))
+            hdf5 = theirs.id.read_direct_chunk((0, k, 0, 0, 0))
+            assert mine == hdf5 or (isal and zlib.decompress(mine[1]) ==
+                                    zlib.decompress(hdf5[1]))
+        np.testing.assert_array_equal(ours[...], a)
+    assert writer.deflater(1).func.__module__.startswith("isal") == isal
