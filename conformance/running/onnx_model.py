@@ -208,6 +208,7 @@ def read_block(path: str, api: str | None = None, layout: str | None = None) -> 
     if len(outs) != 1:
         raise OnnxModelError(f"{where}: the graph has outputs {outs}; the block has one, y "
                              "(remove the others from the export)")
+    _relax(model, x, outs[0])
     return BlockGraph(path=str(path), model=model, api=api, x=x, y=outs[0], layout=xlayout,
                       folded=folded, training=training, slots=slots,
                       stat_outputs=stat_outputs,
@@ -342,7 +343,6 @@ class OnnxInvoker:
     def __init__(self, block: BlockGraph):
         onnx, _ = _require_onnx()
         self.block, self.api = block, block.api
-        _relax(block.model, block.x, block.y)
         outputs = {o.name for o in block.model.graph.output}
         for name in block.stat_outputs.values():  # the updated statistics, made outputs
             if name not in outputs:

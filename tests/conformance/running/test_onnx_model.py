@@ -8,12 +8,16 @@ with transposes, and the wrong exports the kit must reject and name.
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 for _m in ("torch", "onnx", "onnxruntime"):
+    if importlib.util.find_spec(_m) is None and os.environ.get("RESBLOCK_REQUIRE_DEPLOY"):
+        raise ImportError(f"{_m} is not installed and RESBLOCK_REQUIRE_DEPLOY is set (.ci/run)"
+                          ": pip install -c constraints.txt -e '.[deploy]'")
     pytest.importorskip(_m, reason=f"{_m} is not installed (pip install '.[deploy]')")
 
 import onnx  # noqa: E402
