@@ -17,6 +17,12 @@ from resblock.options import PROFILE
               help="package.module:function or path/to/file.py:function")
 @click.option("--exec", "exec_", metavar="'PROGRAM ARGS {input} {output}'",
               help="Run a program per shape group (protocol: spec/PROGRAM_PROTOCOL.md).")
+@click.option("--onnx", "onnx_file", metavar="MODEL.onnx", type=click.Path(dir_okay=False),
+              help="Run an exported model file in ONNX Runtime (CPU), one session per case "
+                   "with the case's parameters in place of the file's weights (spec "
+                   "section 12.7); --api inference (an eval export) or functional (a "
+                   "training-mode export), by default the file's mode; the layout is read "
+                   "from the graph.")
 @click.option("--api", type=click.Choice(["functional", "seeded", "backward", "inference"]),
               default="functional", show_default=True,
               help="functional: forward(x, params, batch_stats), the training-mode block; "
@@ -25,8 +31,9 @@ from resblock.options import PROFILE
                    "section 10); inference: infer(x, params, batch_stats) -> y, BatchNorm "
                    "with the given running statistics (model.eval(), deployment engines; "
                    "spec section 12).")
-@click.option("--layout", type=click.Choice(["nhwc", "nchw"]), default="nhwc",
-              show_default=True, help="The implementation's layout; the kit converts.")
+@click.option("--layout", type=click.Choice(["nhwc", "nchw"]), default=None,
+              help="The implementation's layout; the kit converts.  [default: nhwc; "
+                   "with --onnx, the graph's]")
 @click.option("--goldens", "goldens", multiple=True, type=click.Path(dir_okay=False),
               help="Golden files (default: the committed set). Repeatable.")
 @click.option("-k", "keyword", metavar="EXPR", help="Select cases: words with and/or/not.")
@@ -55,17 +62,24 @@ from resblock.options import PROFILE
               help="With --secret: the generator preset whose shapes the secret grid "
                    "mirrors (seeded rows become functional).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress line.")
-def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_report, junit, html,
-          timeout, in_process, no_diagnose, secret, secret_seed, secret_preset, quiet):
+def check(impl, exec_, onnx_file, api, layout, goldens, keyword, xfail, profile, json_report,
+          junit, html, timeout, in_process, no_diagnose, secret, secret_seed, secret_preset, quiet):
     """Check an implementation against the float64 oracle of every golden case."""
     from resblock.conformance.judging.runner import CheckConfig, run_check
     from resblock.conformance.reporting import report
     from resblock.conformance.running import invoke
     from resblock.errors import HarnessError
 
-    if bool(impl) == bool(exec_):
-        raise click.UsageError("give exactly one of --impl TARGET or --exec 'PROGRAM ...'")
-    if exec_ and (api == "seeded" or layout != "nhwc"):
+    if sum(map(bool, (impl, exec_, onnx_file))) != 1:
+        raise click.UsageError("give exactly one of --impl TARGET, --exec 'PROGRAM ...' or "
+                               "--onnx MODEL.onnx")
+    if onnx_file and (api not in ("inference", "functional") or secret or in_process
+                      or timeout is not None):
+        raise click.UsageError("--onnx runs an exported file in ONNX Runtime with --api "
+                               "inference (an eval export) or --api functional (a "
+                               "training-mode export); drop --api seeded/backward, --secret, "
+                               "--in-process and --timeout")
+    if exec_ and (api == "seeded" or layout not in (None, "nhwc")):
         raise click.UsageError("--exec programs use the NHWC protocol (functional, "
                                "--api backward or --api inference); drop --api "
                                "seeded/--layout")
@@ -89,7 +103,21 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
                                "exist")
     if html:
         html = _html_path(html)
-    config = CheckConfig(target=impl or exec_, api=api, layout=layout, profile=profile,
+    block = None
+    if onnx_file:
+        from resblock.conformance.running.onnx_model import read_block
+
+        given = click.get_current_context().get_parameter_source("api")
+        block = read_block(onnx_file, None if given == click.core.ParameterSource.DEFAULT
+                           else api, layout)
+        api, layout = block.api, block.layout
+        click.echo(f"{onnx_file}: x {block.x!r} ({layout.upper()}), y {block.y!r}, "
+                   f"{block.form}" + ("; the kit folds each case's parameters (the file's "
+                                      "own fold is not checked: SPEC 12.7)"
+                                      if block.folded else ""))
+    layout = layout or "nhwc"
+    config = CheckConfig(target=impl or exec_ or onnx_file, api=api, layout=layout,
+                         profile=profile, onnx=bool(onnx_file),
                          keyword=keyword, xfail=xfail, timeout=timeout,
                          diagnose=not no_diagnose, program=bool(exec_),
                          details=MAX_DETAILED if html or json_report else 0)
@@ -102,7 +130,11 @@ def check(impl, exec_, api, layout, goldens, keyword, xfail, profile, json_repor
         from resblock.golden.cli import default_goldens
 
         goldens = default_goldens()
-    if exec_:
+    if block is not None:
+        from resblock.conformance.running.onnx_model import OnnxInvoker
+
+        invoker = OnnxInvoker(block)
+    elif exec_:
         invoker = invoke.Program(exec_, timeout, api)
     elif in_process:
         from resblock.conformance.running.targets import check_arity, load_target

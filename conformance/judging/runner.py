@@ -37,6 +37,7 @@ class CheckConfig:
     max_diagnosed: int = 24
     details: int = 0  # worst failing cases that get error maps (conformance/judging/details.py)
     program: bool = False  # target is an --exec template, not an --impl
+    onnx: bool = False  # target is an ONNX model file (--onnx)
 
     def __post_init__(self):
         if self.api not in APIS:
@@ -123,7 +124,7 @@ def _layout_hint(error: str, config: CheckConfig) -> str:
                    or "size of tensor" in text or "must match the size" in text
                    or "shapes cannot be multiplied" in text)
     if config.api in ("functional", "backward", "inference") and config.layout == "nhwc" and \
-            not config.program and shape_error:
+            not config.program and not config.onnx and shape_error:
         return ("\n    (the kit called it with NHWC x and HWIO kernels; if it takes NCHW and "
                 "OIHW, as PyTorch does, pass --layout nchw)")
     return ""

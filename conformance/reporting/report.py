@@ -24,9 +24,12 @@ def repro_line(run, case_id: str) -> str:
 
     c = run.config
     parts = ["resblock", "check"]
-    parts += ["--exec", c.target] if c.program else ["--impl", c.target]
-    if not c.program:
-        parts += ["--api", c.api, "--layout", c.layout]
+    if c.onnx:
+        parts += ["--onnx", c.target, "--api", c.api]
+    else:
+        parts += ["--exec", c.target] if c.program else ["--impl", c.target]
+        if not c.program:
+            parts += ["--api", c.api, "--layout", c.layout]
     parts += ["--profile", c.profile]
     from resblock.golden.cli import default_goldens
 

@@ -9,7 +9,9 @@ low-amplitude and an offset case: cheap, and the cases where library defaults bi
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,15 +40,34 @@ RECIPES = {
 }
 
 
+# Deployment recipes: inference ports (--api inference --layout nchw, infer) of a PyTorch
+# eval export run by an engine. recipe -> (modules, the pip package, the -k slice).
+# IREE compiles each case (~2 s): 3 cases.
+IREE_KEYWORD = ("stress-normal-n1-1x1-f8-s0 or functional-normal-n2-4x4-f4-s0 "
+                "or stress-offset-n2-6x6-f4-s0")
+DEPLOY_RECIPES = {
+    "recipe_openvino": (("torch", "onnx", "openvino"), "openvino", KEYWORD),
+    "recipe_iree": (("torch", "onnx", "iree.compiler", "iree.runtime"),
+                    "iree-base-compiler iree-base-runtime", IREE_KEYWORD),
+}
+DEPLOY_MODULES = {"onnx", "onnxruntime", "openvino", "iree"}
+
+
 def _require(modules, package):
     for m in modules:
         if importlib.util.find_spec(m.split(".")[0]) is None:
+            if os.environ.get("RESBLOCK_REQUIRE_DEPLOY") and m.split(".")[0] in \
+                    DEPLOY_MODULES:  # set by .ci/run: the deployment recipes must run
+                pytest.fail(f"{m} is not installed and RESBLOCK_REQUIRE_DEPLOY is set: "
+                            f"pip install -c constraints.txt -e '.[deploy]'")
             pytest.skip(f"{m} is not installed (pip install {package}, or the [recipes] extra)")
         if "." in m:
             pytest.importorskip(m, reason=f"{m} is not available (pip install {package})")
 
 
 def _load(name):
+    if str(RECIPES_DIR) not in sys.path:  # torch_eval_export.py, shared by two recipes
+        sys.path.append(str(RECIPES_DIR))
     spec = importlib.util.spec_from_file_location(f"resblock_recipe_{name}",
                                                   RECIPES_DIR / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -55,7 +76,8 @@ def _load(name):
 
 
 def test_every_recipe_is_listed():
-    assert {p.stem for p in RECIPES_DIR.glob("recipe_*.py")} == set(RECIPES)
+    assert {p.stem for p in RECIPES_DIR.glob("recipe_*.py")} == \
+        set(RECIPES) | set(DEPLOY_RECIPES)
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -70,10 +92,28 @@ def test_recipe_conforms_on_committed_goldens(name):
     assert not bad, bad
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES))
+@pytest.mark.parametrize("name", sorted(DEPLOY_RECIPES))
+def test_deployment_recipe_conforms_on_committed_inference_cases(name):
+    modules, package, keyword = DEPLOY_RECIPES[name]
+    _require(modules, package)
+    fn = _load(name).infer
+    cfg = CheckConfig(target=f"examples/recipes/{name}.py:infer", api="inference",
+                      layout="nchw", keyword=keyword)
+    run = run_check(cfg, InProcess(fn, cfg.api, cfg.layout), committed_paths())
+    assert len(run.results) >= 3
+    bad = [(r.id, r.status, r.message) for r in run.results if r.status != "pass"]
+    assert not bad, bad
+    assert max(r.worst_score for r in run.results) < 0.5
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES) + sorted(DEPLOY_RECIPES))
 def test_recipe_documents_its_command_and_does_not_shadow_its_library(name):
     doc = (RECIPES_DIR / f"{name}.py").read_text("utf-8")
-    assert f"resblock check --impl examples/recipes/{name}.py:forward" in doc
+    command = (f"resblock check --api inference --layout nchw --impl examples/recipes/"
+               f"{name}.py:infer" if name in DEPLOY_RECIPES else
+               f"resblock check --impl examples/recipes/{name}.py:forward")
+    assert command in doc
+    assert "What had to change from the defaults" in doc or name in RECIPES
     imported = set(re.findall(r"^(?:import|from) (\w+)", doc, flags=re.M))
     assert name not in imported  # a file named like a package shadows it (keras.py)
 
@@ -131,3 +171,40 @@ def test_torch_conversion_applied_to_onnxruntime_running_var_is_named():
         return y, stats
 
     assert _named(converted_twice, STATS_SLICE)[0] == "biased_running_var_converted"
+
+
+def test_openvino_default_precision_is_rejected_on_a_bfloat16_cpu():
+    _require(("torch", "onnx", "openvino"), "openvino")
+    import openvino as ov
+
+    if ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT") == ov.Type.f32:
+        pytest.skip("this CPU runs OpenVINO in float32 by default (no bfloat16 support)")
+    module = _load("recipe_openvino")
+    module.CONFIG = {}  # OpenVINO's default: bfloat16 on this CPU
+    cfg = CheckConfig(target="t", api="inference", layout="nchw", keyword=KEYWORD)
+    run = run_check(cfg, InProcess(module.infer, cfg.api, cfg.layout), committed_paths())
+    assert not run.conforms and run.count("fail") >= 4
+
+
+def test_openvino_reads_an_exported_file_with_the_kits_weights(tmp_path):
+    _require(("torch", "onnx", "openvino"), "openvino")
+    module = _load("recipe_openvino")
+    path = tmp_path / "block.onnx"
+    path.write_bytes(module.export_eval(*_fresh_case(4), 4))
+    cfg = CheckConfig(target="t", api="inference", layout="nchw", keyword=KEYWORD)
+    fn = module.infer_file(str(path))
+    run = run_check(cfg, InProcess(fn, cfg.api, cfg.layout), committed_paths())
+    assert {r.status for r in run.results} == {"pass"} and len(run.results) >= 4
+
+
+def _fresh_case(f):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    params = {f"Conv_{i}": {"kernel": rng.normal(size=(f, f, 3, 3)).astype(np.float32),
+                            "bias": rng.normal(size=f).astype(np.float32)} for i in (0, 1)}
+    params |= {f"BatchNorm_{i}": {"scale": np.ones(f, np.float32),
+                                  "bias": np.zeros(f, np.float32)} for i in (0, 1)}
+    stats = {f"BatchNorm_{i}": {"mean": np.zeros(f, np.float32),
+                                "var": np.ones(f, np.float32)} for i in (0, 1)}
+    return params, stats

@@ -209,7 +209,7 @@ def test_cli_never_exits_0_when_nothing_is_checked(args):
 def test_cli_exit_2_unless_exactly_one_of_impl_and_exec(args):
     r = invoke(*args)
     assert r.exit_code == 2
-    assert "give exactly one of --impl TARGET or --exec" in r.output
+    assert "give exactly one of --impl TARGET, --exec" in r.output
 
 
 @pytest.mark.parametrize("args, fragment", [
