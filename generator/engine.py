@@ -245,7 +245,7 @@ def inference_arrays(x, params, running_stats, y=None) -> dict:
     """The inference datasets of one case (format 6, spec section 12): the running
     statistics, the reference's ``inference/y`` (``y``; None: the oracle's arrays only, as
     ``resblock verify`` recomputes them), the float64 oracle, its budgets and spreads."""
-    from resblock.spec import inference
+    from resblock.spec import inference, inference_store
 
     ref = inference.forward(x, params, running_stats)
     b = inference.budgets(x, params, running_stats, ref.stages)
@@ -258,6 +258,9 @@ def inference_arrays(x, params, running_stats, y=None) -> dict:
     out["budget_conv/inference/y"] = b.conv["output"]
     out["sigma/inference/y"] = sig["output"]
     out["sigma_conv/inference/y"] = sig_conv["output"]
+    st = inference_store.model(x, params, running_stats, ref.stages)
+    out["budget_store/inference/y"] = st.budget
+    out["sigma_store/inference/y"] = st.sigma
     return out
 
 

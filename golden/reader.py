@@ -150,7 +150,13 @@ class GoldenFile:
         when a part is first read (:meth:`part`), before a byte of it is read."""
         import h5py
 
-        from resblock.golden.store import STAGES_MARKER, STORE_MARKER, group_arrays, group_parts
+        from resblock.golden.store import (
+            INFERENCE_STORE_MARKER,
+            STAGES_MARKER,
+            STORE_MARKER,
+            group_arrays,
+            group_parts,
+        )
 
         self._names = {}  # group -> its array names (CASE_ARRAYS, and GRAD_ARRAYS if any)
         self._cache: dict[tuple, tuple] = {}  # (group, part) -> (arrays, hash problems)
@@ -180,6 +186,10 @@ class GoldenFile:
             # before, every group must have it.
             if not self.stages_optional or f"{path}/oracle/stages".encode() in self._links:
                 have += (STAGES_MARKER,)
+            # The inference block's storage term is optional within format 6.0.0 (a file
+            # written before it recomputes it: GoldenCase.inference_store_data).
+            if f"{path}/{INFERENCE_STORE_MARKER}".encode() in self._links:
+                have += (INFERENCE_STORE_MARKER,)
             names = group_arrays(have)
             missing = next((n for n in names if f"{path}/{n}".encode() not in self._links),
                            None)

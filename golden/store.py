@@ -76,14 +76,20 @@ GRAD_ARRAYS = GRAD_ARRAYS + GRAD_SPREAD_ARRAYS
 # ``inference/batch_stats/<BatchNorm_i>/{mean,var}`` are the running statistics the case
 # normalises with (derived from the case key, spec 12.2), ``inference/y`` the reference's
 # output (Flax, ``use_running_average=True``), ``oracle/inference/y`` the float64 oracle,
-# ``budget[_conv]/inference/y`` and ``sigma[_conv]/inference/y`` its budgets and spreads.
-# A group has all of them or none.
+# ``budget[_conv|_store]/inference/y`` and ``sigma[_conv|_store]/inference/y`` its budgets
+# and spreads. A group has all of them or none, but for the storage term (spec 12.4):
+# a 6.0.0 file written before it has none of it, and a reader recomputes it from the
+# inputs (GoldenCase.inference_store_data), as for the training storage arrays.
 INFERENCE_STATS = tuple(f"inference/batch_stats/{s}" for s in STAT_NAMES)
+INFERENCE_STORE_ARRAYS = ("budget_store/inference/y", "sigma_store/inference/y")
+INFERENCE_STORE_MARKER = INFERENCE_STORE_ARRAYS[0]
 INFERENCE_ARRAYS = (("inference/y",) + INFERENCE_STATS
                     + tuple(f"{kind}/inference/y" for kind in ("oracle", "budget",
                                                                  "budget_conv", "sigma",
-                                                                 "sigma_conv")))
+                                                                 "sigma_conv"))
+                    + INFERENCE_STORE_ARRAYS)
 INFERENCE_MARKER = INFERENCE_ARRAYS[0]  # "inference/y"
+_INFERENCE_STORE_SET = frozenset(INFERENCE_STORE_ARRAYS)
 # Format 3 files have no spreads: read as before, without the aggregate test.
 _SPREADS = frozenset(SPREAD_ARRAYS + GRAD_SPREAD_ARRAYS)
 # Format 6 added the storage budgets and spreads (the fp16 and bf16 profiles); a reader
@@ -97,6 +103,11 @@ STORE_MARKER = "budget_store/y"
 def has_store(names) -> bool:
     """Whether a group (or a set of arrays) carries the storage budgets (format 6)."""
     return STORE_MARKER in names
+
+
+def has_inference_store(names) -> bool:
+    """Whether a group (or a set of arrays) carries the inference block's storage term."""
+    return INFERENCE_STORE_MARKER in names
 
 
 # The parts of a case, each sealed by its own digest (format 3): a reader reads and
@@ -123,8 +134,10 @@ def part_arrays(names) -> dict[str, tuple[str, ...]]:
     """The parts of a group and their array names, given its names (:func:`group_parts`;
     without spreads for a format-3 group)."""
     keep, store = has_spreads(names), has_store(names)
+    inf_store = has_inference_store(names)
     return {p: tuple(n for n in PARTS[p] if (keep or n not in _SPREADS)
-                     and (store or n not in _STORE_SET))
+                     and (store or n not in _STORE_SET)
+                     and (inf_store or n not in _INFERENCE_STORE_SET))
             for p in group_parts(names)}
 
 
@@ -161,10 +174,12 @@ def group_arrays(names) -> tuple[str, ...]:
     ``names``, what a group or a set of arrays has, includes ``oracle/stages/conv1``),
     and GRAD_ARRAYS when it includes ``grad/y_bar``; the spreads only when it includes
     ``sigma/y`` (format 4); the storage budgets and spreads only when it includes
-    ``budget_store/y`` (format 6); INFERENCE_ARRAYS when it includes ``inference/y``."""
+    ``budget_store/y`` (format 6); INFERENCE_ARRAYS when it includes ``inference/y``
+    (their storage term only when it includes ``budget_store/inference/y``)."""
     out = CASE_ARRAYS + GRAD_ARRAYS if "grad/y_bar" in names else CASE_ARRAYS
     if has_inference(names):
-        out = out + INFERENCE_ARRAYS
+        out = out + tuple(n for n in INFERENCE_ARRAYS if has_inference_store(names)
+                          or n not in _INFERENCE_STORE_SET)
     if not has_stages(names):
         out = tuple(n for n in out if n not in _STAGE_SET)
     if not has_store(names):
@@ -312,24 +327,17 @@ def content_sha256(case_entries) -> str:
     return h.hexdigest()
 
 
-# The parts whose error model has no storage term yet: (what, its section, its tensors).
-_NO_STORE = {"backward": ("the backward's", "10.4", "gradient"),
-             "inference": ("the inference block's", "12.4", "inference output")}
-
-
-def no_store_backward(prof, part: str = "backward") -> None:
-    """The backward and the inference block have no storage budgets yet: a profile that
-    stores values in a low type (fp16, bf16) raises :class:`ProfileError` for ``part``
-    ("backward" or "inference"), saying what to use."""
+def no_store_backward(prof) -> None:
+    """The backward has no storage budgets yet: a profile that stores values in a low
+    type (fp16, bf16) raises :class:`ProfileError`, saying what to use."""
     if prof.u_store:
         from resblock.spec.tolerance import ProfileError
 
-        whose, section, tensors = _NO_STORE[part]
         raise ProfileError(
-            f"profile {prof.name!r} admits values stored in a low type, but {whose} "
-            f"error model has no storage term yet (spec section {section}), so no "
-            f"{tensors} bound exists under it; check the {part} under fp32, tf32-conv or "
-            f"bf16-conv, and the training forward under {prof.name}")
+            f"profile {prof.name!r} admits values stored in a low type, but the backward's "
+            "error model has no storage term yet (spec section 10.4), so no gradient bound "
+            "exists under it; check the backward under fp32, tf32-conv or bf16-conv, and "
+            f"the training forward or the inference block under {prof.name}")
 
 
 def checked_oracle(x, params, batch_stats, oracle_y=None):
@@ -384,6 +392,17 @@ def store_arrays(x, params, batch_stats, oracle_y=None) -> dict[str, np.ndarray]
     for name, a in st.sigma.items():
         out[f"sigma_store/{tensor_path(name)}"] = a
     return {n: out[n] for n in STORE_ARRAYS}
+
+
+def inference_store_arrays(x, params, running_stats) -> dict[str, np.ndarray]:
+    """The inference block's storage budget and spread (INFERENCE_STORE_ARRAYS),
+    recomputed from a case's inputs and running statistics as the generator computes
+    them: what a 6.0.0 file written before the inference storage term lacks."""
+    from resblock.spec import inference, inference_store
+
+    ref = inference.forward(x, params, running_stats)
+    st = inference_store.model(x, params, running_stats, ref.stages)
+    return {"budget_store/inference/y": st.budget, "sigma_store/inference/y": st.sigma}
 
 
 @dataclass(frozen=True)
@@ -535,24 +554,41 @@ class GoldenCase:
         """The float64 oracle of the inference block's output."""
         return self.arrays[f"oracle/{inference_path('output')}"]
 
+    @property
+    def has_inference_store(self) -> bool:
+        """Whether the file stores the inference block's storage term (spec 12.4)."""
+        return has_inference_store(self.arrays)
+
+    def inference_store_data(self) -> Mapping:
+        """The inference storage budget and spread (INFERENCE_STORE_ARRAYS names): stored,
+        or recomputed from the inputs once (:func:`inference_store_arrays`)."""
+        if self.has_inference_store:
+            return self.arrays
+        if "inference_store" not in self.derived:
+            self.derived["inference_store"] = inference_store_arrays(
+                self.x, self.params, self.running_stats)
+        return self.derived["inference_store"]
+
     def inference_bound(self, prof) -> np.ndarray:
         """Per-element bound of the inference output under a tolerance profile."""
         from resblock.spec.error_model import bound_from
 
-        no_store_backward(prof, "inference")
         t = inference_path("output")
+        store = (self.inference_store_data()[f"budget_store/{t}"] if prof.u_store
+                 else None)
         return bound_from(self.arrays[f"budget/{t}"], self.arrays[f"budget_conv/{t}"],
-                          prof.u_conv)
+                          prof.u_conv, store, prof.u_store)
 
     def inference_aggregate_score(self, got, prof) -> float:
         """The aggregate test's score of the inference output (spec 12.4, as 8.5)."""
         from resblock.spec.tolerance import aggregate_score
 
-        no_store_backward(prof, "inference")
         t = inference_path("output")
+        store = (self.inference_store_data()[f"sigma_store/{t}"] if prof.u_store
+                 else None)
         return aggregate_score(got, self.arrays[f"oracle/{t}"], self.arrays[f"sigma/{t}"],
                                self.arrays[f"sigma_conv/{t}"], prof.u_conv,
-                               self.case.features)
+                               self.case.features, store, prof.u_store)
 
     @property
     def x(self):

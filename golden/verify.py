@@ -238,6 +238,8 @@ def inference_problem(gc, prof) -> str | None:
     for name, a in fresh.items():
         if name.startswith("inference/batch_stats/"):
             continue  # the inputs themselves (re-derived by input_problems)
+        if name not in gc.arrays:  # a 6.0.0 file without the storage term: recomputed
+            continue
         stored = np.asarray(gc.arrays[name], np.float64)
         a = np.asarray(a, np.float64)
         if name.startswith("oracle/"):

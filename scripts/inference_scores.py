@@ -2,7 +2,7 @@
 inference block, the stored Flax reference, a PyTorch ``eval()`` block, and every
 inference pitfall's float32 twin, judged on the inference cases of a golden set.
 
-    python scripts/inference_scores.py [GOLDEN.h5]     # default: the committed set
+    python scripts/inference_scores.py [GOLDEN.h5 [PROFILE]]  # default: committed, fp32
 
 Per row: the worst per-element score, the worst aggregate score (spec 8.5), the cases
 rejected and, for a pitfall, the cases whose diagnosis names it.
@@ -19,6 +19,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _nchw(fn):
+    """An NCHW/OIHW ``infer`` called with NHWC/HWIO arrays."""
+    def nhwc(x, params, stats):
+        p = {k: dict(v) for k, v in params.items()}
+        for conv in ("Conv_0", "Conv_1"):
+            p[conv]["kernel"] = np.transpose(p[conv]["kernel"], (3, 2, 0, 1))
+        return np.transpose(fn(np.transpose(x, (0, 3, 1, 2)), p, stats), (0, 2, 3, 1))
+    return nhwc
+
+
 def rows():
     from resblock.conformance.mistakes.variants_inference import (
         FORMS,
@@ -32,14 +42,14 @@ def rows():
         sys.path.insert(0, str(ROOT / "examples"))
         from torch_eval_nchw import infer as torch_infer
 
-        def torch_nhwc(x, params, stats):
-            p = {k: dict(v) for k, v in params.items()}
-            for conv in ("Conv_0", "Conv_1"):
-                p[conv]["kernel"] = np.transpose(p[conv]["kernel"], (3, 2, 0, 1))
-            return np.transpose(torch_infer(np.transpose(x, (0, 3, 1, 2)), p, stats),
-                                (0, 2, 3, 1))
+        torch_nhwc = _nchw(torch_infer)
 
         out.append(("pytorch eval() (examples/torch_eval_nchw.py)", torch_nhwc, None))
+        import torch_half_eval_nchw as half
+
+        for name in ("infer_fp16", "infer_fp16_fused", "infer_bf16"):
+            out.append((f"pytorch torch_half_eval_nchw.py:{name}",
+                        _nchw(getattr(half, name)), None))
     except ImportError:
         pass
     out += [(p.name, make_infer(mistake=p.name), p.name) for p in INFERENCE_PITFALLS]
@@ -52,10 +62,10 @@ def main(argv) -> int:
     from resblock.spec import tolerance
 
     path = argv[0] if argv else ROOT / "golden" / "default.h5"
-    prof = tolerance.profile("fp32")
+    prof = tolerance.profile(argv[1] if len(argv) > 1 else "fp32")
     with GoldenFile(path) as gf:
         cases = [gc.detached() for gc in gf.iter_cases()]
-    print(f"{path}: {len(cases)} inference cases, profile fp32")
+    print(f"{path}: {len(cases)} inference cases, profile {prof.name}")
     print(f"{'implementation':48s} {'element':>10s} {'aggregate':>10s} {'rejected':>9s} "
           f"{'named':>6s} {'s/case':>7s}")
     for label, fn, pitfall in rows():

@@ -81,17 +81,29 @@ class StoreModel:
     sigma: dict
 
 
-def _own(a):
+def own(a):
+    """A stored value's own rounding per unit ``u_s``: ``|a| + tiny``."""
     return np.abs(a) + TINY
 
 
-def _conv(a_t, kernel, bias, c):
+def conv_store(a_t, kernel, bias, c):
     """``t`` of a convolution's output: the input's propagated storage errors through
-    ``|k|`` (``a_t`` None: none), the bias and the output stored."""
-    t = np.asarray(_own(c), np.float64) + np.abs(bias)
+    ``|k|`` (``a_t`` None: none), the bias and the output stored (both modes)."""
+    t = np.asarray(own(c), np.float64) + np.abs(bias)
     if a_t is not None:
         t = t + abs_conv(a_t, np.abs(kernel))
     return t
+
+
+def conv_spread(v_a, k2_a, kernel, bias, c):
+    """``(v, k)`` of a convolution's output (both modes): the element-wise variance (the
+    input's ``v_a`` through ``k^2``, the output stored) and the channel-coherent standard
+    deviation (the input's coherent variances ``k2_a`` bounded by Cauchy-Schwarz over the
+    nine taps, ``sqrt(9 (k^2 * k2_a))``, and the bias stored, ``|b|``)."""
+    w2 = np.square(np.asarray(kernel, np.float64))
+    v = abs_conv(v_a, w2).astype(np.float64) + np.square(own(c))
+    k = np.sqrt(9.0 * abs_conv(k2_a, w2).astype(np.float64)) + np.abs(bias)
+    return v, k
 
 
 def _bn_stats(c, scale):
@@ -106,27 +118,27 @@ def _bn_stats(c, scale):
 
 def _running(t_batch, batch, old, new):
     m = MOMENTUM
-    return ((1.0 - m) * t_batch + 2.0 * _own(old)
-            + 3.0 * (1.0 - m) * (_own(batch) + _own(old)) + _own(new))
+    return ((1.0 - m) * t_batch + 2.0 * own(old)
+            + 3.0 * (1.0 - m) * (own(batch) + own(old)) + own(new))
 
 
 def _batch_norm(c, t_c, scale, beta, z, mean_in, var_in):
     """``(t_z without the output's own rounding, own rounding, t_mean, t_var)``."""
     n, mean, dev, var, sig2, inv = _bn_stats(c, scale)
     zg = dev * inv
-    t_mean = t_c.mean(axis=_AXES) + _own(mean)
-    t_var = 2.0 * (dev * t_c).mean(axis=_AXES) + _own(var)
+    t_mean = t_c.mean(axis=_AXES) + own(mean)
+    t_var = 2.0 * (dev * t_c).mean(axis=_AXES) + own(var)
     prop = inv * (t_c * (1.0 - 2.0 / n) + t_mean) + zg * (t_var / (2.0 * sig2))
     # inv, scale and the centred value stored (3 zg, with tiny for each), the folded
     # form's scaled kernel and shift, beta stored.
     local = (3.0 * zg + 2.0 * TINY * inv + np.abs(c) * inv + np.abs(mean) * inv
-             + _own(mean * inv) + _own(beta) + np.abs(beta))
+             + own(mean * inv) + own(beta) + np.abs(beta))
     m = MOMENTUM
     new_mean = m * mean_in + (1.0 - m) * mean
     new_var = m * var_in + (1.0 - m) * var
     r_mean = _running(t_mean, mean, mean_in, new_mean)
-    r_var = _running(t_var + _own(var), var, var_in, new_var)
-    return prop + local, _own(z), r_mean, r_var
+    r_var = _running(t_var + own(var), var, var_in, new_var)
+    return prop + local, own(z), r_mean, r_var
 
 
 def raw_budgets(x, params, batch_stats, stages: dict) -> dict:
@@ -135,18 +147,18 @@ def raw_budgets(x, params, batch_stats, stages: dict) -> dict:
     p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
     st = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in batch_stats.items()}
     t = {}
-    t["conv1"] = _conv(None, p["Conv_0"]["kernel"], p["Conv_0"]["bias"], stages["conv1"])
+    t["conv1"] = conv_store(None, p["Conv_0"]["kernel"], p["Conv_0"]["bias"], stages["conv1"])
     prop1, own1, t["BatchNorm_0/mean"], t["BatchNorm_0/var"] = _batch_norm(
         stages["conv1"], t["conv1"], p["BatchNorm_0"]["scale"], p["BatchNorm_0"]["bias"],
         stages["bn1"], st["BatchNorm_0"]["mean"], st["BatchNorm_0"]["var"])
     t["bn1"] = prop1 + own1
     t["relu1"] = t["bn1"]
-    t["conv2"] = _conv(prop1, p["Conv_1"]["kernel"], p["Conv_1"]["bias"], stages["conv2"])
+    t["conv2"] = conv_store(prop1, p["Conv_1"]["kernel"], p["Conv_1"]["bias"], stages["conv2"])
     prop2, own2, t["BatchNorm_1/mean"], t["BatchNorm_1/var"] = _batch_norm(
         stages["conv2"], t["conv2"], p["BatchNorm_1"]["scale"], p["BatchNorm_1"]["bias"],
         stages["bn2"], st["BatchNorm_1"]["mean"], st["BatchNorm_1"]["var"])
     t["bn2"] = prop2 + own2
-    t["sum"] = t["bn2"] + np.abs(f64(x)) + _own(stages["sum"])
+    t["sum"] = t["bn2"] + np.abs(f64(x)) + own(stages["sum"])
     t["output"] = t["sum"]
     return t
 
@@ -158,25 +170,25 @@ def _spread_bn(c, v_c, k_c, scale, beta, z, mean_in, var_in):
     size is ``zg``), and the running statistics' standard deviations (per unit ``u_s``)."""
     n, mean, dev, var, sig2, inv = _bn_stats(c, scale)
     zg = dev * inv
-    d_mean = np.hypot(np.sqrt(v_c.mean(axis=_AXES) / n) + k_c.mean(axis=_AXES), _own(mean))
+    d_mean = np.hypot(np.sqrt(v_c.mean(axis=_AXES) / n) + k_c.mean(axis=_AXES), own(mean))
     d_var = np.hypot(2.0 * np.sqrt((dev * dev * v_c).mean(axis=_AXES) / n)
-                     + 2.0 * (dev * k_c).mean(axis=_AXES), _own(var))
+                     + 2.0 * (dev * k_c).mean(axis=_AXES), own(var))
     # Coherent channel errors of c that vary by position (BatchNorm_0's, after conv2) do
     # not cancel in c - mean: they stay in the element's variance.
-    v_z = (inv * inv * (v_c + k_c * k_c) + np.square(_own(z)) + np.square(c * inv)
+    v_z = (inv * inv * (v_c + k_c * k_c) + np.square(own(z)) + np.square(c * inv)
            + np.square(zg))
-    k_mean = np.sqrt(np.square(inv * d_mean) + np.square(_own(mean * inv))
-                     + 2.0 * np.square(_own(beta)))
+    k_mean = np.sqrt(np.square(inv * d_mean) + np.square(own(mean * inv))
+                     + 2.0 * np.square(own(beta)))
     k_rel = np.sqrt(np.square(d_var / (2.0 * sig2)) + 2.0) + TINY / np.maximum(inv, TINY)
     m = MOMENTUM
     new_mean = m * mean_in + (1.0 - m) * mean
     new_var = m * var_in + (1.0 - m) * var
-    s_mean = np.sqrt(((1.0 - m) * d_mean) ** 2 + 2.0 * _own(mean_in) ** 2
-                     + 3.0 * ((1.0 - m) * (_own(mean) + _own(mean_in))) ** 2
-                     + _own(new_mean) ** 2)
-    s_var = np.sqrt(((1.0 - m) * np.hypot(d_var, _own(var))) ** 2 + 2.0 * _own(var_in) ** 2
-                    + 3.0 * ((1.0 - m) * (_own(var) + _own(var_in))) ** 2
-                    + _own(new_var) ** 2)
+    s_mean = np.sqrt(((1.0 - m) * d_mean) ** 2 + 2.0 * own(mean_in) ** 2
+                     + 3.0 * ((1.0 - m) * (own(mean) + own(mean_in))) ** 2
+                     + own(new_mean) ** 2)
+    s_var = np.sqrt(((1.0 - m) * np.hypot(d_var, own(var))) ** 2 + 2.0 * own(var_in) ** 2
+                    + 3.0 * ((1.0 - m) * (own(var) + own(var_in))) ** 2
+                    + own(new_var) ** 2)
     return v_z, k_mean, k_rel, zg, s_mean, s_var
 
 
@@ -187,7 +199,7 @@ def raw_spread(x, params, batch_stats, stages: dict) -> dict:
     st = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in batch_stats.items()}
     out = {}
     c1 = stages["conv1"]
-    v1 = np.square(_own(c1))
+    v1 = np.square(own(c1))
     v_z, k_mean, k_rel, zg, out["BatchNorm_0/mean"], out["BatchNorm_0/var"] = _spread_bn(
         c1, v1, np.zeros_like(c1), p["BatchNorm_0"]["scale"], p["BatchNorm_0"]["bias"],
         stages["bn1"], st["BatchNorm_0"]["mean"], st["BatchNorm_0"]["var"])
@@ -197,22 +209,20 @@ def raw_spread(x, params, batch_stats, stages: dict) -> dict:
                                        (1.0 - MOMENTUM) * np.abs(p["Conv_0"]["bias"]))
     open_ = stages["relu1"] > 0
     # bn1's own rounding is conv2's input rounding (budget_conv's term), not counted here
-    v_r = np.where(open_, v_z - np.square(_own(stages["bn1"])), 0.0)
+    v_r = np.where(open_, v_z - np.square(own(stages["bn1"])), 0.0)
     k_r2 = np.where(open_, np.square(k_mean) + np.square(k_rel * zg), 0.0)
-    w2 = np.square(p["Conv_1"]["kernel"])
     c2 = stages["conv2"]
-    v2 = abs_conv(v_r, w2).astype(np.float64) + np.square(_own(c2))
-    k2 = np.sqrt(9.0 * abs_conv(k_r2, w2).astype(np.float64))
-    k2 = k2 + np.abs(p["Conv_1"]["bias"])
+    v2, k2 = conv_spread(v_r, k_r2, p["Conv_1"]["kernel"], p["Conv_1"]["bias"], c2)
     v_z2, k_mean2, k_rel2, zg2, out["BatchNorm_1/mean"], out["BatchNorm_1/var"] = _spread_bn(
         c2, v2, k2, p["BatchNorm_1"]["scale"], p["BatchNorm_1"]["bias"], stages["bn2"],
         st["BatchNorm_1"]["mean"], st["BatchNorm_1"]["var"])
-    v_sum = v_z2 + np.square(f64(x)) + np.square(_own(stages["sum"]))
+    v_sum = v_z2 + np.square(f64(x)) + np.square(own(stages["sum"]))
     out["output"] = np.sqrt(v_sum + np.square(k_mean2) + np.square(k_rel2 * zg2))
     return out
 
 
-def _stored(a, factor: float) -> np.ndarray:
+def stored(a, factor: float) -> np.ndarray:
+    """``a * factor`` as float32, rounded up (how budgets and spreads are stored)."""
     return (np.asarray(a, np.float64) * (factor * (1.0 + 2.0 ** -18))).astype(np.float32)
 
 
@@ -221,8 +231,9 @@ def model(x, params, batch_stats, stages: dict) -> StoreModel:
     """Stored storage budgets (``S t``) and spreads of a case, float32 rounded up."""
     t = raw_budgets(x, params, batch_stats, stages)
     sg = raw_spread(x, params, batch_stats, stages)
-    return StoreModel(budget={k: _stored(t[k], SAFETY) for k in TENSORS},
-                      sigma={k: _stored(sg[k], 1.0) for k in SPREAD_TENSORS})
+    return StoreModel(budget={k: stored(t[k], SAFETY) for k in TENSORS},
+                      sigma={k: stored(sg[k], 1.0) for k in SPREAD_TENSORS})
 
 
-__all__ = ["StoreModel", "model", "raw_budgets", "raw_spread", "SPREAD_TENSORS", "TINY"]
+__all__ = ["StoreModel", "conv_spread", "conv_store", "model", "own", "raw_budgets",
+           "raw_spread", "stored", "SPREAD_TENSORS", "TINY"]

@@ -47,10 +47,10 @@ class CheckConfig:
         if self.api == "seeded" and self.layout != "nhwc":
             raise HarnessError("--api seeded takes x as (H, W, C): --layout nchw does not apply")
         tolerance.check_name(self.profile)  # ProfileError: what to use instead
-        if self.api in ("backward", "inference"):
+        if self.api == "backward":
             from resblock.golden.store import no_store_backward
 
-            no_store_backward(tolerance.profile(self.profile), self.api)
+            no_store_backward(tolerance.profile(self.profile))
         if self.timeout is not None and not 0 < self.timeout <= MAX_TIMEOUT_S:
             raise HarnessError(f"--timeout must be positive and at most {MAX_TIMEOUT_S:g} s "
                                f"(one week), got {self.timeout}")

@@ -137,7 +137,11 @@ def inference_rows(gc, prof, twins: dict | None = None) -> list[dict]:
     ``use_running_average=True`` output (``reference flax_inference``) and every inference
     pitfall's twin, scored against the inference oracle's bounds and diagnosed as
     ``resblock check --api inference`` does."""
-    from resblock.conformance.mistakes.variants_inference import inference_score, twin_outputs
+    from resblock.conformance.mistakes.variants_inference import (
+        diagnose_inference,
+        inference_score,
+        twin_outputs,
+    )
 
     def row(kind, name, y, named=None):
         score = inference_score(gc, y, prof, aggregate=True)
@@ -151,9 +155,8 @@ def inference_rows(gc, prof, twins: dict | None = None) -> list[dict]:
     for name, y in twins.items():
         r = row("pitfall", name, y)
         if r["score"] > 1.0:
-            scores = {k: (s, s) for k, s in ((k, inference_score(gc, y, prof, t))
-                                             for k, t in twins.items())}
-            r["named"] = best_match(r["score"], scores) == name
+            with np.errstate(all="ignore"):
+                r["named"] = diagnose_inference(gc, y, prof, twins) == name
         rows.append(r)
     return rows
 

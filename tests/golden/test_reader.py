@@ -14,6 +14,7 @@ from resblock.errors import GoldenFormatError
 from resblock.golden.reader import GoldenFile, open_golden
 from resblock.golden.store import CASE_ARRAYS
 from resblock.spec.cases import Case
+from resblock.spec.derivation import derive_variables, derive_x
 
 
 def test_round_trip(smoke_golden):
@@ -384,18 +385,29 @@ def test_format_4_cases_carry_spreads_for_the_aggregate_test(golden):
         assert gc.aggregate_score("output", wrong, tolerance.profile()) > 1
 
 
-def test_storage_profiles_have_no_inference_bound_yet():
-    """fp16/bf16 under --api inference: refused in one line that says what to use, not a
-    KeyError on a storage array the inference block does not have."""
+def test_storage_profiles_bound_the_inference_block():
+    """fp16/bf16 under --api inference (spec 12.4): the bound adds ``u_s budget_store``;
+    a 6.0.0 file written without the inference storage term recomputes it from the
+    inputs, equal to what the generator stores."""
     from resblock.conformance.judging.runner import CheckConfig
+    from resblock.generator.engine import inference_arrays
     from resblock.golden.store import GoldenCase
     from resblock.spec import tolerance
 
-    gc = GoldenCase(case=Case.from_id("functional-normal-n2-4x4-f4-s0"), entry={}, arrays={})
+    case = Case.from_id("functional-normal-n2-4x4-f4-s0")
+    x = derive_x(case)
+    params, stats = derive_variables(case)
+    running = {k: {"mean": v["mean"] + 0.5, "var": v["var"] + 2.0} for k, v in stats.items()}
+    full = inference_arrays(x, params, running, np.zeros(x.shape, np.float32))
+    arrays = {"x": x} | {f"params/{k}/{kk}": vv for k, v in params.items()
+                         for kk, vv in v.items()} | full
+    old = {n: a for n, a in arrays.items() if "_store/" not in n}
+    new_gc = GoldenCase(case=case, entry={}, arrays=arrays)
+    old_gc = GoldenCase(case=case, entry={}, arrays=old)
+    assert new_gc.has_inference_store and not old_gc.has_inference_store
     for name in ("fp16", "bf16"):
-        with pytest.raises(tolerance.ProfileError, match="inference block's error model has "
-                                                         "no storage term"):
-            gc.inference_bound(tolerance.profile(name))
-        with pytest.raises(tolerance.ProfileError, match="check the inference under fp32"):
-            CheckConfig(target="t", api="inference", profile=name)
-    CheckConfig(target="t", api="inference", profile="tf32-conv")
+        prof = tolerance.profile(name)
+        b = new_gc.inference_bound(prof)
+        np.testing.assert_array_equal(b, old_gc.inference_bound(prof))
+        assert np.all(b > new_gc.inference_bound(tolerance.profile("fp32")))
+        CheckConfig(target="t", api="inference", profile=name)  # no refusal

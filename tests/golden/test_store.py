@@ -151,6 +151,14 @@ def test_parts_partition_every_array():
         "budget_conv/inference/y", "sigma/inference/y", "sigma_conv/inference/y",
         "inference/batch_stats/BatchNorm_0/mean", "inference/batch_stats/BatchNorm_0/var",
         "inference/batch_stats/BatchNorm_1/mean", "inference/batch_stats/BatchNorm_1/var"}
+    # its storage term (spec 12.4): where the group has it (a 6.0.0 file written before
+    # it has not, and a reader recomputes it)
+    with_store = ("sigma/y", "inference/y", "budget_store/inference/y")
+    assert set(store.group_arrays(with_store)) - set(store.group_arrays(
+        ("sigma/y", "inference/y"))) == {"budget_store/inference/y", "sigma_store/inference/y"}
+    assert set(store.INFERENCE_STORE_ARRAYS) <= set(store.part_arrays(with_store)["inference"])
+    assert not set(store.INFERENCE_STORE_ARRAYS) & set(
+        store.part_arrays(("sigma/y", "inference/y"))["inference"])
     assert store.group_parts(store.CASE_ARRAYS + store.GRAD_ARRAYS)[-1] == "grad"
 
 
