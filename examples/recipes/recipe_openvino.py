@@ -18,6 +18,11 @@ compiled for the CPU device. What had to change from the defaults:
 An ONNX file you already have is checked the same way, its weights replaced per case by
 the kit: :func:`infer_file` with ``resblock.conformance.running.onnx_model``'s
 ``case_model`` (what ``resblock check --onnx`` feeds ONNX Runtime).
+
+Run it in the worker process (the default), not with ``--in-process``: OpenVINO's CPU
+plugin (2026.4.1) installs its own alternate signal stack on the main thread, and after
+it has run there a signal (Ctrl-C, SIGTERM) can end the process with a kernel SIGSEGV
+instead of the kit's clean stop (the kernel could not deliver the signal on that stack).
 """
 
 import tempfile
