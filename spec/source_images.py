@@ -40,6 +40,10 @@ CHUNK_ELEMENTS = 2 ** 21
 GROUPS = (frozenset({("dm", 0), ("dr", 0), ("da", 0)}),
           frozenset({("dm", 1), ("dr", 1), ("da", 1), ("dg", 1), ("dgz", 1)}),
           frozenset({("dg", 0), ("dgz", 0)}))
+# BatchNorm_1's output rounding moves no gradient: with the masks held nothing in the
+# backward reads bn2 (y_bar and the output mask fix sum_bar), so its image is exactly 0
+# and source_k skips it (tests/spec/test_source_images.py checks the zero).
+NO_IMAGE = frozenset({("da", 1)})
 MAX_FLOPS = 4e10
 # The linearisation costs about 10 F oracle backwards (9 sources per channel, each a
 # convolution-sized product per layer): beyond 32 channels the committed set's one
@@ -342,7 +346,8 @@ def source_k(x, params, stages, cot, sigmas: dict, open1=None) -> dict:
     if n * h * w == 1:  # c - mean and g - mean(g) are exactly 0: no source moves anything
         return {t: (0.0, 0.0) for t in GRAD_TENSORS}
     live = [(src, np.asarray(sg, np.float64), np.asarray(sg_s, np.float64))
-            for src, (sg, sg_s) in sigmas.items() if np.any(sg) or np.any(sg_s)]
+            for src, (sg, sg_s) in sigmas.items()
+            if src not in NO_IMAGE and (np.any(sg) or np.any(sg_s))]
     per_source = np.shape(x)[-1] * int(np.prod(np.shape(x)))  # tangent elements
     chunk = max(1, CHUNK_ELEMENTS // per_source)
     for group in GROUPS:  # sources entering at the same place share one pass

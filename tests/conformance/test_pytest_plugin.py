@@ -153,3 +153,14 @@ def test_an_implementation_that_exits_in_forward_fails_those_cases(pytester):
                                            "--resblock-in-process", "--resblock-timeout", "5")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--resblock-timeout needs the worker process" in result.stderr.str()
+
+
+def test_cases_outside_the_profile_are_skipped(pytester):
+    # spec 8.6: the stress-large cases' batch variances overflow float16
+    target = variant_file(pytester, "float16_block")
+    result = pytester.runpytest_subprocess(
+        "--resblock-impl", target, "--resblock-profile", "fp16", "-q", "-rs", "-p", "resblock",
+        "-k", "stress-large or seeded-normal-n1-4x4-f4-s0")
+    result.assert_outcomes(passed=1, skipped=2)
+    result.stdout.fnmatch_lines(["*outside the fp16 profile: batch variance of BatchNorm_0 "
+                                 "reaches 1.05e+06 > float16's 65504*"])
