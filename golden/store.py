@@ -590,6 +590,47 @@ class GoldenCase:
                                self.arrays[f"sigma_conv/{t}"], prof.u_conv,
                                self.case.features, store, prof.u_store)
 
+    def outside_profile(self, prof, inference: bool = False):
+        """Why this case is outside a storage profile (spec 8.6, 12.4): the
+        :class:`resblock.spec.store_range.Overflow` of a value a conforming port of the
+        profile stores that may overflow its type; None when every value fits (always,
+        under a profile that stores float32). ``inference``: the inference block's
+        values (spec section 12) instead of the training block's."""
+        from resblock.spec import store_range
+
+        stype = store_range.storage_type(prof)
+        if stype is None:
+            return None
+        key = ("outside", prof.name, inference)
+        if key not in self.derived:
+            values = (self._inference_values(prof) if inference else
+                      self._training_values(prof))
+            self.derived[key] = store_range.first_overflow(values, stype)
+        return self.derived[key]
+
+    def _training_values(self, prof) -> dict:
+        from resblock.spec.store_range import training_values
+
+        names = STAGES + STAT_NAMES
+        stats_in = {n: self.arrays[f"batch_stats_in/{n}"] for n in STAT_NAMES}
+        oracle = {n: self.reference(n) for n in names}
+        bounds = {n: self.bound(n, prof) for n in names}
+        return training_values(self.x, self.params, stats_in, oracle, bounds)
+
+    def _inference_values(self, prof) -> dict:
+        from resblock.spec import inference, inference_store
+        from resblock.spec.error_model import SAFETY
+        from resblock.spec.store_range import inference_values
+
+        stats = self.running_stats
+        ref = inference.forward(self.x, self.params, stats)
+        stages = dict(ref.stages, output=ref.y)
+        e, s = inference.raw_budgets(self.x, self.params, stats, ref.stages)
+        t = inference_store.raw_budgets(self.x, self.params, stats, ref.stages)
+        bounds = {n: SAFETY * (e[n] + prof.u_conv * s[n] + prof.u_store * t[n])
+                  for n in stages}
+        return inference_values(self.x, self.params, stats, stages, bounds, prof.u_store)
+
     @property
     def x(self):
         return self.arrays["x"]

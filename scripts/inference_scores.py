@@ -5,7 +5,9 @@ inference pitfall's float32 twin, judged on the inference cases of a golden set.
     python scripts/inference_scores.py [GOLDEN.h5 [PROFILE]]  # default: committed, fp32
 
 Per row: the worst per-element score, the worst aggregate score (spec 8.5), the cases
-rejected and, for a pitfall, the cases whose diagnosis names it.
+rejected and, for a pitfall, the cases whose diagnosis names it. A case outside the
+profile (spec 8.6: a value a conforming port stores overflows the low type) is skipped,
+as ``resblock check`` skips it.
 """
 
 from __future__ import annotations
@@ -65,7 +67,12 @@ def main(argv) -> int:
     prof = tolerance.profile(argv[1] if len(argv) > 1 else "fp32")
     with GoldenFile(path) as gf:
         cases = [gc.detached() for gc in gf.iter_cases()]
-    print(f"{path}: {len(cases)} inference cases, profile {prof.name}")
+    outside = [gc for gc in cases if gc.outside_profile(prof, inference=True) is not None]
+    cases = [gc for gc in cases if gc.outside_profile(prof, inference=True) is None]
+    print(f"{path}: {len(cases)} inference cases, profile {prof.name}"
+          + (f"; {len(outside)} outside the profile, skipped (spec 8.6)" if outside else ""))
+    for gc in outside:
+        print(f"  skip {gc.id}: {gc.outside_profile(prof, inference=True).reason}")
     print(f"{'implementation':48s} {'element':>10s} {'aggregate':>10s} {'rejected':>9s} "
           f"{'named':>6s} {'s/case':>7s}")
     for label, fn, pitfall in rows():

@@ -40,10 +40,11 @@ value stored in float16's subnormal range, conservative for bfloat16):
   (for the variance, the ``(n - 1)/n`` conversion's rounding too).
 
 Range: float16's largest finite value is 65504; a value beyond it overflows to ``inf``,
-which scores ``inf``. The profiles assume every stored value is inside the type's range
-and widen no bound for overflow: a port whose stored values overflow is rejected (on the
-committed set, a float16 block that stores its batch variance in float16 overflows on the
-two ``stress-large`` cases, whose batch variances are about 1e6).
+which scores ``inf``. The bounds here assume every stored value is inside the type's
+range and widen nothing for overflow; a case where a conforming port's stored value may
+overflow is outside the profile instead (spec 8.6, :mod:`resblock.spec.store_range`):
+``resblock check`` skips it rather than judging it (on the committed set the two
+``stress-large`` cases, whose batch variances reach about 1e6).
 
 The aggregate test's spread gets the same term in quadrature (``sigma_store``, per unit
 ``u_s``): element-wise roundings as variances (``|v|^2``, three times the variance of a

@@ -70,7 +70,7 @@ def _finite(v: float):
 class CaseResult:
     id: str
     family: str
-    status: str  # pass | fail | error | xfail | xpass
+    status: str  # pass | fail | error | xfail | xpass | skip (outside the profile)
     message: str = ""
     tensors: list[TensorReport] = field(default_factory=list)
     pitfall: str | None = None

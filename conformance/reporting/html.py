@@ -32,6 +32,7 @@ GRID_SPAN = 4 * LEVELS_PER_DECADE  # the fixed scale runs from 1e-4 to 1e4
 _COOL = ((0x14, 0x1e, 0x3c), (0x3b, 0x55, 0x8c), (0x8f, 0xa8, 0xd8))  # within the bound
 _HOT = ((0xd7, 0x30, 0x1f), (0xfc, 0x8d, 0x59), (0xff, 0xf2, 0xb0))  # beyond it
 ERROR_COLOUR = "#9a9a9a"
+SKIP_COLOUR = "#d9d9d9"  # a case outside the profile (spec 8.6): not run, no score
 NOT_RUN_COLOUR = "#ececec"  # a coverage cell with no score (the row does not apply there)
 
 
@@ -303,9 +304,12 @@ def grid_rows(cases: list[dict], linked: set | None = None) -> list[dict]:
         shape = None
         for key, case in sorted(rows[fam], key=lambda t: t[0]):
             st = case["status"]
-            fill = ERROR_COLOUR if st == "error" else colour(level_of(case["worst_score"]))
+            fill = (ERROR_COLOUR if st == "error" else SKIP_COLOUR if st == "skip" else
+                    colour(level_of(case["worst_score"])))
             tip = f"{case['id']}: {st}"
-            if st != "error":
+            if st == "skip":  # outside the profile (spec 8.6): not run
+                tip += f", {case['message']}"
+            elif st != "error":
                 tip += f", worst score {fmt_score(case['worst_score'])}"
             if case.get("pitfall"):
                 tip += f", matches {case['pitfall']}"
@@ -337,7 +341,7 @@ def report_context(doc: dict) -> dict:
 
     cases = [dict(c, details=c.get("details"), repro=c.get("repro", ""),
                   aggregate=_worst_aggregate(c)) for c in doc["cases"]]
-    order = {"error": 0, "fail": 1, "xpass": 2, "xfail": 3, "pass": 4}
+    order = {"error": 0, "fail": 1, "xpass": 2, "xfail": 3, "pass": 4, "skip": 5}
     worst_first = sorted(cases, key=lambda c: (order[c["status"]], -_sort_score(c)))
     detailed = [c for c in worst_first if c.get("details")]
     for c in detailed:

@@ -15,7 +15,7 @@ from resblock import __version__
 from resblock.conformance.running.invoke import clean_text
 from resblock.spec.constants import SPEC_VERSION
 
-ORDER = {"error": 0, "fail": 1, "xpass": 2, "xfail": 3, "pass": 4}
+ORDER = {"error": 0, "fail": 1, "xpass": 2, "xfail": 3, "pass": 4, "skip": 5}
 
 
 def repro_line(run, case_id: str) -> str:
@@ -110,6 +110,15 @@ def terminal_summary(run, max_cases: int = 10) -> str:
         lines.append("        repro: " + repro_line(run, r.id))
     if len(bad) > max_cases:
         lines.append(f"  ... and {len(bad) - max_cases} more (see --json-report)")
+    skipped = [r for r in run.results if r.status == "skip"]
+    if skipped:
+        lines.append("")
+        lines.append(f"outside the profile, not run (spec 8.6: a value a conforming "
+                     f"{c.profile} port stores overflows its type):")
+        for r in skipped[:max_cases]:
+            lines.append(f"  SKIP  {r.id}: {r.message}")
+        if len(skipped) > max_cases:
+            lines.append(f"  ... and {len(skipped) - max_cases} more (see --json-report)")
     if run.pitfalls:
         lines.append("")
         lines.append("named pitfalls (failing results match a known mistake):")
@@ -132,8 +141,10 @@ def terminal_summary(run, max_cases: int = 10) -> str:
     lines.append("")
     if run.results and not run.conforms and not any(r.status in ("fail", "error")
                                                     for r in run.results):
-        lines.append("no case passed: every selected case is listed in --xfail, so nothing "
-                     "was checked")
+        why = ("listed in --xfail" if not skipped else "outside the profile" if
+               all(r.status == "skip" for r in run.results) else
+               "outside the profile or listed in --xfail")
+        lines.append(f"no case passed: every selected case is {why}, so nothing was checked")
     passed = [r for r in run.results if r.status == "pass" and r.tensors]
     if run.conforms and passed:
         worst = max(passed, key=lambda r: r.worst_score)
@@ -156,7 +167,9 @@ def terminal_summary(run, max_cases: int = 10) -> str:
     lines.append(f"{verdict}: {run.count('pass')} passed, "
                  f"{run.count('fail') + run.count('error')} failed "
                  f"({run.count('error')} errors), {run.count('xfail')} xfailed, "
-                 f"{run.count('xpass')} xpassed of {n} cases in {run.seconds:.1f}s")
+                 f"{run.count('xpass')} xpassed"
+                 + (f", {len(skipped)} skipped (outside the profile)" if skipped else "")
+                 + f" of {n} cases in {run.seconds:.1f}s")
     return "\n".join(lines)
 
 
@@ -165,7 +178,7 @@ def json_report(run) -> dict:
 
     c = run.config
     return {
-        "report_version": "1.0.0",
+        "report_version": "1.1.0",
         "kit_version": __version__,
         "spec_version": SPEC_VERSION,
         "created": _dt.datetime.now(tz=_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -188,7 +201,7 @@ def json_report(run) -> dict:
              "pitfall": r.pitfall, "stage": r.stage, "xfail_reason": r.xfail_reason,
              "seconds": round(r.seconds, 6),
              "tensors": [t.to_dict() for t in r.tensors]}
-            | ({"repro": repro_line(run, r.id)} if r.status != "pass" else {})
+            | ({"repro": repro_line(run, r.id)} if r.status not in ("pass", "skip") else {})
             | ({"details": run.details[r.id]} if r.id in run.details else {})
             for r in run.results
         ],
@@ -230,7 +243,8 @@ def junit_xml(run) -> str:
     """JUnit XML as GitHub, GitLab and Jenkins render it: one testcase per golden case."""
     suite = ET.Element("testsuite", name="resblock", tests=str(len(run.results)),
                        failures=str(run.count("fail")), errors=str(run.count("error")),
-                       skipped=str(run.count("xfail")), time=f"{run.seconds:.3f}")
+                       skipped=str(run.count("xfail") + run.count("skip")),
+                       time=f"{run.seconds:.3f}")
     props = ET.SubElement(suite, "properties")
     for k, v in (("target", run.config.target), ("profile", run.config.profile),
                  ("api", run.config.api), ("spec_version", SPEC_VERSION)):
@@ -252,6 +266,8 @@ def junit_xml(run) -> str:
             ET.SubElement(tc, "error", message=first or "error").text = detail
         elif r.status == "xfail":
             ET.SubElement(tc, "skipped", message=f"xfail: {r.xfail_reason}")
+        elif r.status == "skip":
+            ET.SubElement(tc, "skipped", message=clean_text(r.message))
         elif r.status == "xpass":
             ET.SubElement(tc, "system-out").text = f"XPASS: listed in --xfail ({r.xfail_reason})"
     ET.indent(suite)

@@ -84,7 +84,7 @@ def test_json_report_validates_and_counts(run, tmp_path):
     assert doc["verdict"] == "does_not_conform"
     assert doc["summary"] == {"pass": run.count("pass"), "fail": run.count("fail"),
                               "error": run.count("error"), "xfail": 1, "xpass": 0,
-                              "total": N_CASES}
+                              "skip": 0, "total": N_CASES}
     assert (doc["target"], doc["api"], doc["layout"], doc["profile"]) == (
         TARGET, "functional", "nhwc", "fp32")
     assert doc["goldens"] == [{"path": GOLDENS[0], "content_sha256": CONTENT_SHA,
