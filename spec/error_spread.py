@@ -204,9 +204,9 @@ def conv(a, err: Err, kernel, bias, c) -> tuple[Err, tuple, Reductions]:
     scratch = np.square(c)
     v_round += scratch
     v_round *= U * U * k_terms
-    dev = c - c.mean(axis=_AXES)
-    dev2 = np.square(dev)
-    dev = dev.astype(np.float32)  # what tap_moments reads
+    dev2 = c - c.mean(axis=_AXES)
+    dev = dev2.astype(np.float32)  # what tap_moments reads
+    np.square(dev2, out=dev2)
     red_mean = np.sqrt(v_round.sum(axis=_AXES) / (n * n)
                        + err.v.sum(axis=_AXES) @ taps / (n * n))
     # red_var = 2 sqrt(sum(dev2 (v_round + 9 v_prop))) / n
@@ -452,11 +452,22 @@ def relu(out, err: Err) -> Err:
 
 
 def _source_rms(err: Err, which: str) -> np.ndarray:
-    """Per-element standard deviation of the channel sources of ``err``."""
+    """Per-element standard deviation of the channel sources of ``err`` (summed in place
+    from 0, in the sources' order)."""
     out = np.zeros(err.v.shape)
     for src in err.sources:
-        out = out + np.square(getattr(src, which) * src.direction)
-    return np.sqrt(out)
+        t = np.multiply(getattr(src, which), src.direction)
+        out += np.square(t, out=t)
+        del t
+    return np.sqrt(out, out=out)
+
+
+def _root_sum_square(v, k, in_place: bool = False) -> np.ndarray:
+    """``sqrt(v + k^2)`` (:meth:`Err.sigma` of an error without sources or ``kx``: the
+    same bits, ``k`` being non-negative); ``in_place``: in ``k``'s tensor."""
+    out = np.square(k, out=k if in_place else None)
+    out += v
+    return np.sqrt(out, out=out)
 
 
 @dataclass(frozen=True)
@@ -481,9 +492,10 @@ def forward_spread(x, params, batch_stats, stages: dict,
     """The spread of a whole forward from the oracle's float64 ``stages``.
 
     ``keep_errors`` False (what the stored spreads need; the backward model needs them
-    kept): ``err`` and ``own`` are left empty and each stage's error arrays are dropped
-    once the next stage is computed, about 1.3 GB less at 32x56x56x64 (a float64 tensor is 51 MB and
-    a stage's error holds up to eight). The spreads are the same either way."""
+    kept): ``err``, ``own`` and ``local`` are left empty and each stage's error arrays
+    are dropped once the next stage is computed, about 1.3 GB less at 32x56x56x64 (a
+    float64 tensor is 51 MB and a stage's error holds up to eight). The spreads are the
+    same either way."""
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
     p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
     st = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in batch_stats.items()}
@@ -504,9 +516,11 @@ def forward_spread(x, params, batch_stats, stages: dict,
         if keep_errors:
             err[conv_stage], err[bn_stage] = ce, e
         del ce, moments, red
-        var = np.square(c - c.mean(axis=_AXES)).mean(axis=_AXES)
-        inv = np.abs(p[layer]["scale"]) / np.sqrt(var + EPSILON)
-        local[layer] = U * (2.0 * np.abs(c.mean(axis=_AXES) * inv) + np.abs(p[layer]["bias"]))
+        if keep_errors:
+            var = np.square(c - c.mean(axis=_AXES)).mean(axis=_AXES)
+            inv = np.abs(p[layer]["scale"]) / np.sqrt(var + EPSILON)
+            local[layer] = U * (2.0 * np.abs(c.mean(axis=_AXES) * inv)
+                                + np.abs(p[layer]["bias"]))
         sig[f"{layer}/mean"], sig_c[f"{layer}/mean"] = sm, smc
         sig[f"{layer}/var"], sig_c[f"{layer}/var"] = sv, svc
         # ReLU is 1-Lipschitz and passes nothing where it is closed: relu1, Conv_1's
@@ -518,14 +532,20 @@ def forward_spread(x, params, batch_stats, stages: dict,
             del e  # its sources' unmasked directions: 100 MB
     b2 = e
     del e
-    out = Err(b2.v + U * U * np.square(stages["sum"]),
-              b2.k + b2.kx + _source_rms(b2, "sigma"), b2.vs,
-              b2.ks + b2.kxs + _source_rms(b2, "sigma_s"))
-    del b2
-    sig["output"] = out.sigma()
-    sig_c["output"] = out.sigma_conv()
+    # The output's error: the sum's own rounding, and the sources' images taken
+    # element-wise (an Err without sources, whose sigma is sqrt(v + k^2)).
+    v = np.square(stages["sum"])
+    v *= U * U
+    v += b2.v
+    k = _source_rms(b2, "sigma")
+    k += _add(b2.k, b2.kx)
+    ks = _source_rms(b2, "sigma_s")
+    ks += _add(b2.ks, b2.kxs)
     if keep_errors:
-        err["sum"] = out
+        err["sum"] = Err(v, k, b2.vs, ks)
+    sig_c["output"] = _root_sum_square(b2.vs, ks, in_place=not keep_errors)
+    del b2, ks
+    sig["output"] = _root_sum_square(v, k, in_place=not keep_errors)
     return ForwardSpread(sigma=sig, sigma_conv=sig_c, err=err, channel=chan, own=own,
                          local=local)
 
