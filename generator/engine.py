@@ -212,7 +212,7 @@ def budget_arrays(x, params, stats, stages: dict, with_stages: bool = True) -> d
         out[f"sigma/{tensor_path(name)}"] = error_spread.stored(sp.sigma[name])
         out[f"sigma_conv/{tensor_path(name)}"] = error_spread.stored(sp.sigma_conv[name])
     del sp
-    st = error_store.model(x, params, stats, stages)
+    st = error_store.model(x, params, stats, stages, names)
     for name in names:
         out[f"budget_store/{tensor_path(name)}"] = st.budget[name]
     for name in error_store.SPREAD_TENSORS:

@@ -196,23 +196,37 @@ def conv(a, err: Err, kernel, bias, c) -> tuple[Err, tuple, Reductions]:
     half = CONV_ROUNDING_VAR / 2.0
     a2 = np.square(a)
     a2_sum = a2.sum(axis=_AXES)
-    t2 = abs_conv(a2, w2).astype(np.float64)
+    t2 = abs_conv(a2, w2)  # float32: widened by each use (exactly, as astype would)
     del a2
     v_prop = _abs_conv64(err.v, w2)
-    v_round = U * U * k_terms * (t2 + np.square(bias) + np.square(c))
-    v = v_prop + v_round
-    dev = c - c.mean(axis=_AXES)
-    dev2 = np.square(dev)
+    # v_round = U^2 (K + 1) (t2 + b^2 + c^2), in place
+    v_round = np.add(t2, np.square(bias))
+    scratch = np.square(c)
+    v_round += scratch
+    v_round *= U * U * k_terms
+    dev2 = c - c.mean(axis=_AXES)
+    dev = dev2.astype(np.float32)  # what tap_moments reads
+    np.square(dev2, out=dev2)
     red_mean = np.sqrt(v_round.sum(axis=_AXES) / (n * n)
                        + err.v.sum(axis=_AXES) @ taps / (n * n))
-    red_var = 2.0 * np.sqrt((dev2 * (v_round + 9.0 * v_prop)).sum(axis=_AXES)) / n
+    # red_var = 2 sqrt(sum(dev2 (v_round + 9 v_prop))) / n
+    np.multiply(v_prop, 9.0, out=scratch)
+    scratch += v_round
+    scratch *= dev2
+    red_var = 2.0 * np.sqrt(scratch.sum(axis=_AXES)) / n
+    v = np.add(v_prop, v_round, out=v_prop)
     del v_prop, v_round
     vs_prop = _abs_conv64(err.vs, w2)
-    vs = vs_prop + CONV_ROUNDING_VAR * t2
-    var_s_own = 2.0 * np.sqrt(9.0 * (dev2 * (vs_prop + half * t2)).sum(axis=_AXES)) / n
-    del vs_prop, t2, dev2
-    k = _coherent_conv(err.k + err.kx, w2)
-    ks = _coherent_conv(err.ks + err.kxs, w2)
+    vs = np.multiply(t2, CONV_ROUNDING_VAR, dtype=np.float64)
+    vs += vs_prop
+    # var_s_own = 2 sqrt(9 sum(dev2 (vs_prop + half t2))) / n
+    np.multiply(t2, half, out=scratch, dtype=np.float64)
+    scratch += vs_prop
+    scratch *= dev2
+    var_s_own = 2.0 * np.sqrt(9.0 * scratch.sum(axis=_AXES)) / n
+    del vs_prop, t2, dev2, scratch
+    k = _coherent_conv(_add(err.k, err.kx), w2)
+    ks = _coherent_conv(_add(err.ks, err.kxs), w2)
     m1, m2 = tap_moments(a, dev)
     red = Reductions(
         mean=red_mean,
@@ -275,6 +289,18 @@ def _abs_conv64(a, w2) -> np.ndarray:
     if not np.any(a):
         return np.zeros(np.shape(a)[:-1] + (np.shape(w2)[-1],))
     return abs_conv(a, w2).astype(np.float64)
+
+
+def _add(a, b):
+    """``a + b`` of two error parts (``a`` a tensor, ``b`` one of its shape or a number);
+    where one is exactly zero, the other without a new tensor: the coherent parts are
+    zero at both layers of the forward, and :func:`_coherent_conv` squares the sum, so a
+    ``+ 0`` (that turns -0.0 into 0.0) changes no value."""
+    if not np.any(b):
+        return a
+    if not np.any(a) and np.shape(b) == np.shape(a):
+        return b
+    return a + b
 
 
 def _coherent_conv(k, w2) -> np.ndarray:
@@ -388,9 +414,21 @@ def batch_norm(c, err: Err, scale, beta, z, mean_in, var_in, moments=(), red=Non
         return (Err(zero, np.array(k), zero, zero), ch, s_mean, s_mean_conv, s_var,
                 s_var_conv)
     inv = np.abs(scale) / np.sqrt(sig2)
-    zg = np.abs(c - mean) * inv  # |scale * zhat|
-    v = (np.square(inv) * err.v
-         + U * U * (5.0 * np.square(zg) + np.square(c * inv) + 2.0 * np.square(z)))
+    # v = inv^2 v_c + U^2 (5 zg^2 + (c inv)^2 + 2 z^2), zg = |scale * zhat|; in place
+    rounding = np.abs(c - mean)
+    rounding *= inv
+    np.square(rounding, out=rounding)
+    rounding *= 5.0
+    scratch = np.multiply(c, inv)
+    rounding += np.square(scratch, out=scratch)
+    np.square(z, out=scratch)
+    scratch *= 2.0
+    rounding += scratch
+    del scratch
+    rounding *= U * U
+    v = np.multiply(np.square(inv), err.v)
+    v += rounding
+    del rounding
     vs = np.square(inv) * err.vs
     # The channel errors move z along 1 (the mean, and the folded form's per-channel
     # rounding) and along z - beta (inv): exact sources for the next convolution.
@@ -414,11 +452,22 @@ def relu(out, err: Err) -> Err:
 
 
 def _source_rms(err: Err, which: str) -> np.ndarray:
-    """Per-element standard deviation of the channel sources of ``err``."""
+    """Per-element standard deviation of the channel sources of ``err`` (summed in place
+    from 0, in the sources' order)."""
     out = np.zeros(err.v.shape)
     for src in err.sources:
-        out = out + np.square(getattr(src, which) * src.direction)
-    return np.sqrt(out)
+        t = np.multiply(getattr(src, which), src.direction)
+        out += np.square(t, out=t)
+        del t
+    return np.sqrt(out, out=out)
+
+
+def _root_sum_square(v, k, in_place: bool = False) -> np.ndarray:
+    """``sqrt(v + k^2)`` (:meth:`Err.sigma` of an error without sources or ``kx``: the
+    same bits, ``k`` being non-negative); ``in_place``: in ``k``'s tensor."""
+    out = np.square(k, out=k if in_place else None)
+    out += v
+    return np.sqrt(out, out=out)
 
 
 @dataclass(frozen=True)
@@ -443,9 +492,10 @@ def forward_spread(x, params, batch_stats, stages: dict,
     """The spread of a whole forward from the oracle's float64 ``stages``.
 
     ``keep_errors`` False (what the stored spreads need; the backward model needs them
-    kept): ``err`` is left empty and each stage's error arrays are dropped once the next
-    stage is computed, about 1.3 GB less at 32x56x56x64 (a float64 tensor is 51 MB and
-    a stage's error holds up to eight). The spreads are the same either way."""
+    kept): ``err``, ``own`` and ``local`` are left empty and each stage's error arrays
+    are dropped once the next stage is computed, about 1.3 GB less at 32x56x56x64 (a
+    float64 tensor is 51 MB and a stage's error holds up to eight). The spreads are the
+    same either way."""
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
     p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
     st = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in batch_stats.items()}
@@ -461,13 +511,16 @@ def forward_spread(x, params, batch_stats, stages: dict,
             stages[bn_stage], st[layer]["mean"], st[layer]["var"], moments, red)
         chan[layer] = ch
         c = stages[conv_stage]
-        own[layer] = channel_errors(c, ce, (), red) if moments else ch
+        if keep_errors:  # (what the backward model builds on, as err)
+            own[layer] = channel_errors(c, ce, (), red) if moments else ch
         if keep_errors:
             err[conv_stage], err[bn_stage] = ce, e
         del ce, moments, red
-        var = np.square(c - c.mean(axis=_AXES)).mean(axis=_AXES)
-        inv = np.abs(p[layer]["scale"]) / np.sqrt(var + EPSILON)
-        local[layer] = U * (2.0 * np.abs(c.mean(axis=_AXES) * inv) + np.abs(p[layer]["bias"]))
+        if keep_errors:
+            var = np.square(c - c.mean(axis=_AXES)).mean(axis=_AXES)
+            inv = np.abs(p[layer]["scale"]) / np.sqrt(var + EPSILON)
+            local[layer] = U * (2.0 * np.abs(c.mean(axis=_AXES) * inv)
+                                + np.abs(p[layer]["bias"]))
         sig[f"{layer}/mean"], sig_c[f"{layer}/mean"] = sm, smc
         sig[f"{layer}/var"], sig_c[f"{layer}/var"] = sv, svc
         # ReLU is 1-Lipschitz and passes nothing where it is closed: relu1, Conv_1's
@@ -479,14 +532,20 @@ def forward_spread(x, params, batch_stats, stages: dict,
             del e  # its sources' unmasked directions: 100 MB
     b2 = e
     del e
-    out = Err(b2.v + U * U * np.square(stages["sum"]),
-              b2.k + b2.kx + _source_rms(b2, "sigma"), b2.vs,
-              b2.ks + b2.kxs + _source_rms(b2, "sigma_s"))
-    del b2
-    sig["output"] = out.sigma()
-    sig_c["output"] = out.sigma_conv()
+    # The output's error: the sum's own rounding, and the sources' images taken
+    # element-wise (an Err without sources, whose sigma is sqrt(v + k^2)).
+    v = np.square(stages["sum"])
+    v *= U * U
+    v += b2.v
+    k = _source_rms(b2, "sigma")
+    k += _add(b2.k, b2.kx)
+    ks = _source_rms(b2, "sigma_s")
+    ks += _add(b2.ks, b2.kxs)
     if keep_errors:
-        err["sum"] = out
+        err["sum"] = Err(v, k, b2.vs, ks)
+    sig_c["output"] = _root_sum_square(b2.vs, ks, in_place=not keep_errors)
+    del b2, ks
+    sig["output"] = _root_sum_square(v, k, in_place=not keep_errors)
     return ForwardSpread(sigma=sig, sigma_conv=sig_c, err=err, channel=chan, own=own,
                          local=local)
 
