@@ -198,7 +198,7 @@ def budget_arrays(x, params, stats, stages: dict, with_stages: bool = True) -> d
     of the output and stats (the spread and storage models). ``with_stages`` False: the
     budgets of the output and statistics only (the stages' are not stored then, and are
     dropped as soon as the models have used them)."""
-    from resblock.golden.store import tensor_path
+    from resblock.golden.store import coarse_bounds, tensor_path
 
     names = error_model.TENSORS if with_stages else tuple(
         t for t in error_model.TENSORS if t not in error_model.STAGE_TENSORS)
@@ -217,14 +217,14 @@ def budget_arrays(x, params, stats, stages: dict, with_stages: bool = True) -> d
         out[f"budget_store/{tensor_path(name)}"] = st.budget[name]
     for name in error_store.SPREAD_TENSORS:
         out[f"sigma_store/{tensor_path(name)}"] = st.sigma[name]
-    return out
+    return coarse_bounds(out)
 
 
 def grad_arrays(x, params, stats, y_bar, x_bar, params_bar, bw, reference=True) -> dict:
     """The gradient datasets of one case (format 2.1): ``grad/y_bar``, the reference's
     ``grad/<t>``, the oracle's ``oracle/grad/<t>`` and their budgets (``reference``
     False: the oracle's and the budgets only, as ``resblock verify`` recomputes them)."""
-    from resblock.golden.store import grad_path
+    from resblock.golden.store import coarse_bounds, grad_path
 
     model = error_model_backward.model(x, params, stats, y_bar, bw)
     b = model.budgets
@@ -238,13 +238,14 @@ def grad_arrays(x, params, stats, y_bar, x_bar, params_bar, bw, reference=True) 
         out[f"budget_conv/{grad_path(name)}"] = b.conv[name]
         out[f"sigma/{grad_path(name)}"] = model.sigma[name]
         out[f"sigma_conv/{grad_path(name)}"] = model.sigma_conv[name]
-    return out
+    return coarse_bounds(out)
 
 
 def inference_arrays(x, params, running_stats, y=None) -> dict:
     """The inference datasets of one case (format 6, spec section 12): the running
     statistics, the reference's ``inference/y`` (``y``; None: the oracle's arrays only, as
     ``resblock verify`` recomputes them), the float64 oracle, its budgets and spreads."""
+    from resblock.golden.store import coarse_bounds
     from resblock.spec import inference, inference_store
 
     ref = inference.forward(x, params, running_stats)
@@ -261,7 +262,7 @@ def inference_arrays(x, params, running_stats, y=None) -> dict:
     st = inference_store.model(x, params, running_stats, ref.stages)
     out["budget_store/inference/y"] = st.budget
     out["sigma_store/inference/y"] = st.sigma
-    return out
+    return coarse_bounds(out)
 
 
 def reference_score(case: Case, arrays: dict, prof) -> float:
