@@ -104,6 +104,18 @@ def _columns(v: _Diag):
     return d, np.tile(np.arange(f), b)
 
 
+def _taps(dp, h, w, flip):
+    """``(T, N H W, 9)``: the nine shifted windows of single-channel tangents ``dp`` (T, N,
+    h + 2, w + 2), zero-padded, in kernel tap order ``(i, j)``; window ``(i, j)`` starts at
+    ``(i, j)`` for a convolution (``flip`` 0) and at ``(2 - i, 2 - j)`` for its transpose
+    (``flip`` 2). A packed tangent's convolution is then one product with its channel's
+    ``(9, C)`` taps: 5x faster than nine broadcast outer products at 32x32x16."""
+    t, n = dp.shape[:2]
+    s = 1 if flip == 0 else -1
+    return np.stack([dp[:, :, flip + s * i:flip + s * i + h, flip + s * j:flip + s * j + w]
+                     for i in range(3) for j in range(3)], -1).reshape(t, n * h * w, 9)
+
+
 def _conv_t(a, kernel):
     """3x3 SAME convolution (no bias) of tangents ``a`` (T, N, H, W, C), dense out. The
     convolutions of tangents run in float32 (an image's relative error of 1e-6 is
@@ -115,11 +127,9 @@ def _conv_t(a, kernel):
         d, ch = _columns(a)
         t, n, h, w = d.shape
         dp = np.pad(d, ((0, 0), (0, 0), (1, 1), (1, 1)))
-        out = np.zeros((t, n, h, w, kernel.shape[-1]), np.float32)
-        for i in range(3):
-            for j in range(3):
-                out += dp[:, :, i:i + h, j:j + w, None] * k[i, j][ch][:, None, None, None, :]
-        return out.astype(np.float64)
+        taps = _taps(dp, h, w, 0)
+        kc = k.reshape(9, k.shape[2], k.shape[3])[:, ch, :].transpose(1, 0, 2)  # (T, 9, F)
+        return np.matmul(taps, kc).reshape(t, n, h, w, -1).astype(np.float64)
     t, n, h, w, c = a.shape
     ap = np.pad(_f32(a).reshape(t * n, h, w, c), ((0, 0), (1, 1), (1, 1), (0, 0)))
     out = np.zeros((t * n, h, w, kernel.shape[-1]), np.float32)
@@ -136,18 +146,16 @@ def _input_grad_t(cb, kernel):
     if isinstance(cb, _Diag):
         d, ch = _columns(cb)
         t, n, h, w = d.shape
-        d = d[..., None]
-        out = np.zeros((t, n, h + 2, w + 2, kernel.shape[2]), np.float32)
-        for i in range(3):
-            for j in range(3):
-                out[:, :, i:i + h, j:j + w, :] += d * k[i, j][:, ch].T[:, None, None, None, :]
-        return out[:, :, 1:h + 1, 1:w + 1, :].astype(np.float64)
+        dp = np.pad(d, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        taps = _taps(dp, h, w, 2)
+        kc = k.reshape(9, k.shape[2], k.shape[3])[:, :, ch].transpose(2, 0, 1)  # (T, 9, C)
+        return np.matmul(taps, kc).reshape(t, n, h, w, -1).astype(np.float64)
     t, n, h, w, f = cb.shape
-    c = _f32(cb).reshape(t * n, h, w, f)
+    c = _f32(cb).reshape(-1, f)  # one product a tap (a stack of row products: 1.1-2x)
     out = np.zeros((t * n, h + 2, w + 2, kernel.shape[2]), np.float32)
     for i in range(3):
         for j in range(3):
-            out[:, i:i + h, j:j + w, :] += c @ k[i, j].T
+            out[:, i:i + h, j:j + w, :] += (c @ k[i, j].T).reshape(t * n, h, w, -1)
     return out[:, 1:h + 1, 1:w + 1, :].reshape(t, n, h, w, -1).astype(np.float64)
 
 
@@ -223,6 +231,8 @@ def images(x, params, stages, cot, sources, open1=None) -> dict:
     rows = {}
     for group in GROUPS:
         mine = [s for s in sources if s in group]
+        if mine == sources:  # one group (as source_k asks): its rows are in order already
+            return _group_images(x, params, stages, cot, mine, open1)
         if mine:
             im = _group_images(x, params, stages, cot, mine, open1)
             for b, src in enumerate(mine):
@@ -364,11 +374,12 @@ def _accumulate(acc, x, params, stages, cot, todo, open1):
         im_all = images(x, params, stages, cot, [t[0] for t in todo], open1)
         sig = np.concatenate([t[1] for t in todo])
         sig_s = np.concatenate([t[2] for t in todo])
+        w = np.stack([np.square(sig), np.square(sig_s)])  # (2, sources)
         for t, im in im_all.items():
-            im2 = np.square(im)
-            b = (slice(None),) + (None,) * (im2.ndim - 1)
-            acc[t][0] = acc[t][0] + (np.square(sig)[b] * im2).sum(axis=0)
-            acc[t][1] = acc[t][1] + (np.square(sig_s)[b] * im2).sum(axis=0)
+            im2 = np.square(im).reshape(len(sig), -1)
+            v = (w @ im2).reshape((2,) + im.shape[1:])  # one product: no weighted copies
+            acc[t][0] = acc[t][0] + v[0]
+            acc[t][1] = acc[t][1] + v[1]
 
 
 __all__ = ["GRAD_TENSORS", "KINDS", "MAX_CHANNELS", "MAX_FLOPS", "cost", "exact", "images",
