@@ -165,14 +165,22 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None,
         arrays.update(flat_tree("batch_stats_out", new_stats, STAT_NAMES))
         arrays["oracle/y"] = ref.y
         arrays.update(flat_tree("oracle/batch_stats_out", ref.batch_stats, STAT_NAMES))
-        arrays.update(budget_arrays(x, params, stats, ref.stages, with_stages=stages))
+        spread = grads = None
+        if getattr(runner, "grad", False):  # one forward spread for both models
+            spread = error_spread.forward_spread(x, params, stats, ref.stages)
+            grads = grad_arrays(x, params, stats, y_bar, x_bar, params_bar, bw, spread=spread)
+            spread = error_spread.sigmas_only(spread)  # its errors: 1.3 GB at real sizes
+            del bw
+        arrays.update(budget_arrays(x, params, stats, ref.stages, with_stages=stages,
+                                    spread=spread))
+        del spread
         if stages:
             arrays.update({f"oracle/stages/{k}": a for k, a in ref.stages.items()})
         else:  # the stage data is recomputed from the inputs by a reader that needs it
             arrays = {k: a for k, a in arrays.items() if k not in STAGE_ARRAYS}
-        if getattr(runner, "grad", False):
-            arrays.update(grad_arrays(x, params, stats, y_bar, x_bar, params_bar, bw))
-            del bw
+        if grads is not None:
+            arrays.update(grads)
+            del grads
         if inference:
             running = running_stats[i]
             arrays.update(inference_arrays(x, params, running,
@@ -192,12 +200,14 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None,
     return stacked, extras
 
 
-def budget_arrays(x, params, stats, stages: dict, with_stages: bool = True) -> dict:
+def budget_arrays(x, params, stats, stages: dict, with_stages: bool = True,
+                  spread=None) -> dict:
     """``budget/<t>``, ``budget_conv/<t>`` and ``budget_store/<t>`` arrays of one case (the
     error and storage models), and ``sigma/<t>``, ``sigma_conv/<t>``, ``sigma_store/<t>``
     of the output and stats (the spread and storage models). ``with_stages`` False: the
     budgets of the output and statistics only (the stages' are not stored then, and are
-    dropped as soon as the models have used them)."""
+    dropped as soon as the models have used them). ``spread``: the case's
+    :func:`resblock.spec.error_spread.forward_spread`, if the caller has it."""
     from resblock.golden.store import coarse_bounds, tensor_path
 
     names = error_model.TENSORS if with_stages else tuple(
@@ -207,7 +217,8 @@ def budget_arrays(x, params, stats, stages: dict, with_stages: bool = True) -> d
     for name in names:
         out[f"budget/{tensor_path(name)}"] = b.fp32[name]
         out[f"budget_conv/{tensor_path(name)}"] = b.conv[name]
-    sp = error_spread.forward_spread(x, params, stats, stages, keep_errors=False)
+    sp = (error_spread.forward_spread(x, params, stats, stages, keep_errors=False)
+          if spread is None else spread)
     for name in error_spread.SPREAD_TENSORS:
         out[f"sigma/{tensor_path(name)}"] = error_spread.stored(sp.sigma[name])
         out[f"sigma_conv/{tensor_path(name)}"] = error_spread.stored(sp.sigma_conv[name])
@@ -220,13 +231,15 @@ def budget_arrays(x, params, stats, stages: dict, with_stages: bool = True) -> d
     return coarse_bounds(out)
 
 
-def grad_arrays(x, params, stats, y_bar, x_bar, params_bar, bw, reference=True) -> dict:
+def grad_arrays(x, params, stats, y_bar, x_bar, params_bar, bw, reference=True,
+                spread=None) -> dict:
     """The gradient datasets of one case (format 2.1): ``grad/y_bar``, the reference's
     ``grad/<t>``, the oracle's ``oracle/grad/<t>`` and their budgets (``reference``
-    False: the oracle's and the budgets only, as ``resblock verify`` recomputes them)."""
+    False: the oracle's and the budgets only, as ``resblock verify`` recomputes them).
+    ``spread``: the case's forward spread with its errors kept, if the caller has it."""
     from resblock.golden.store import coarse_bounds, grad_path
 
-    model = error_model_backward.model(x, params, stats, y_bar, bw)
+    model = error_model_backward.model(x, params, stats, y_bar, bw, spread=spread)
     b = model.budgets
     out = {"oracle/grad/x": bw.x_bar}
     if reference:

@@ -303,10 +303,12 @@ class BackwardModel:
 
 
 @blas.single_threaded
-def model(x, params, batch_stats, y_bar, bw) -> BackwardModel:
+def model(x, params, batch_stats, y_bar, bw, spread=None) -> BackwardModel:
     """The backward model of a case. ``bw``: the oracle's
-    :class:`resblock.spec.backward.BackwardResult` of the case."""
-    errs = raw_errors(x, params, batch_stats, y_bar, bw)
+    :class:`resblock.spec.backward.BackwardResult` of the case; ``spread``: the case's
+    :func:`resblock.spec.error_spread.forward_spread` with its errors kept, if the caller
+    has it (the generator computes it once for the forward's spreads and this model)."""
+    errs = raw_errors(x, params, batch_stats, y_bar, bw, spread=spread)
     up = 1.0 + 2.0 ** -18  # covers the float32 evaluation of the non-negative sums
 
     def f32(a):
@@ -324,7 +326,8 @@ def budgets(x, params, batch_stats, y_bar, bw) -> error_model.Budgets:
     return model(x, params, batch_stats, y_bar, bw).budgets
 
 
-def raw_errors(x, params, batch_stats, y_bar, bw, *, exact_masks: bool = False) -> dict:
+def raw_errors(x, params, batch_stats, y_bar, bw, *, exact_masks: bool = False,
+               spread=None) -> dict:
     """The unscaled model: a :class:`GErr` per name of :data:`GRAD_TENSORS`. With
     ``exact_masks`` no ReLU mask is ambiguous (``m = 0``): the errors of a port that sees
     the oracle's masks, or whose flipped masks have been taken out exactly
@@ -338,7 +341,10 @@ def raw_errors(x, params, batch_stats, y_bar, bw, *, exact_masks: bool = False) 
     f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
     p = {k: {kk: f64(vv) for kk, vv in v.items()} for k, v in params.items()}
     st = bw.forward.stages
-    sp = error_spread.forward_spread(x, params, batch_stats, st)
+    sp = error_spread.forward_spread(x, params, batch_stats, st) if spread is None else spread
+    if not sp.err:
+        raise ValueError("the backward model needs a forward_spread computed with "
+                         "keep_errors=True; this one has dropped its errors")
     cot = bw.cotangents
     out = {}
 

@@ -486,6 +486,14 @@ class ForwardSpread:
     local: dict
 
 
+def sigmas_only(sp: ForwardSpread) -> ForwardSpread:
+    """``sp`` without the per-element errors the backward model builds on (``err``,
+    ``own``, ``local``; ``channel`` is kept): what ``forward_spread(...,
+    keep_errors=False)`` returns, so a caller that needed both drops them here."""
+    return ForwardSpread(sigma=sp.sigma, sigma_conv=sp.sigma_conv, err={},
+                         channel=sp.channel, own={}, local={})
+
+
 @blas.single_threaded
 def forward_spread(x, params, batch_stats, stages: dict,
                    keep_errors: bool = True) -> ForwardSpread:

@@ -280,6 +280,27 @@ def test_forward_spread_without_its_errors_gives_the_same_spreads():
                                   getattr(lean.channel[layer], f))
     assert np.all(full.sigma["output"] > 0)
 
+    # sigmas_only: what a caller that needed the errors (the backward model) keeps after
+    dropped = error_spread.sigmas_only(full)
+    assert dropped.err == {} and dropped.own == {} and dropped.local == {}
+    assert dropped.sigma is full.sigma and dropped.channel is full.channel
+
+
+def test_backward_model_on_a_shared_spread_is_bit_identical_and_refuses_a_lean_one():
+    """The generator computes a case's forward spread once, for the stored spreads and
+    the backward model (generator/engine.py); the budgets must not change by a bit, and a
+    spread whose errors were dropped must be refused, not read as zero errors."""
+    case, x, params, stats, y_bar, bw = _backward_case("functional", "normal", 2, 4, 4, 4, 0)
+    own = error_model_backward.model(x, params, stats, y_bar, bw)
+    sp = error_spread.forward_spread(x, params, stats, bw.forward.stages)
+    shared = error_model_backward.model(x, params, stats, y_bar, bw, spread=sp)
+    for t in error_model_backward.GRAD_TENSORS:
+        assert np.array_equal(own.budgets.fp32[t], shared.budgets.fp32[t]), t
+        assert np.array_equal(own.sigma[t], shared.sigma[t]), t
+    with pytest.raises(ValueError, match="keep_errors=True"):
+        error_model_backward.model(x, params, stats, y_bar, bw,
+                                   spread=error_spread.sigmas_only(sp))
+
 
 def test_relu1_carries_batchnorm_0s_errors_under_its_mask():
     """Conv_1's input error is BatchNorm_0's (bn1's) error through relu1: element-wise
