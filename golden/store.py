@@ -241,11 +241,16 @@ def is_bound(name: str) -> bool:
     return name.startswith(_BOUND_PREFIXES)
 
 
-def coarse_up(a) -> np.ndarray:
+def coarse_up(a, copy: bool = True) -> np.ndarray:
     """``a`` (non-negative) as float32 rounded up to BOUND_BITS significant bits: the
     smallest such float32 at or above each float32 value. Zero, ``inf`` and NaN stay as
-    they are."""
-    out = np.array(a, np.float32, order="C")  # a copy: rounded in place
+    they are. ``copy`` False: a writeable C-ordered float32 ``a`` is rounded in place
+    and returned (rounding is idempotent, so an alias rounded twice is unchanged)."""
+    if (not copy and isinstance(a, np.ndarray) and a.dtype == np.float32
+            and a.flags.c_contiguous and a.flags.writeable):
+        out = a
+    else:
+        out = np.array(a, np.float32, order="C")  # a copy: rounded in place
     bits = out.view(np.uint32)
     mask = np.uint32((1 << (24 - BOUND_BITS)) - 1)
     exponent = np.uint32(0x7F800000)
@@ -257,8 +262,10 @@ def coarse_up(a) -> np.ndarray:
 
 def coarse_bounds(arrays: dict) -> dict:
     """``arrays`` with every budget and spread (:func:`is_bound`) through
-    :func:`coarse_up`: how a file stores them."""
-    return {k: coarse_up(v) if is_bound(k) else v for k, v in arrays.items()}
+    :func:`coarse_up`: how a file stores them. The models' fresh float32 arrays are
+    rounded in place (a copy of each at once cost 0.36 GB at 32x56x56x64 with the stage
+    budgets), so a caller passes arrays nothing else reads unrounded."""
+    return {k: coarse_up(v, copy=False) if is_bound(k) else v for k, v in arrays.items()}
 
 
 def grad_path(name: str) -> str:

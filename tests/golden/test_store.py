@@ -191,3 +191,53 @@ def test_golden_case_accessors(smoke_golden):
         assert gc.params["Conv_1"]["kernel"].shape == (3, 3, 4, 4)
         assert set(gc.batch_stats_in["BatchNorm_0"]) == {"mean", "var"}
         assert set(gc.tree("oracle/batch_stats_out")) == {"BatchNorm_0", "BatchNorm_1"}
+
+
+# -- stored bounds: rounded up to BOUND_BITS significant bits (spec 5.4) -----------------
+
+def test_coarse_up_gives_the_smallest_12_bit_float_at_or_above_each_value():
+    rng = np.random.default_rng(0)
+    a = (rng.lognormal(0.0, 8.0, 20000)).astype(np.float32)  # many binades
+    r = store.coarse_up(a)
+    assert r.dtype == np.float32 and r is not a
+    assert np.all(r >= a)  # still a bound
+    low = np.uint32((1 << (24 - store.BOUND_BITS)) - 1)
+    assert np.all((r.view(np.uint32) & low) == 0)  # 12 significant bits
+    # the smallest such value: one 12-bit step down is below the value
+    step_down = (r.view(np.uint32) - (low + np.uint32(1))).view(np.float32)
+    moved = r != a
+    assert np.all(step_down[moved] < a[moved])
+    assert np.all(r <= a * np.float32(1 + store.BOUND_STEP))
+    # values already on the grid, zero, inf and NaN stay as they are
+    special = np.array([0.0, 1.0, 0.75, np.inf, np.nan, 2.0 ** -137, 2.0 ** -140],
+                       np.float32)
+    out = store.coarse_up(special)
+    assert np.isnan(out[4])
+    assert np.array_equal(out[[0, 1, 2, 3, 5]], special[[0, 1, 2, 3, 5]])
+    # subnormals keep 12 bits of the bit pattern, not of the value: still bounds
+    assert out[6] == np.float32(2.0 ** -137) > special[6]
+
+
+def test_coarse_up_rounds_a_float32_array_in_place_only_when_asked():
+    a = np.array([1.0001, 3.3333], np.float32)
+    kept = a.copy()
+    r = store.coarse_up(a)
+    assert np.array_equal(a, kept) and not np.array_equal(r, kept)
+    s = store.coarse_up(a, copy=False)
+    assert s is a and np.array_equal(a, r)
+    assert np.array_equal(store.coarse_up(a, copy=False), r)  # idempotent
+    ro = np.broadcast_to(np.float32(1.0001), (3,))  # not writeable: copied
+    assert store.coarse_up(ro, copy=False) is not ro
+    f64 = np.array([1.0001])  # another dtype: copied as float32
+    assert store.coarse_up(f64, copy=False).dtype == np.float32 and f64[0] == 1.0001
+
+
+def test_coarse_bounds_touches_budgets_and_spreads_only():
+    v = np.array([1.0001], np.float32)
+    arrays = {"y": v.copy(), "oracle/y": v.astype(np.float64), "budget/y": v.copy(),
+              "sigma_store/output": v.copy(), "budget/grad/x": v.copy()}
+    out = store.coarse_bounds(arrays)
+    assert out["y"][0] == v[0] and out["oracle/y"][0] == np.float64(v[0])
+    for k in ("budget/y", "sigma_store/output", "budget/grad/x"):
+        assert out[k][0] > v[0] and store.is_bound(k)
+    assert not store.is_bound("oracle/y") and not store.is_bound("y")
