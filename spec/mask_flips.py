@@ -60,12 +60,13 @@ class Flip:
     direction: dict
 
 
-def ambiguous(x, params, batch_stats, bw, u_conv: float = 0.0) -> list[tuple]:
+def ambiguous(x, params, batch_stats, bw, u_conv: float = 0.0, spread=None) -> list[tuple]:
     """``(stage, index, |p| / spread)`` of every ReLU mask a conforming port may flip
     under a profile with convolution unit roundoff ``u_conv``, nearest to 0 first (the
-    criterion of the model's ``m``; signs that are exact in float32 excluded)."""
+    criterion of the model's ``m``; signs that are exact in float32 excluded).
+    ``spread``: the case's forward spread with its errors, if the caller has it."""
     st = bw.forward.stages
-    sp = error_spread.forward_spread(x, params, batch_stats, st)
+    sp = error_spread.forward_spread(x, params, batch_stats, st) if spread is None else spread
     out = []
     for stage, layer in (("sum", "BatchNorm_1"), ("bn1", "BatchNorm_0")):
         pre = st[stage]
@@ -211,17 +212,20 @@ def resolve(x, params, batch_stats, y_bar, grads: dict, ref: dict | None = None,
     bw = bw if bw is not None else bwd.backward(x, params, batch_stats, y_bar)
     if ref is None:
         ref = _grads(bw.x_bar, bw.params_bar)
-    masks = ambiguous(x, params, batch_stats, bw, u_conv)
+    # One forward spread for every model below: a flipped mask changes the backward only,
+    # so the oracle's forward stages, and the spread built on them, are the same.
+    sp = error_spread.forward_spread(x, params, batch_stats, bw.forward.stages)
+    masks = ambiguous(x, params, batch_stats, bw, u_conv, spread=sp)
     if len(masks) > MAX_FLIPS:
         raise TooManyFlips(
             f"{len(masks)} ReLU masks lie within {SAFETY:g} forward spreads of 0, more than "
             f"the {MAX_FLIPS} this check resolves; the per-element verdict stands alone")
     flips = directions(x, params, y_bar, bw, masks)
-    errs = emb.raw_errors(x, params, batch_stats, y_bar, bw, exact_masks=True)
+    errs = emb.raw_errors(x, params, batch_stats, y_bar, bw, exact_masks=True, spread=sp)
     # Fit weights: the spreads *with* the mask term, which cover the paths a flip opens
     # (the exact-mask model at the oracle's masks says nothing of them: where every mask
     # is closed it gives a spread of 0 to a gradient that a flip makes non-zero).
-    loose = emb.raw_errors(x, params, batch_stats, y_bar, bw)
+    loose = emb.raw_errors(x, params, batch_stats, y_bar, bw, spread=sp)
     sigma = {t: np.sqrt(e.v + np.square(e.k) + np.square(e.m)
                         + np.square(u_conv) * (e.vs + np.square(e.ks) + np.square(e.ms)))
              + np.finfo(np.float32).tiny for t, e in loose.items()}
@@ -237,7 +241,8 @@ def resolve(x, params, batch_stats, y_bar, grads: dict, ref: dict | None = None,
         bw_f = bwd.backward(x, params, batch_stats, y_bar, flipped=chosen)
         g_f = _grads(bw_f.x_bar, bw_f.params_bar)
         rest = {t: residual[t] + np.asarray(ref[t], np.float64) - g_f[t] for t in residual}
-        return rest, emb.raw_errors(x, params, batch_stats, y_bar, bw_f, exact_masks=True)
+        return rest, emb.raw_errors(x, params, batch_stats, y_bar, bw_f, exact_masks=True,
+                                    spread=sp)
 
     def cost(v):
         chosen = [(f.stage, f.index) for f, on in zip(flips, v, strict=True) if on]

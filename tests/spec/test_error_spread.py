@@ -294,9 +294,11 @@ def test_backward_model_on_a_shared_spread_is_bit_identical_and_refuses_a_lean_o
     own = error_model_backward.model(x, params, stats, y_bar, bw)
     sp = error_spread.forward_spread(x, params, stats, bw.forward.stages)
     shared = error_model_backward.model(x, params, stats, y_bar, bw, spread=sp)
+    again = error_model_backward.model(x, params, stats, y_bar, bw, spread=sp)  # unmutated
     for t in error_model_backward.GRAD_TENSORS:
         assert np.array_equal(own.budgets.fp32[t], shared.budgets.fp32[t]), t
         assert np.array_equal(own.sigma[t], shared.sigma[t]), t
+        assert np.array_equal(own.budgets.fp32[t], again.budgets.fp32[t]), t
     with pytest.raises(ValueError, match="keep_errors=True"):
         error_model_backward.model(x, params, stats, y_bar, bw,
                                    spread=error_spread.sigmas_only(sp))

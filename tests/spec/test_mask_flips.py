@@ -150,3 +150,30 @@ def test_too_many_ambiguous_masks_are_refused(case, monkeypatch):
     grads = {t: v.astype(F32) for t, v in _backward_with(x, params, stats, y_bar).items()}
     with pytest.raises(mask_flips.TooManyFlips, match="2 ReLU masks"):
         mask_flips.resolve(x, params, stats, y_bar, grads, bw=bw)
+
+
+def test_resolve_computes_the_forward_spread_once_and_judges_as_before(case, monkeypatch):
+    """A flipped mask changes only the backward, so every model of ``resolve`` shares one
+    forward spread; the verdict is bit-identical to one where each model computes its
+    own."""
+    from resblock.spec import error_model_backward as emb
+    from resblock.spec import error_spread
+
+    x, params, stats, y_bar, bw = case
+    grads = {t: v.astype(F32) for t, v in
+             _backward_with(x, params, stats, y_bar, flip_sum=[J_SUM], flip_bn1=[J_BN1]).items()}
+    calls = []
+    real = error_spread.forward_spread
+    monkeypatch.setattr(error_spread, "forward_spread",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    shared = mask_flips.resolve(x, params, stats, y_bar, grads, bw=bw)
+    assert len(calls) == 1
+    monkeypatch.undo()
+    raw = emb.raw_errors  # each model computes its own spread, as before the sharing
+    monkeypatch.setattr(emb, "raw_errors", lambda *a, spread=None, **k: raw(*a, **k))
+    own = mask_flips.resolve(x, params, stats, y_bar, grads, bw=bw)
+    assert shared.chosen == own.chosen and set(shared.chosen) == {("sum", J_SUM),
+                                                                  ("bn1", J_BN1)}
+    assert (shared.element, shared.aggregate) == (own.element, own.aggregate)
+    for t in GRAD_TENSORS:
+        assert np.array_equal(shared.bounds[t], own.bounds[t]), t
