@@ -150,13 +150,9 @@ def _input_grad_t(cb, kernel):
         taps = _taps(dp, h, w, 2)
         kc = k.reshape(9, k.shape[2], k.shape[3])[:, :, ch].transpose(2, 0, 1)  # (T, 9, C)
         return np.matmul(taps, kc).reshape(t, n, h, w, -1).astype(np.float64)
-    t, n, h, w, f = cb.shape
-    c = _f32(cb).reshape(-1, f)  # one product a tap (a stack of row products: 1.1-2x)
-    out = np.zeros((t * n, h + 2, w + 2, kernel.shape[2]), np.float32)
-    for i in range(3):
-        for j in range(3):
-            out[:, i:i + h, j:j + w, :] += (c @ k[i, j].T).reshape(t * n, h, w, -1)
-    return out[:, 1:h + 1, 1:w + 1, :].reshape(t, n, h, w, -1).astype(np.float64)
+    # the transpose of a SAME convolution is the SAME convolution with the kernel turned
+    # half a turn and its channels swapped: summed into one output, not scattered (1.3x)
+    return _conv_t(cb, np.ascontiguousarray(k[::-1, ::-1].transpose(0, 1, 3, 2)))
 
 
 def _kernel_grad(a, cb):
@@ -199,6 +195,14 @@ def _kernel_grad(a, cb):
             sl = ap[:, :, i:i + h, j:j + w, :].reshape(a5.shape[0], -1, ci)
             out[:, i, j] = np.matmul(sl.transpose(0, 2, 1), c5)
     return out
+
+
+def _times(a, b):
+    """``a * b`` into ``a`` where ``a`` (a fresh product) has the result's shape."""
+    if a.shape == np.broadcast_shapes(a.shape, np.shape(b)):
+        a *= b
+        return a
+    return a * b
 
 
 def _mean(a):
@@ -292,30 +296,52 @@ def _group_images(x, params, stages, cot, sources, open1) -> dict:
         return wrap(dz), wrap(drel), wrap(dout)
 
     def bn_backward(c, dz, drel, g, dg, lay):
-        """Tangents of c_bar, scale_bar, beta_bar of BatchNorm ``lay``'s VJP."""
+        """Tangents of c_bar, scale_bar, beta_bar of BatchNorm ``lay``'s VJP. Each
+        full-size product is formed once (a mean is its sum over ``n``, as NumPy divides)
+        and c_bar's terms are summed into the first in order: the bits of the formula
+        written term by term, in about half the passes over the tangents."""
         sg, sgz = seed("dg", lay), seed("dgz", lay)
         rd, wrap = raw_fn(dz, drel, dg, sg, sgz)
         dz, drel, dg, sg, sgz = rd(dz), rd(drel), rd(dg), rd(sg), rd(sgz)
         _, zhat, inv = _moments(c)
+        n = c.shape[0] * c.shape[1] * c.shape[2]
         gi = p[f"BatchNorm_{lay}"]["scale"] * inv
         mgz = (g * zhat).mean(axis=(0, 1, 2))
-        dmg = add(None if dg is None else _mean(dg), sg)
-        g_dz = None if dz is None else g * dz
-        dmgz = add(None if dg is None else _mean(dg * zhat),
-                   None if g_dz is None else _mean(g_dz), sgz)
+        s_dg = s_dgz = s_gdz = None
+        if dg is not None:  # dense: a product of a transposed convolution
+            s_dg = dg.sum(axis=_AXES)
+            s_dgz = (dg * zhat).sum(axis=_AXES)
+        if dz is not None:
+            s_gdz = (g * dz).sum(axis=_AXES)
+
+        def per(s):  # a per-channel mean in the tangents' broadcast shape
+            return None if s is None else (s / n)[:, None, None, None, :]
+
+        dmg = add(per(s_dg), sg)
+        dmgz = add(per(s_dgz), per(s_gdz), sgz)
         if drel is None and dg is None and dz is None and dmg is None and dmgz is None:
             return None, None, None
         bracket = g - g.mean(axis=(0, 1, 2)) - zhat * mgz
-        dcbar = add(None if drel is None else gi * drel * bracket,
-                    None if dg is None else gi * dg, None if dmg is None else -gi * dmg,
-                    None if dz is None else -gi * dz * mgz,
-                    None if dmgz is None else -gi * zhat * dmgz)
-        dscale = add(None if dg is None else _sum(dg * zhat),
-                     None if g_dz is None else _sum(g_dz))
-        dbeta = None if dg is None else _sum(dg)
+        dcbar = None
+        for term in (lambda: gi * drel * bracket if drel is not None else None,
+                     lambda: gi * dg if dg is not None else None,
+                     lambda: -gi * dmg if dmg is not None else None,
+                     lambda: _times(-gi * dz, mgz) if dz is not None else None,
+                     lambda: -gi * zhat * dmgz if dmgz is not None else None):
+            t = term()
+            if t is None:
+                continue
+            if dcbar is None:
+                dcbar = t
+            elif dcbar.shape == np.broadcast_shapes(dcbar.shape, t.shape):
+                dcbar += t  # a fresh product: summed in place, the same bits
+            else:
+                dcbar = dcbar + t
+            del t
+        dscale = add(s_dgz, s_gdz)
         # a seed alone is per channel
         dcbar = np.broadcast_to(dcbar, dcbar.shape[:1] + g.shape)
-        return wrap(dcbar), wrap(dscale), wrap(dbeta)
+        return wrap(dcbar), wrap(dscale), wrap(s_dg)
 
     def dense_or_zero(v, shape):
         return np.zeros((nt,) + shape) if v is None else _dense(v)
