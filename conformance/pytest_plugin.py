@@ -5,6 +5,9 @@ suite with no code. Options mirror ``resblock check``: the implementation runs i
 isolated worker process (``os._exit`` or a crash in it is that case's failure, never the
 end of pytest; whatever it starts ends with the session), unless
 ``--resblock-in-process`` asks for pytest's own process (for a debugger).
+``--resblock-onnx MODEL.onnx`` gates an exported file instead, run in ONNX Runtime as
+``resblock check --onnx`` runs it (its mode and layout read from the graph unless
+``--resblock-api`` / ``--resblock-layout`` say otherwise).
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ def pytest_addoption(parser):
     g = parser.getgroup("resblock", "ResNet basic block conformance (resblock)")
     g.addoption("--resblock-impl", metavar="TARGET", default=None,
                 help="module:function or file.py:function to check against the goldens")
+    g.addoption("--resblock-onnx", metavar="MODEL.onnx", default=None,
+                help="an exported ONNX file to check instead, run in ONNX Runtime (as "
+                     "resblock check --onnx)")
     g.addoption("--resblock-api", choices=["functional", "seeded", "backward", "inference"],
-                default="functional")
-    g.addoption("--resblock-layout", choices=["nhwc", "nchw"], default="nhwc")
+                default=None, help="default functional; with --resblock-onnx, the file's")
+    g.addoption("--resblock-layout", choices=["nhwc", "nchw"], default=None,
+                help="default nhwc; with --resblock-onnx, the graph's")
     g.addoption("--resblock-profile", default="fp32", metavar="|".join(profile_names()),
                 help="tolerance profile (spec section 8.2; a renamed one says its new name)")
     g.addoption("--resblock-goldens", action="append", default=None, metavar="PATH")
@@ -96,7 +103,8 @@ _OPEN_FILES: list = []  # golden files, then the worker: closed at the end of th
 def pytest_collection_modifyitems(session, config, items):
     """Adds one item per golden case (before -k deselection runs, hence tryfirst)."""
     target = config.getoption("--resblock-impl")
-    if not target:
+    onnx_file = config.getoption("--resblock-onnx")
+    if not target and not onnx_file:
         return
     from resblock.conformance.judging.runner import CheckConfig, open_goldens
     from resblock.conformance.running.invoke import InProcess
@@ -108,6 +116,16 @@ def pytest_collection_modifyitems(session, config, items):
 
     in_process = config.getoption("--resblock-in-process")
     timeout = config.getoption("--resblock-timeout")
+    api, layout = config.getoption("--resblock-api"), config.getoption("--resblock-layout")
+    if target and onnx_file:
+        raise pytest.UsageError("resblock: give one of --resblock-impl TARGET and "
+                                "--resblock-onnx MODEL.onnx, not both")
+    if onnx_file and (in_process or timeout is not None
+                      or api not in (None, "inference", "functional")):
+        raise pytest.UsageError("resblock: --resblock-onnx runs the file in ONNX Runtime with "
+                                "--resblock-api inference (an eval export) or functional (a "
+                                "training-mode export); drop --resblock-api seeded/backward, "
+                                "--resblock-in-process and --resblock-timeout")
     if in_process and timeout is not None:
         raise pytest.UsageError("resblock: --resblock-timeout needs the worker process; "
                                 "drop --resblock-in-process")
@@ -116,10 +134,18 @@ def pytest_collection_modifyitems(session, config, items):
                                 f"of seconds, got {timeout}")
     invoker = None
     try:
-        cfg = CheckConfig(target=target, api=config.getoption("--resblock-api"),
-                          layout=config.getoption("--resblock-layout"),
-                          profile=config.getoption("--resblock-profile"))
-        if in_process:
+        if onnx_file:
+            from resblock.conformance.running.onnx_model import OnnxInvoker, read_block
+
+            block = read_block(onnx_file, api, layout)
+            cfg = CheckConfig(target=onnx_file, api=block.api, layout=block.layout,
+                              profile=config.getoption("--resblock-profile"), onnx=True)
+        else:
+            cfg = CheckConfig(target=target, api=api or "functional", layout=layout or "nhwc",
+                              profile=config.getoption("--resblock-profile"))
+        if onnx_file:
+            invoker = OnnxInvoker(block)
+        elif in_process:
             invoker = InProcess(load_target(target), cfg.api, cfg.layout)
         else:  # started first: it loads the target while the goldens are opened
             invoker = Worker(target, cfg.api, cfg.layout, timeout)
@@ -134,7 +160,7 @@ def pytest_collection_modifyitems(session, config, items):
             from resblock.conformance.judging.runner import check_inference_data
 
             check_inference_data(files)
-        if not in_process:
+        if not in_process and not onnx_file:
             invoker.wait_ready()
     except HarnessError as e:
         if invoker is not None:

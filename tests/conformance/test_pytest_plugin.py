@@ -164,3 +164,80 @@ def test_cases_outside_the_profile_are_skipped(pytester):
     result.assert_outcomes(passed=1, skipped=2)
     result.stdout.fnmatch_lines(["*outside the fp16 profile: batch variance of BatchNorm_0 "
                                  "reaches 1.05e+06 > float16's 65504*"])
+
+
+# -- --resblock-onnx: an exported file gated as `resblock check --onnx` gates it ---------
+
+def _require_deploy():
+    """torch, onnx and onnxruntime (the [deploy] extra); CI sets RESBLOCK_REQUIRE_DEPLOY, so
+    there a missing one fails, not skips. Looked up, not imported: pytester restores
+    sys.modules after each test, and a C extension imported twice corrupts the process."""
+    import importlib.util
+    import os
+
+    for m in ("torch", "onnx", "onnxruntime"):
+        if importlib.util.find_spec(m) is None:
+            if os.environ.get("RESBLOCK_REQUIRE_DEPLOY"):
+                pytest.fail(f"{m} is not installed and RESBLOCK_REQUIRE_DEPLOY is set "
+                            "(.ci/run): pip install -c constraints.txt -e '.[deploy]'")
+            pytest.skip(f"{m} is not installed (pip install '.[deploy]')")
+
+
+@pytest.fixture(scope="module")
+def onnx_files(tmp_path_factory):
+    """Eval exports by examples/export_torch_onnx.py: correct, and with Keras' epsilon.
+    Module-scoped, so torch is imported before any test's pytester snapshot of sys.modules
+    (and never removed from it)."""
+    import importlib.util
+    import warnings
+
+    _require_deploy()
+    spec = importlib.util.spec_from_file_location("resblock_export_torch_onnx_plugin",
+                                                  EXAMPLES / "export_torch_onnx.py")
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    d = tmp_path_factory.mktemp("onnx")
+    paths = {}
+    for name, kw in (("block", {}), ("eps", {"eps": 1e-3})):
+        paths[name] = str(d / f"{name}.onnx")
+        with warnings.catch_warnings():  # the TorchScript exporter's deprecation notices
+            warnings.simplefilter("ignore")
+            ex.export(ex.trained_block(4, **kw), paths[name], 4, keep_batchnorm=True)
+    return paths
+
+
+def test_an_eval_export_passes_every_committed_case_with_resblock_onnx(pytester, onnx_files):
+    result = pytester.runpytest_subprocess("--resblock-onnx", onnx_files["block"], "-q", "-p",
+                                           "resblock")
+    result.assert_outcomes(passed=N_CASES)  # read as --api inference, NCHW: the graph's
+    assert result.ret == 0
+
+
+def test_a_wrong_export_fails_and_names_its_pitfall_with_resblock_onnx(pytester, onnx_files):
+    result = pytester.runpytest_subprocess("--resblock-onnx", onnx_files["eps"], "-q", "-p",
+                                           "resblock")  # Keras' epsilon, 1e-3
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) >= 30 and result.ret == pytest.ExitCode.TESTS_FAILED
+    assert "matches pitfall inf_epsilon_1e3:" in result.stdout.str()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--resblock-impl", "x.py:f"], "not both"),
+    (["--resblock-api", "backward"], "drop --resblock-api seeded/backward"),
+    (["--resblock-in-process"], "--resblock-in-process"),
+])
+def test_resblock_onnx_refuses_options_it_cannot_honour(pytester, extra, message):
+    result = pytester.runpytest_subprocess("--resblock-onnx", "model.onnx", "-q", "-p",
+                                           "resblock", *extra)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str()
+
+
+def test_an_unreadable_onnx_file_is_a_usage_error_naming_it(pytester):
+    _require_deploy()  # without onnx the message says to install it instead
+    bad = pytester.path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    result = pytester.runpytest_subprocess("--resblock-onnx", str(bad), "-q", "-p", "resblock")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"--onnx {bad}: not a readable ONNX file" in result.stderr.str()
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
