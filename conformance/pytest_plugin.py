@@ -140,16 +140,15 @@ def pytest_collection_modifyitems(session, config, items):
             block = read_block(onnx_file, api, layout)
             cfg = CheckConfig(target=onnx_file, api=block.api, layout=block.layout,
                               profile=config.getoption("--resblock-profile"), onnx=True)
+            invoker = OnnxInvoker(block)
         else:
             cfg = CheckConfig(target=target, api=api or "functional", layout=layout or "nhwc",
                               profile=config.getoption("--resblock-profile"))
-        if onnx_file:
-            invoker = OnnxInvoker(block)
-        elif in_process:
-            invoker = InProcess(load_target(target), cfg.api, cfg.layout)
-        else:  # started first: it loads the target while the goldens are opened
-            invoker = Worker(target, cfg.api, cfg.layout, timeout)
-            invoker.start()
+            if in_process:
+                invoker = InProcess(load_target(target), cfg.api, cfg.layout)
+            else:  # started first: it loads the target while the goldens are opened
+                invoker = Worker(target, cfg.api, cfg.layout, timeout)
+                invoker.start()
         files = open_goldens(config.getoption("--resblock-goldens") or default_goldens())
         _OPEN_FILES.extend(files)
         if cfg.api == "backward":

@@ -131,20 +131,10 @@ def _conv_t(a, kernel):
 
 def _input_grad_t(cb, kernel):
     """``conv3x3_input_grad`` of tangents (T, N, H, W, F), dense out, in float32 (packed
-    ``cb``: ``1/F`` of the cost)."""
-    k = _f32(kernel)
-    if isinstance(cb, _Diag):
-        # the transpose: the SAME convolution with the kernel turned half a turn and its
-        # channels swapped, one product of the patches a tangent (as in _conv_t)
-        d, ch = _columns(cb)
-        t, n, h, w = d.shape
-        kf = k[::-1, ::-1].reshape(9, k.shape[2], k.shape[3])
-        kc = kf[:, :, ch].transpose(2, 0, 1)  # (T, 9, C)
-        return np.matmul(channel_patches(np.moveaxis(d, 0, -1)), kc).reshape(
-            t, n, h, w, -1).astype(np.float64)
-    # the transpose of a SAME convolution is the SAME convolution with the kernel turned
-    # half a turn and its channels swapped: summed into one output, not scattered (1.3x)
-    return _conv_t(cb, np.ascontiguousarray(k[::-1, ::-1].transpose(0, 1, 3, 2)))
+    ``cb``: ``1/F`` of the cost). The transpose of a SAME convolution is the SAME
+    convolution with the kernel turned half a turn and its channels swapped: summed into
+    one output, not scattered (1.3x), and one product a packed tangent."""
+    return _conv_t(cb, np.ascontiguousarray(_f32(kernel)[::-1, ::-1].transpose(0, 1, 3, 2)))
 
 
 def _kernel_grad(a, cb):
@@ -187,14 +177,6 @@ def _kernel_grad(a, cb):
             sl = ap[:, :, i:i + h, j:j + w, :].reshape(a5.shape[0], -1, ci)
             out[:, i, j] = np.matmul(sl.transpose(0, 2, 1), c5)
     return out
-
-
-def _times(a, b):
-    """``a * b`` into ``a`` where ``a`` (a fresh product) has the result's shape."""
-    if a.shape == np.broadcast_shapes(a.shape, np.shape(b)):
-        a *= b
-        return a
-    return a * b
 
 
 def _mean(a):
@@ -318,7 +300,7 @@ def _group_images(x, params, stages, cot, sources, open1) -> dict:
         for term in (lambda: gi * drel * bracket if drel is not None else None,
                      lambda: gi * dg if dg is not None else None,
                      lambda: -gi * dmg if dmg is not None else None,
-                     lambda: _times(-gi * dz, mgz) if dz is not None else None,
+                     lambda: -gi * dz * mgz if dz is not None else None,
                      lambda: -gi * zhat * dmgz if dmgz is not None else None):
             t = term()
             if t is None:
