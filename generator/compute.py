@@ -80,10 +80,11 @@ def compute_groups(groups, writer, runners, progress=None, compiler=None, stages
     these groups' forwards. ``stages``: store the stage data too (format 5);
     ``inference``: the inference block (format 6).
     """
-    from resblock.generator.batched import derive_cases
+    from resblock.generator.batched import derive_cases, derive_cases_and_y_bars
     from resblock.generator.engine import compute_group
     from resblock.generator.resources import LARGE_ALLOCATION, return_large_allocations
 
+    grad = any(getattr(r, "grad", False) for r in runners)
     if any(g[0].n * g[0].h * g[0].w * g[0].features * 4 >= LARGE_ALLOCATION for g in groups):
         return_large_allocations()  # memory bounded from group to group
     pending: list = []
@@ -95,17 +96,22 @@ def compute_groups(groups, writer, runners, progress=None, compiler=None, stages
                     break
                 chunk.append(g)
                 n += len(g)
-            derived = derive_cases([c for g in chunk for c in g])
+            flat = [c for g in chunk for c in g]
+            if grad:  # the cotangents in the same draw programs as the inputs
+                derived, bars = derive_cases_and_y_bars(flat)
+            else:
+                derived, bars = derive_cases(flat), [None] * len(flat)
             for g in chunk:
-                pending.append(derived[: len(g)])
-                derived = derived[len(g):]
+                pending.append((derived[: len(g)], bars[: len(g)]))
+                derived, bars = derived[len(g):], bars[len(g):]
         runner = runners[i % len(runners)]
         if compiler is not None:
             compiled = compiler.executable(i)
             if compiled is not None:
                 runner.use_executable(group[0].x_shape, compiled)
-        arrays, extras = compute_group(group, runner, pending.pop(0), stages=stages,
-                                       inference=inference)
+        inputs, y_bars = pending.pop(0)
+        arrays, extras = compute_group(group, runner, inputs, stages=stages,
+                                       inference=inference, y_bars=y_bars if grad else None)
         writer.write_group(group, arrays, extras)
         if progress is not None:
             progress(len(group))

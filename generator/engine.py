@@ -127,13 +127,14 @@ def compile_forward(case: Case, precision: str = "highest", grad: bool = False):
 
 
 def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None,
-                  stages: bool = False, inference: bool = False):
+                  stages: bool = False, inference: bool = False, y_bars=None):
     """The arrays of a shape group (stacked on axis 0) and per-case index extras: every
     CASE_ARRAYS name, the stage data (STAGE_ARRAYS) only with ``stages``, the inference
     block (INFERENCE_ARRAYS) only with ``inference``.
 
     ``inputs``: the ``(x, params, batch_stats)`` of each case, if already derived
-    (``resblock.generator.batched.derive_cases`` derives many groups at once).
+    (``resblock.generator.batched.derive_cases`` derives many groups at once);
+    ``y_bars``: their cotangents, likewise, for a gradient runner.
     """
     if inputs is None:
         from resblock.generator.batched import derive_cases
@@ -142,7 +143,7 @@ def compute_group(cases: list[Case], runner: ReferenceRunner, inputs=None,
     rows: list[dict] = []
     extras: list[dict] = []
     fp32 = tolerance.profile("fp32")
-    if getattr(runner, "grad", False):
+    if getattr(runner, "grad", False) and y_bars is None:
         from resblock.generator.batched import derive_y_bars
 
         y_bars = derive_y_bars(cases)

@@ -129,12 +129,14 @@ def input_problems(gf) -> tuple[list[str], list[str]]:
     differing = []
     for i in range(0, len(entries), DERIVE_CHUNK):
         chunk = entries[i:i + DERIVE_CHUNK]
-        derived = derive_cases([Case.from_id(e["id"]) for e in chunk])
+        cases = [Case.from_id(e["id"]) for e in chunk]
         y_bars = None
         if any(gf.group_has_grad(e["group"]) for e in chunk):
-            from resblock.generator.batched import derive_y_bars
+            from resblock.generator.batched import derive_cases_and_y_bars
 
-            y_bars = derive_y_bars([Case.from_id(e["id"]) for e in chunk])
+            derived, y_bars = derive_cases_and_y_bars(cases)
+        else:
+            derived = derive_cases(cases)
         running = None
         if any(gf.group_has_inference(e["group"]) for e in chunk):
             from resblock.generator.batched import derive_running_stats_all

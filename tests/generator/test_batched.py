@@ -116,6 +116,23 @@ def test_batched_y_bars_equal_the_exact_draws():
         assert np.array_equal(got, want)
 
 
+def test_inputs_and_y_bars_drawn_together_equal_the_exact_draws():
+    """derive_cases_and_y_bars: the cotangents ride in the inputs' draw programs and
+    change neither (every family, padded rows of several sizes)."""
+    from resblock.spec.derivation import derive_y_bar
+
+    cases = [Case("functional", "normal", 2, 3, 5, 4, 0), Case("seeded", "large", 1, 1, 1, 3, 7),
+             Case("stress", "offset", 4, 6, 6, 8, 1), Case("seeded", "normal", 1, 4, 4, 4, 2)]
+    inputs, y_bars = batched.derive_cases_and_y_bars(cases)
+    assert len(inputs) == len(y_bars) == len(cases)
+    for c, got, y_bar in zip(cases, inputs, y_bars, strict=True):
+        _assert_same(c, got)
+        want = derive_y_bar(c)
+        assert y_bar.dtype == np.float32 and y_bar.shape == c.x_shape
+        assert np.array_equal(y_bar, want), c.id
+        assert not np.array_equal(y_bar, got[0])  # its own role, not x's draw
+
+
 def test_batched_running_stats_equal_the_exact_draws():
     from resblock.generator.batched import derive_running_stats_all
     from resblock.spec.cases import Case
