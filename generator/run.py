@@ -22,22 +22,33 @@ from resblock.generator import compute, parallel, provenance
 from resblock.generator.compile_worker import can_fork
 from resblock.generator.grid import definition, group_cases
 
-PARALLEL_MIN_WORK_S = 5.0  # estimated execution seconds per worker before splitting groups
+PARALLEL_MIN_WORK_S = 5.0  # estimated execution seconds per worker beyond the second
+SPLIT_OVERHEAD_S = 1.0  # writing each worker's shard and copying it into the output
+GRAD_COMPILE_FACTOR = 3.0  # forward+VJP program over forward-only: 15.7 vs 5.2 CPU s to
+#                            lower and compile the default preset's 34 shape groups
 
 
-def default_jobs(cases, groups) -> int:
+def default_jobs(cases, groups, grad: bool = False) -> int:
     """One process (plus its compile worker) unless execution, not compilation, dominates.
 
-    Compilation is what dominates ordinary grids, and the compile worker
-    (:class:`resblock.generator.compile_worker.CompileWorker`) already puts it on the
-    second core; splitting groups over processes was measured slower on
-    the benchmark, default and large presets (2.7 vs 2.4 s, 4.6 vs 4.5 s, 4.2 vs 3.8 s).
-    Grids with many seconds of float32/float64 work per core are split.
+    In one process the compile worker (:class:`resblock.generator.compile_worker.
+    CompileWorker`) compiles on the second core while this process executes, and each
+    takes the other's work when it runs out, so the wall time is about ``max(E, (E +
+    C) / 2)`` for execution ``E`` and compilation ``C``; split over processes, each
+    compiles and executes its own groups, ``(E + C) / 2`` plus the shards' writing and
+    copying. Splitting pays only where execution exceeds compilation by more than that
+    (:data:`SPLIT_OVERHEAD_S`): measured slower on the benchmark, default and large
+    presets (2.7 vs 2.4 s, 4.6 vs 4.5 s, 4.2 vs 3.8 s), faster on the bench preset's
+    ``--grad`` (8.0 vs 9.5 s), whose backward is ten times its forward's execution.
+    ``grad``: the backward's execution and compilation counted too.
     """
-    from resblock.generator.shard import work_cost
+    from resblock.generator.shard import COMPILE_S, backward_cost, work_cost
 
-    work = sum(work_cost(g) for g in groups)
-    jobs = min(os.cpu_count() or 1, len(groups), 8, int(work // PARALLEL_MIN_WORK_S))
+    work = sum(work_cost(g) + (backward_cost(g) if grad else 0.0) for g in groups)
+    compile_s = len(groups) * COMPILE_S * (GRAD_COMPILE_FACTOR if grad else 1.0)
+    if work < compile_s + SPLIT_OVERHEAD_S:
+        return 1
+    jobs = min(os.cpu_count() or 1, len(groups), 8, max(2, int(work // PARALLEL_MIN_WORK_S)))
     return max(1, jobs)
 
 
@@ -69,7 +80,7 @@ def generate(cases, path, *, preset: str | None = None, force: bool = False,
         grid["shard"] = f"{k}/{n}"
         cases = shard_cases(cases, k, n)
     groups = group_cases(cases)
-    jobs = default_jobs(cases, groups) if jobs is None else max(1, min(jobs, len(groups)))
+    jobs = default_jobs(cases, groups, grad) if jobs is None else max(1, min(jobs, len(groups)))
     if jobs == 1:
         return compute.compute_into(groups, path, device=device, grid=grid, force=force,
                                     progress=progress, precision=precision,

@@ -231,3 +231,22 @@ def test_inference_block_is_the_same_whatever_the_split(tmp_path, monkeypatch):
     run = run_check(cfg, InProcess(make_infer("folded"), "inference", "nhwc"),
                     [tmp_path / "merged.h5"])
     assert run.conforms and len(run.results) == 5
+
+
+def test_default_jobs_split_only_where_execution_outweighs_compilation(monkeypatch):
+    """One process while compilation dominates (the compile worker already uses the
+    second core); two where execution does: the real-size preset, and the bench grid's
+    backward (ten times its forward's execution), never more than the cores."""
+    from resblock.generator.grid import group_cases, preset_cases
+    from resblock.generator.run import default_jobs
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    got = {}
+    for name in ("smoke", "default", "bench", "resnet18"):
+        cases = preset_cases(name)
+        groups = group_cases(cases)
+        got[name] = (default_jobs(cases, groups), default_jobs(cases, groups, grad=True))
+    assert got == {"smoke": (1, 1), "default": (1, 1), "bench": (1, 2), "resnet18": (2, 2)}
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    cases = preset_cases("resnet18")
+    assert default_jobs(cases, group_cases(cases), grad=True) == 1
