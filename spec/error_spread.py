@@ -58,6 +58,7 @@ from resblock.spec.error_model import (
     U,
     abs_conv,
     for_blocks,
+    pad_hw,
     sample_blocks,
 )
 
@@ -163,7 +164,7 @@ def tap_moments(a, dev):
     m1 = np.zeros((3, 3, ch))
     m2 = np.zeros((3, 3, ch, dev32.shape[-1]))
     for blk in sample_blocks(n, h, w):
-        ap = np.pad(a32[blk], ((0, 0), (1, 1), (1, 1), (0, 0)))
+        ap = pad_hw(a32[blk])
         rows = ap.shape[0] * h * w
         dev2 = dev32[blk].reshape(rows, -1)
         for i in range(3):
@@ -322,7 +323,7 @@ def single_channel_conv(d, kernel_c):
     """3x3 SAME convolution of one channel ``d`` (N, H, W) with ``kernel_c`` (3, 3, F):
     one (N*H*W, 9) by (9, F) product."""
     n, h, w = d.shape
-    dp = np.pad(np.asarray(d, np.float32), ((0, 0), (1, 1), (1, 1)))
+    dp = pad_hw(np.asarray(d, np.float32), axes=(1, 2))
     patches = np.stack([dp[:, i:i + h, j:j + w] for i in range(3) for j in range(3)],
                        axis=-1)
     kc = np.asarray(kernel_c, np.float32).reshape(9, -1)
@@ -333,7 +334,7 @@ def channel_patches(d):
     """The 3x3 SAME patches of every channel of ``d`` (N, H, W, C): ``(C, N*H*W, 9)``
     float32, channel ``ci``'s the rows :func:`single_channel_conv` multiplies."""
     n, h, w, ch = d.shape
-    dp = np.pad(np.asarray(d, np.float32), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    dp = pad_hw(np.asarray(d, np.float32))
     out = np.empty((ch, n * h * w, 9), np.float32)
     for t, (i, j) in enumerate((i, j) for i in range(3) for j in range(3)):
         out[:, :, t] = dp[:, i:i + h, j:j + w, :].reshape(-1, ch).T

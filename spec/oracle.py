@@ -18,7 +18,7 @@ import numpy as np
 
 from resblock import blas
 from resblock.spec.constants import EPSILON, MOMENTUM
-from resblock.spec.error_model import for_blocks
+from resblock.spec.error_model import for_blocks, pad_hw
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def conv3x3(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
     step = max(1, 4096 // max(h * w, 1))
 
     def block(b):  # blocks on every core (error_model.for_blocks): the same bits
-        xp = np.pad(x[b:b + step], ((0, 0), (1, 1), (1, 1), (0, 0)))
+        xp = pad_hw(x[b:b + step])
         ob = np.zeros((xp.shape[0], h, w, kernel.shape[-1]), dtype=np.float64)
         for i in range(3):
             for j in range(3):

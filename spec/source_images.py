@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from resblock.spec.constants import EPSILON, PARAM_NAMES
+from resblock.spec.error_model import pad_hw
 from resblock.spec.error_spread import channel_patches
 
 GRAD_TENSORS = ("x",) + PARAM_NAMES
@@ -121,7 +122,7 @@ def _conv_t(a, kernel):
         return np.matmul(channel_patches(np.moveaxis(d, 0, -1)), kc).reshape(
             t, n, h, w, -1).astype(np.float64)
     t, n, h, w, c = a.shape
-    ap = np.pad(_f32(a).reshape(t * n, h, w, c), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    ap = pad_hw(_f32(a).reshape(t * n, h, w, c))
     out = np.zeros((t * n, h, w, kernel.shape[-1]), np.float32)
     for i in range(3):
         for j in range(3):
@@ -152,13 +153,13 @@ def _kernel_grad(a, cb):
         out = np.zeros((t, 3, 3, ci, f))
         rows = np.arange(t)
         if packed_a:  # shift the tangent against the cotangent
-            dp = np.pad(d, ((0, 0), (0, 0), (1, 1), (1, 1)))
+            dp = pad_hw(d, axes=(2, 3))
             c2 = other.reshape(-1, f)
             for i in range(3):
                 for j in range(3):
                     out[rows, i, j, ch, :] = dp[:, :, i:i + h, j:j + w].reshape(t, -1) @ c2
         else:  # shift the activation against the tangent
-            ap = np.pad(other, ((0, 0), (1, 1), (1, 1), (0, 0)))
+            ap = pad_hw(other)
             d2 = d.reshape(t, -1)
             for i in range(3):
                 for j in range(3):
@@ -169,7 +170,7 @@ def _kernel_grad(a, cb):
     t = max(a5.shape[0], c5.shape[0])
     _, n, h, w, ci = a5.shape
     f = c5.shape[-1]
-    ap = np.pad(a5, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
+    ap = pad_hw(a5)
     out = np.empty((t, 3, 3, ci, f))
     c5 = c5.reshape(c5.shape[0], -1, f)
     for i in range(3):

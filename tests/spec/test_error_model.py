@@ -118,3 +118,20 @@ def smoke_case():
 
     (x, params, stats), = derive_cases([Case("functional", "normal", 2, 3, 5, 4, 0)])
     return x, params, stats
+
+
+@pytest.mark.parametrize("shape, axes, pads", [
+    ((2, 3, 4, 5), (-3, -2), ((0, 0), (1, 1), (1, 1), (0, 0))),
+    ((2, 1, 3, 4, 5), (-3, -2), ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0))),
+    ((3, 2, 4, 5), (2, 3), ((0, 0), (0, 0), (1, 1), (1, 1))),
+    ((2, 3, 4), (1, 2), ((0, 0), (1, 1), (1, 1))),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pad_hw_is_np_pad_bit_for_bit(shape, axes, pads, dtype):
+    from resblock.spec.error_model import pad_hw
+
+    a = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    a.flat[0] = -0.0  # a signed zero inside survives
+    got, want = pad_hw(a, axes), np.pad(a, pads)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert np.array_equal(got, want) and np.array_equal(np.signbit(got), np.signbit(want))
