@@ -265,6 +265,20 @@ def gradients(preset: str, repeats: int, tmp: Path, lines: list[str]):
                  f"jax.vjp loop {med['naive jax.vjp loop']:6.2f} s "
                  f"({med['naive jax.vjp loop'] / g:.2f}x slower than generate --grad; it "
                  f"computes no oracle, budgets or file)  (medians of {repeats})")
+    floor = {m: [] for m in ("fwd", "grad")}
+    for _ in range(repeats):  # the compilations alone, alternately (benchmarks/compile_floor.py)
+        for m in floor:
+            out = subprocess.run([PY, str(ROOT / "benchmarks" / "compile_floor.py"), preset, m],
+                                 capture_output=True, text=True, check=True, env=env_with())
+            wall, cpu, groups = out.stdout.split()
+            floor[m].append((float(wall), float(cpu)))
+    fw = {m: statistics.median(w for w, _ in v) for m, v in floor.items()}
+    fc = {m: statistics.median(c for _, c in v) for m, v in floor.items()}
+    lines.append(f"  {preset:8s} compile floor ({groups} shape groups, lowered and compiled, "
+                 f"nothing run): forward+VJP {fw['grad']:.2f} s wall / {fc['grad']:.2f} s CPU, "
+                 f"forward {fw['fwd']:.2f} s / {fc['fwd']:.2f} s -> {fc['grad'] / fc['fwd']:.2f}x "
+                 f"the CPU (generate --grad on a compile-bound grid cannot cost less than "
+                 f"that against forward-only)")
     lines.append(f"  {preset:8s} file size: forward-only {fwd_out.stat().st_size / 1e6:.2f} MB, "
                  f"with gradients {grad_out.stat().st_size / 1e6:.2f} MB")
     from resblock.golden.reader import GoldenFile
