@@ -115,3 +115,40 @@ def test_reference_score_sees_output_and_stats_errors(computed):
     bad_stats = dict(row, **{key: row[key] * np.float32(1.01)})
     assert reference_score(case, bad_stats, prof) > 1
     assert base <= 1
+
+
+PLACEMENT = """
+import jax, numpy as np
+from resblock.generator.engine import ReferenceRunner
+from resblock.generator.batched import derive_cases
+from resblock.spec.cases import Case
+from resblock.spec.derivation import derive_y_bar
+case = Case("functional", "normal", 2, 3, 5, 4, 0)
+(x, params, stats), = derive_cases([case])
+y_bar = derive_y_bar(case)
+cpu0, cpu1 = jax.devices("cpu")[:2]
+for grad in (False, True):
+    here, there = ReferenceRunner(cpu0, grad=grad), ReferenceRunner(cpu1, grad=grad)
+    assert (here._put, there._put) == (False, True)
+    args = (x, params, stats) + ((y_bar,) if grad else ())
+    a, b = here(*args), there(*args)
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        assert isinstance(u, np.ndarray) and np.array_equal(u, v)
+    assert np.array_equal(here.infer(x, params, stats), there.infer(x, params, stats))
+print("OK")
+"""
+
+
+def test_runner_puts_inputs_only_on_a_device_that_is_not_the_default():
+    """The default device's runner hands NumPy inputs to JAX as they are (no device_put
+    of their tree); a runner on another device puts them there; both give the same
+    bits (two host devices, a fresh process)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", PLACEMENT], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "OK", r.stderr[-2000:]
