@@ -19,6 +19,7 @@ from resblock.conformance.mistakes.variants_backward import (
 from resblock.conformance.running.invoke import InProcess
 from resblock.conformance.running.targets import load_target
 from resblock.errors import GoldenFormatError
+from resblock.generator.batched import derive_y_bars
 from resblock.spec.cases import Case
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -236,6 +237,8 @@ def twin_golden(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SOURCE_DATE_EPOCH", "1700000000")
         mp.setattr("resblock.generator.batched.derive_cases", twin_inputs)
+        mp.setattr("resblock.generator.batched.derive_cases_and_y_bars",  # what --grad uses
+                   lambda cs: (twin_inputs(cs), derive_y_bars(cs)))
         generate(cases, path, grad=True, jobs=1)
     return path
 

@@ -12,6 +12,7 @@ import pytest
 from resblock.conformance.judging.runner import CheckConfig, run_check
 from resblock.conformance.mistakes.variants_backward import twin_backward
 from resblock.conformance.running.invoke import InProcess
+from resblock.generator.batched import derive_y_bars
 from resblock.spec import backward as bwd
 from resblock.spec.cases import Case
 
@@ -54,6 +55,8 @@ def planted_golden(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SOURCE_DATE_EPOCH", "1700000000")
         mp.setattr("resblock.generator.batched.derive_cases", _planted)
+        mp.setattr("resblock.generator.batched.derive_cases_and_y_bars",  # what --grad uses
+                   lambda cs: (_planted(cs), derive_y_bars(cs)))
         generate([Case("stress", "normal", 2, 6, 6, 3, 0)], path, grad=True, jobs=1)
     return path
 
