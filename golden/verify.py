@@ -114,7 +114,7 @@ def input_problems(gf) -> tuple[list[str], list[str]]:
     try:
         import jax
 
-        from resblock.generator.batched import derive_cases
+        from resblock.generator.batched import derive_cases, derive_cases_and_y_bars
         from resblock.spec.derivation import prng_config
     except ImportError as e:
         return [], [f"inputs not re-derived from the case ids: JAX is not installed ({e}); "
@@ -130,18 +130,15 @@ def input_problems(gf) -> tuple[list[str], list[str]]:
     for i in range(0, len(entries), DERIVE_CHUNK):
         chunk = entries[i:i + DERIVE_CHUNK]
         cases = [Case.from_id(e["id"]) for e in chunk]
-        y_bars = None
         if any(gf.group_has_grad(e["group"]) for e in chunk):
-            from resblock.generator.batched import derive_cases_and_y_bars
-
             derived, y_bars = derive_cases_and_y_bars(cases)
         else:
-            derived = derive_cases(cases)
+            derived, y_bars = derive_cases(cases), None
         running = None
         if any(gf.group_has_inference(e["group"]) for e in chunk):
             from resblock.generator.batched import derive_running_stats_all
 
-            running = derive_running_stats_all([Case.from_id(e["id"]) for e in chunk])
+            running = derive_running_stats_all(cases)
         for j, (e, (x, params, stats)) in enumerate(zip(chunk, derived, strict=True)):
             fresh = {"x": x}
             fresh.update({f"params/{k}/{kk}": v for k, d in params.items() for kk, v in d.items()})
