@@ -42,6 +42,7 @@ import numpy as np
 from resblock import blas
 from resblock.spec import oracle
 from resblock.spec.constants import EPSILON
+from resblock.spec.error_model import cores, for_blocks
 
 BACKWARD_STAGES = ("sum", "bn2", "conv2", "relu1", "bn1", "conv1")
 
@@ -80,10 +81,13 @@ def batch_norm_backward(c: np.ndarray, scale: np.ndarray, g: np.ndarray):
 
 def conv3x3_input_grad(c_bar: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """The transposed SAME convolution: ``a_bar`` (NHWC) of ``c = conv3x3(a, kernel)``.
-    A block of samples at a time (the same sums element by element; in cache)."""
+    A block of samples at a time (the same sums element by element; in cache), blocks on
+    every core (:func:`resblock.spec.error_model.for_blocks`, as the forward's
+    :func:`resblock.spec.oracle.conv3x3`)."""
     n, h, w, _ = c_bar.shape
     out = np.empty((n, h, w, kernel.shape[2]), dtype=np.float64)
-    for blk in _sample_blocks(n, h, w):
+
+    def block(blk):
         ob = np.zeros((blk.stop - blk.start, h + 2, w + 2, kernel.shape[2]),
                       dtype=np.float64)
         cb = c_bar[blk]
@@ -91,6 +95,8 @@ def conv3x3_input_grad(c_bar: np.ndarray, kernel: np.ndarray) -> np.ndarray:
             for j in range(3):
                 ob[:, i:i + h, j:j + w, :] += cb @ kernel[i, j].T
         out[blk] = ob[:, 1:h + 1, 1:w + 1, :]
+
+    for_blocks(block, _sample_blocks(n, h, w))
     return out
 
 
@@ -98,21 +104,38 @@ def conv3x3_kernel_grad(a: np.ndarray, c_bar: np.ndarray) -> np.ndarray:
     """``k_bar`` (HWIO) of ``c = conv3x3(a, k)``: each tap correlates the padded input
     with ``c_bar`` over N, H, W. Summed a block of samples at a time: one block (the
     same sums as over the whole tensor) up to 4096 values per channel; beyond, the
-    blocks' sums are added (a float64 rounding apart, and 3-10x faster at 32x56x56x64
-    than copying each shifted tensor whole)."""
+    blocks' sums are added in block order (a float64 rounding apart, and 3-10x faster at
+    32x56x56x64 than copying each shifted tensor whole). The blocks' products run on
+    every core, as many at a time as there are cores, and are added in the same order:
+    the same bits as one after the other."""
     n, h, w, ci = a.shape
     f = c_bar.shape[-1]
     out = np.empty((3, 3, ci, f), dtype=np.float64)
-    for b, blk in enumerate(_sample_blocks(n, h, w)):
+    blocks = _sample_blocks(n, h, w)
+    wave = cores()
+
+    def taps(blk):
         ap = np.pad(a[blk], ((0, 0), (1, 1), (1, 1), (0, 0)))
         cb = c_bar[blk].reshape(-1, f)
+        t = np.empty((3, 3, ci, f), dtype=np.float64)
         for i in range(3):
             for j in range(3):
-                tap = ap[:, i:i + h, j:j + w, :].reshape(-1, ci).T @ cb
-                if b == 0:  # assigned, not added to 0.0: a -0.0 stays -0.0
-                    out[i, j] = tap
-                else:
-                    out[i, j] += tap
+                t[i, j] = ap[:, i:i + h, j:j + w, :].reshape(-1, ci).T @ cb
+        return t
+
+    for start in range(0, len(blocks), wave):
+        part = blocks[start:start + wave]
+        sums: list = [None] * len(part)
+
+        def one(k, part=part, sums=sums):
+            sums[k] = taps(part[k])
+
+        for_blocks(one, range(len(part)))
+        for k, t in enumerate(sums):
+            if start + k == 0:  # assigned, not added to 0.0: a -0.0 stays -0.0
+                out[...] = t
+            else:
+                out += t
     return out
 
 

@@ -116,15 +116,19 @@ def sample_blocks(n: int, h: int, w: int):
     return [slice(b, min(b + step, n)) for b in range(0, n, step)]
 
 
+def cores() -> int:
+    """The cores this process may run on (its affinity where the OS reports it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+
+
 def for_blocks(fn, blocks) -> None:
     """``fn(block)`` for every block, on as many threads as this process has cores
     (NumPy's products and ufuncs release the GIL). Each block writes its own part of the
     result with the same operations as in one thread: the same bits in any order."""
     from concurrent.futures import ThreadPoolExecutor
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-        (os.cpu_count() or 1)
-    workers = min(cores, len(blocks))
+    workers = min(cores(), len(blocks))
     if workers <= 1:
         for b in blocks:
             fn(b)

@@ -207,3 +207,25 @@ def _kernel_grad_whole(a, c_bar):
             out[i, j] = ap[:, i:i + h, j:j + w, :].reshape(-1, ci).T @ \
                 c_bar.reshape(-1, c_bar.shape[-1])
     return out
+
+
+@pytest.mark.parametrize("n_cores", [1, 2, 3])
+def test_kernel_gradient_blocks_on_every_core_add_in_block_order(monkeypatch, n_cores):
+    """7 samples of 70x70 (one a block): the blocks' products run a wave of as many as
+    there are cores at a time, and their sums are added in block order: bit for bit the
+    blocks one after the other, whatever the core count, zeros' signs included."""
+    from resblock.spec.backward import _sample_blocks, conv3x3_kernel_grad
+
+    monkeypatch.setattr("resblock.spec.backward.cores", lambda: n_cores)
+    rng = np.random.default_rng(9)
+    a = np.abs(rng.standard_normal((7, 70, 70, 3)))
+    c_bar = rng.standard_normal((7, 70, 70, 2))
+    c_bar[..., 1] = -0.0  # a column of zeros
+    blocks = _sample_blocks(7, 70, 70)
+    assert len(blocks) == 7
+    want = _kernel_grad_whole(a[blocks[0]], c_bar[blocks[0]])
+    for blk in blocks[1:]:
+        want += _kernel_grad_whole(a[blk], c_bar[blk])
+    got = conv3x3_kernel_grad(a, c_bar)
+    assert np.array_equal(got, want)
+    assert np.array_equal(np.signbit(got), np.signbit(want))
