@@ -111,7 +111,7 @@ def compute_groups(groups, writer, runners, progress=None, compiler=None, stages
                 runner.use_executable(group[0].x_shape, compiled)
         inputs, y_bars = pending.pop(0)
         arrays, extras = compute_group(group, runner, inputs, stages=stages,
-                                       inference=inference, y_bars=y_bars if grad else None)
+                                       inference=inference, y_bars=y_bars)
         writer.write_group(group, arrays, extras)
         if progress is not None:
             progress(len(group))

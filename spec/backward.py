@@ -42,7 +42,7 @@ import numpy as np
 from resblock import blas
 from resblock.spec import oracle
 from resblock.spec.constants import EPSILON
-from resblock.spec.error_model import cores, for_blocks
+from resblock.spec.error_model import cores, for_blocks, pad_hw, sample_blocks
 
 BACKWARD_STAGES = ("sum", "bn2", "conv2", "relu1", "bn1", "conv1")
 
@@ -96,7 +96,7 @@ def conv3x3_input_grad(c_bar: np.ndarray, kernel: np.ndarray) -> np.ndarray:
                 ob[:, i:i + h, j:j + w, :] += cb @ kernel[i, j].T
         out[blk] = ob[:, 1:h + 1, 1:w + 1, :]
 
-    for_blocks(block, _sample_blocks(n, h, w))
+    for_blocks(block, sample_blocks(n, h, w))
     return out
 
 
@@ -111,11 +111,11 @@ def conv3x3_kernel_grad(a: np.ndarray, c_bar: np.ndarray) -> np.ndarray:
     n, h, w, ci = a.shape
     f = c_bar.shape[-1]
     out = np.empty((3, 3, ci, f), dtype=np.float64)
-    blocks = _sample_blocks(n, h, w)
+    blocks = sample_blocks(n, h, w)
     wave = cores()
 
     def taps(blk):
-        ap = np.pad(a[blk], ((0, 0), (1, 1), (1, 1), (0, 0)))
+        ap = pad_hw(a[blk])
         cb = c_bar[blk].reshape(-1, f)
         t = np.empty((3, 3, ci, f), dtype=np.float64)
         for i in range(3):
@@ -137,13 +137,6 @@ def conv3x3_kernel_grad(a: np.ndarray, c_bar: np.ndarray) -> np.ndarray:
             else:
                 out += t
     return out
-
-
-def _sample_blocks(n: int, h: int, w: int):
-    """Slices of the batch axis of about 4096 positions (whole samples), as
-    ``error_model.sample_blocks`` (not imported: the oracle stands on its own)."""
-    step = max(1, 4096 // max(h * w, 1))
-    return [slice(b, min(b + step, n)) for b in range(0, n, step)]
 
 
 @blas.single_threaded

@@ -214,14 +214,15 @@ def test_kernel_gradient_blocks_on_every_core_add_in_block_order(monkeypatch, n_
     """7 samples of 70x70 (one a block): the blocks' products run a wave of as many as
     there are cores at a time, and their sums are added in block order: bit for bit the
     blocks one after the other, whatever the core count, zeros' signs included."""
-    from resblock.spec.backward import _sample_blocks, conv3x3_kernel_grad
+    from resblock.spec.backward import conv3x3_kernel_grad
+    from resblock.spec.error_model import sample_blocks
 
     monkeypatch.setattr("resblock.spec.backward.cores", lambda: n_cores)
     rng = np.random.default_rng(9)
     a = np.abs(rng.standard_normal((7, 70, 70, 3)))
     c_bar = rng.standard_normal((7, 70, 70, 2))
     c_bar[..., 1] = -0.0  # a column of zeros
-    blocks = _sample_blocks(7, 70, 70)
+    blocks = sample_blocks(7, 70, 70)
     assert len(blocks) == 7
     want = _kernel_grad_whole(a[blocks[0]], c_bar[blocks[0]])
     for blk in blocks[1:]:
