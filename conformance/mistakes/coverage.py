@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from resblock.conformance.mistakes.diagnose import best_match, match_scores, twin_outputs
+from resblock.conformance.mistakes.pitfalls import lookup, needs
 from resblock.spec import tolerance
 from resblock.spec.constants import STAT_NAMES
 
@@ -298,7 +299,7 @@ def text_report(cov: dict) -> str:
         weak = ("  <- fewer than 2 under fp32"
                 if fp and min(fp.rejected, fp.named) < min(2, fp.applicable) else "")
         if fp and fp.applicable == 0:
-            weak = "  (no case here has enough values per channel)"
+            weak = f"  (no case here can show it: it needs {needs(lookup(n))})"
         lines.append(f"  {n:32s}" + "".join(f"{c:>15s}" for c in cells) + f"   {fam}{weak}")
     lines += ["", "mistakes each profile lets through (no case rejects them):"]
     for p in profiles:

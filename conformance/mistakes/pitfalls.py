@@ -42,6 +42,9 @@ class Pitfall:
       min_values: fewest values per channel (N*H*W) at which the mistake can leave the
         error model's envelope (default 1); below it the mistake is a correct float32
         algorithm and the checker must accept it.
+      max_values: most values per channel at which the mistake can show (default None:
+        no limit); above it the mistaken port computes what a correct one does (a
+        library that refuses one value per channel is correct at two).
       match_profile: tolerance profile under which a result is compared with the twin
         when naming it (default "fp32"); a rounding mistake (TF32, bf16) is reproduced
         by its twin only to within that format's own rounding.
@@ -58,6 +61,7 @@ class Pitfall:
     affects: tuple[str, ...] = RESULTS
     families: tuple[str, ...] = ("seeded", "functional", "stress")
     min_values: int = 1
+    max_values: int | None = None
     match_profile: str = "fp32"
     backward_fix: str | None = None
 
@@ -458,6 +462,7 @@ PITFALLS: tuple[Pitfall, ...] = (
         "examples/recipes/recipe_torch_batchnorm2d.py in the resblock repository, "
         "SpecBatchNorm2d).",
         "bn1",
+        max_values=1,
         backward_fix="Handle N*H*W == 1 before calling BatchNorm2d: each BatchNorm outputs "
         "its bias, so its input gradient and its scale gradient are exactly 0, its bias "
         "gradient is the incoming cotangent, and both conv kernel and bias gradients "
@@ -502,7 +507,30 @@ def lookup(name: str) -> Pitfall:
 
 def applies(p: Pitfall, case) -> bool:
     """Whether mistake ``p`` can show on ``case`` (its family, its values per channel)."""
-    return case.family in p.families and case.n * case.h * case.w >= p.min_values
+    n = case.n * case.h * case.w
+    return (case.family in p.families and n >= p.min_values
+            and (p.max_values is None or n <= p.max_values))
+
+
+def needs(p) -> str:
+    """What a case must have for mistake ``p`` (a forward or backward pitfall) to show,
+    in a few words: why a grid without such a case cannot test it."""
+    parts = []
+    lo, hi = getattr(p, "min_values", 1), getattr(p, "max_values", None)
+    if hi is not None and hi == lo:
+        parts.append(f"exactly {lo} value{'s' if lo > 1 else ''} per channel")
+    elif hi is not None:
+        parts.append(f"{lo} to {hi} values per channel")
+    elif lo > 1:
+        parts.append(f"at least {lo} values per channel")
+    if getattr(p, "min_features", 1) > 1:
+        parts.append(f"at least {p.min_features} features")
+    fams = getattr(p, "families", None)
+    if fams is not None and set(fams) != {"seeded", "functional", "stress"}:
+        parts.append(f"a case of family {' or '.join(fams)}")
+    if getattr(p, "at_exact_zero", False):
+        parts.append("a ReLU input exactly 0 (inputs zeroinit or deadchan)")
+    return ", ".join(parts) or "any case"
 
 
 def names() -> tuple[str, ...]:

@@ -30,6 +30,8 @@ class BackwardPitfall:
     affects: tuple[str, ...]
     min_values: int = 1  # N*H*W at which the mistake is visible
     min_features: int = 1
+    # visible only where a ReLU's input is exactly 0 in the oracle (bn1 or sum)
+    at_exact_zero: bool = False
 
     def fix_for(self, api: str) -> str:
         """The fix text (a backward mistake has one, whatever the check)."""
@@ -103,7 +105,7 @@ BACKWARD_PITFALLS: tuple[BackwardPitfall, ...] = (
         "a correct float32 BatchNorm may put them at +-1e-7 (PyTorch's CPU batch_norm "
         "does), so there the checker admits both",
         "pass the cotangent where the ReLU input is > 0 only (derivative 0 at 0)",
-        ("x", "Conv_0/kernel", "BatchNorm_0/scale"), min_values=2),
+        ("x", "Conv_0/kernel", "BatchNorm_0/scale"), min_values=2, at_exact_zero=True),
 )
 
 BACKWARD_BY_NAME = {p.name: p for p in BACKWARD_PITFALLS}
@@ -114,11 +116,12 @@ def lookup(name: str) -> BackwardPitfall:
 
 
 def applies(p: BackwardPitfall, case, gc=None) -> bool:
-    """Whether mistake ``p`` can show on ``case``; with the golden case ``gc``, the ReLU
-    convention also needs a ReLU input that is exactly 0 (oracle ``bn1`` or ``sum``)."""
+    """Whether mistake ``p`` can show on ``case``; with the golden case ``gc``, a mistake
+    ``at_exact_zero`` also needs a ReLU input that is exactly 0 (oracle ``bn1`` or
+    ``sum``)."""
     if case.n * case.h * case.w < p.min_values or case.features < p.min_features:
         return False
-    if p.name == "bwd_relu_one_at_zero" and gc is not None:
+    if p.at_exact_zero and gc is not None:
         return bool(np.any(gc.reference("bn1") == 0) or np.any(gc.reference("sum") == 0))
     return True
 

@@ -400,3 +400,20 @@ def test_whole_low_blocks_store_every_value_in_their_type(make_case):
     a = np.random.default_rng(0).standard_normal(4096).astype(np.float32) * 1e3
     np.testing.assert_array_equal(_to_bfloat16(a),
                                   a.astype(ml_dtypes.bfloat16).astype(np.float32))
+
+
+def test_pytorch_refusal_applies_only_at_one_value_per_channel():
+    """Above one value per channel the refusing port computes what a correct one does:
+    no case there can reject it, so it is not applicable (and not offered as a name)."""
+    from resblock.conformance.mistakes.pitfalls import applies, lookup, needs
+    from resblock.spec.cases import Case
+
+    p = lookup("torch_one_value_per_channel")
+    assert applies(p, Case("stress", "normal", 1, 1, 1, 4, 0))
+    assert not applies(p, Case("stress", "normal", 2, 1, 1, 4, 0))
+    assert not applies(p, Case("functional", "normal", 1, 1, 2, 4, 0))
+    assert needs(p) == "exactly 1 value per channel"
+    assert needs(lookup("epsilon_1e3")) == "any case"
+    assert needs(lookup("init_he_scale")) == "a case of family seeded"
+    assert needs(lookup("sequential_f32_stats")) == f"at least {2 ** 16} values per channel"
+    assert "at least 2 features" in needs(lookup("bwd_conv_kernel_grad_transposed"))
