@@ -7,6 +7,8 @@ import re
 
 import click
 
+from resblock.spec.cases import FAMILIES, INPUTS
+
 
 class _NoBar:
     """The progress bar's stand-in when stderr is not a terminal (logs, CI)."""
@@ -114,10 +116,10 @@ def _preset_names():
 @click.option("--preset", type=click.Choice(_preset_names()), default=None,
               help="A named grid (default, smoke, bench, large, resnet18: the four "
                    "ResNet-18 stages at batch 32). Excludes the axis options.")
-@click.option("--family", "families", type=_choices(["seeded", "functional", "stress"]),
+@click.option("--family", "families", type=_choices(list(FAMILIES)),
               default="seeded", show_default=True)
-@click.option("--inputs", type=_choices(["normal", "lowamp", "large", "offset"]),
-              default="normal", show_default=True)
+@click.option("--inputs", type=_choices(list(INPUTS)), default="normal", show_default=True,
+              help="Input kinds (spec/cases.py INPUTS): " + ", ".join(INPUTS) + ".")
 @click.option("--seeds", type=IntList(0), default="0", show_default=True)
 @click.option("--shapes", type=Shapes(), default="4x4", show_default=True)
 @click.option("--features", type=IntList(1), default="4", show_default=True)

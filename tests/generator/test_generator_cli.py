@@ -72,3 +72,24 @@ def test_memory_limit_must_be_a_finite_positive_number(value):
 
 def test_memory_limit_accepts_a_finite_number():
     assert PositiveGB().convert("1.5", None, None) == 1.5
+
+
+def test_every_input_kind_of_the_spec_can_be_generated(tmp_path):
+    """--inputs takes every kind of the INPUTS table (zeroinit and deadchan were refused:
+    the ReLU-at-zero cases could not be generated at a user's own sizes)."""
+    from click.testing import CliRunner
+
+    from resblock.cli import cli
+    from resblock.golden.reader import GoldenFile
+    from resblock.spec.cases import INPUTS
+
+    out = tmp_path / "g.h5"
+    res = CliRunner().invoke(cli, ["generate", "--family", "seeded,functional", "--inputs",
+                                   ",".join(INPUTS), "--shapes", "2x3", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    with GoldenFile(out) as gf:
+        assert {(e["family"], e["inputs"]) for e in gf.entries} == {
+            (f, i) for f in ("seeded", "functional") for i in INPUTS}
+        case = next(c for c in gf.iter_cases() if c.case.inputs == "zeroinit")
+        assert not case.arrays["params/BatchNorm_1/scale"].any()
+        assert (case.arrays["x"] >= 0).all()
