@@ -126,6 +126,32 @@ def test_flax_and_the_zoo_conform_on_generated_stress_cases(stress_cases):
     assert max(worst.values()) < 0.5, worst
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "a known false rejection (DESIGN 5.5): the per-element conv budget sums |a||w| over "
+    "the products that are not zero, but an FFT or Winograd convolution rounds in a "
+    "transform that mixes every tap and every position of its tile; where an output has "
+    "one or two nonzero products (a 1x1 image of sparse non-negative inputs) that "
+    "rounding exceeds the budget. Fixing it is a spec change of the conv term"))
+@pytest.mark.parametrize("name", ["fft-pairwise-folded", "winograd4-two_pass-folded"])
+def test_fast_convolutions_conform_where_an_output_has_one_nonzero_product(name):
+    """seeded-zeroinit-n1-1x1-f4-s4 (x = max(N(0,1), 0), Flax init): BatchNorm_0's
+    running mean carries the single conv output's rounding; measured 1.35 (FFT) and
+    2.51 (Winograd F(4x4,3x3)) of the budget, 0.0068 for a direct sum."""
+    from resblock.generator.batched import derive_cases
+    from resblock.generator.engine import ReferenceRunner, compute_group
+    from resblock.golden.store import GoldenCase
+    from resblock.spec.cases import Case
+
+    case = Case("seeded", "zeroinit", 1, 1, 1, 4, 4)
+    arrays, extras = compute_group([case], ReferenceRunner(), derive_cases([case]))
+    gc = GoldenCase(case, dict(extras[0]), {k: v[0] for k, v in arrays.items()})
+    fp32 = tolerance.profile("fp32")
+    y, st = zoo.make_forward("direct-pairwise")(gc.x, gc.params, gc.batch_stats_in)
+    assert tolerance.worst_score(gc, y, _flat(st), fp32) < 0.1  # the direct sum: inside
+    y, st = zoo.make_forward(name)(gc.x, gc.params, gc.batch_stats_in)
+    assert tolerance.worst_score(gc, y, _flat(st), fp32) <= 1.0
+
+
 def test_sequential_statistics_conform_on_short_reductions(stress_cases):
     fp32 = tolerance.profile("fp32")
     for gc in stress_cases:
