@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 
+from resblock.spec.cases import FAMILIES
+
 STAGES = ("conv1", "bn1", "relu1", "conv2", "bn2", "sum", "output", "batch_stats")
 RESULTS = ("output", "batch_stats")
 
@@ -526,7 +528,7 @@ def needs(p) -> str:
     if getattr(p, "min_features", 1) > 1:
         parts.append(f"at least {p.min_features} features")
     fams = getattr(p, "families", None)
-    if fams is not None and set(fams) != {"seeded", "functional", "stress"}:
+    if fams is not None and set(fams) != set(FAMILIES):
         parts.append(f"a case of family {' or '.join(fams)}")
     if getattr(p, "at_exact_zero", False):
         parts.append("a ReLU input exactly 0 (inputs zeroinit or deadchan)")
