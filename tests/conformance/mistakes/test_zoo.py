@@ -95,14 +95,21 @@ def test_zoo_algorithm_conforms_on_the_committed_set(name, committed):
 def stress_cases():
     """Generated in memory: one value per channel at batch 1 and 2 (every input kind),
     and 256 channels (9C = 2304 products per output)."""
-    from resblock.generator.batched import derive_cases
-    from resblock.generator.engine import ReferenceRunner, compute_group
-    from resblock.golden.store import GoldenCase
     from resblock.spec.cases import Case
 
     cases = [Case(fam, inp, n, 1, 1, f, 0) for fam in ("functional", "stress")
              for inp in ("normal", "lowamp", "large", "offset") for n in (1, 2) for f in (8, 32)]
     cases += [Case("stress", inp, 2, 3, 3, 256, 0) for inp in ("normal", "offset")]
+    return _generated(cases)
+
+
+def _generated(cases):
+    """Golden cases computed in memory, one group each, as ``generate`` computes them
+    (the case's extras, e.g. ``ref_score``, in its entry)."""
+    from resblock.generator.batched import derive_cases
+    from resblock.generator.engine import ReferenceRunner, compute_group
+    from resblock.golden.store import GoldenCase
+
     runner = ReferenceRunner()
     out = []
     for c, inputs in zip(cases, derive_cases(cases), strict=True):
@@ -137,14 +144,9 @@ def test_fast_convolutions_conform_where_an_output_has_one_nonzero_product(name)
     """seeded-zeroinit-n1-1x1-f4-s4 (x = max(N(0,1), 0), Flax init): BatchNorm_0's
     running mean carries the single conv output's rounding; measured 1.35 (FFT) and
     2.51 (Winograd F(4x4,3x3)) of the budget, 0.0068 for a direct sum."""
-    from resblock.generator.batched import derive_cases
-    from resblock.generator.engine import ReferenceRunner, compute_group
-    from resblock.golden.store import GoldenCase
     from resblock.spec.cases import Case
 
-    case = Case("seeded", "zeroinit", 1, 1, 1, 4, 4)
-    arrays, extras = compute_group([case], ReferenceRunner(), derive_cases([case]))
-    gc = GoldenCase(case, dict(extras[0]), {k: v[0] for k, v in arrays.items()})
+    gc, = _generated([Case("seeded", "zeroinit", 1, 1, 1, 4, 4)])
     fp32 = tolerance.profile("fp32")
     y, st = zoo.make_forward("direct-pairwise")(gc.x, gc.params, gc.batch_stats_in)
     assert tolerance.worst_score(gc, y, _flat(st), fp32) < 0.1  # the direct sum: inside
@@ -164,16 +166,11 @@ def test_sequential_statistics_leave_the_envelope_on_a_long_reduction_and_are_na
     """2^20 values per channel with a large per-channel mean: a float32 running sum
     stagnates; the pairwise-summing zoo rows and Flax stay far inside."""
     from resblock.conformance.mistakes.diagnose import best_match, match_scores, twin_outputs
-    from resblock.generator.batched import derive_cases
-    from resblock.generator.engine import ReferenceRunner, compute_group
-    from resblock.golden.store import GoldenCase
     from resblock.spec.cases import Case
 
-    case = Case("functional", "offset", 16, 256, 256, 2, 0)
-    arrays, extras = compute_group([case], ReferenceRunner(), derive_cases([case]))
-    gc = GoldenCase(case, dict(extras[0]), {k: v[0] for k, v in arrays.items()})
+    gc, = _generated([Case("functional", "offset", 16, 256, 256, 2, 0)])
     fp32 = tolerance.profile("fp32")
-    assert extras[0]["ref_score"] < 0.25
+    assert gc.entry["ref_score"] < 0.25
     good_y, good = zoo.make_forward("direct-pairwise")(gc.x, gc.params, gc.batch_stats_in)
     assert tolerance.worst_score(gc, good_y, _flat(good), fp32) < 0.25
     y, st = zoo.make_forward("direct-sequential")(gc.x, gc.params, gc.batch_stats_in)
