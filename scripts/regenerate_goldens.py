@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "golden"
-SOURCE_DATE_EPOCH = "1796428800"  # 2026-12-05T00:00:00Z, spec 6.0.0 (format 6)
+SOURCE_DATE_EPOCH = "1796515200"  # 2026-12-06T00:00:00Z, spec 7.0.0 (format 6)
 PRESETS = ("default",)
 
 

@@ -22,6 +22,10 @@ The model, stage by stage (first order in ``u = 2^-24``; every quantity is float
   sensitivity ``s_c = s_a * |w| + sqrt(2/3) sqrt(a^2 * w^2)`` per unit ``u_conv``. A bias
   of the rounding (truncation instead of round-to-nearest) scales every product alike and
   is divided out again by the BatchNorm that follows.
+  A transform-domain convolution (Winograd, FFT) forms its outputs by cancellation from
+  products of transformed tiles and transformed kernels, which carry every tap: its
+  rounding is modelled as ``u K_T tile_rms`` (:func:`tile_square`), and the output's own
+  rounding is the larger of the two families' terms (spec 7.0; a port uses one).
 * **Batch statistics** over the ``n = N*H*W`` values of a channel, in float32, single
   pass (the spec's formula; two-pass, Welford and pairwise forms err less):
   ``d_mean = u (g(n) mean|c| + |mean|)`` and
@@ -73,6 +77,11 @@ D_ONE_MINUS_MOMENTUM = max(abs(1.0 - float(np.float32(MOMENTUM)) - (1.0 - MOMENT
 D_EPSILON = abs(float(np.float32(EPSILON)) - EPSILON)
 
 ROUNDING_STD = float(np.sqrt(2.0 / 3.0))  # std of d_a + d_w per unit u_conv
+# The transform-rounding term of a convolution (spec 8.3): ``u K_T tile_rms``, budget and
+# spread constants (constants.json, tolerance.transform).
+_TRANSFORM = load()["tolerance"]["transform"]
+TRANSFORM_BUDGET: float = _TRANSFORM["budget"]
+TRANSFORM_SPREAD: float = _TRANSFORM["spread"]
 STAGE_TENSORS = ("conv1", "bn1", "relu1", "conv2", "bn2", "sum")
 TENSORS = ("output",) + STAGE_TENSORS + STAT_NAMES
 
@@ -179,22 +188,64 @@ def abs_conv(a: np.ndarray, kernel_abs: np.ndarray) -> np.ndarray:
     return out.reshape(*lead, h, w, k.shape[-1])
 
 
+def tile_square(a2, kernel2) -> np.ndarray:
+    """``tile_rms^2`` of a 3x3 SAME convolution's outputs (spec 8.3): for every output,
+    the sum over input channels of (the squares ``a2`` of the inputs in its 3x3 window,
+    summed) times (the squares ``kernel2`` of all nine taps of that channel, summed),
+    float32 (non-negative sums). It is the sum of ``(a_p w_t)^2`` over every pairing of
+    a window input ``p`` with a tap ``t``: the products a transform-domain convolution
+    (Winograd, FFT) mixes into an output, where a direct sum forms only the nine pairs
+    ``t = p``. Blocked like :func:`abs_conv`."""
+    a2 = np.asarray(a2, np.float32)
+    taps = np.asarray(kernel2, np.float32).sum(axis=(0, 1), dtype=np.float32)  # (C, F)
+    n, h, w, c = a2.shape
+    out = np.empty((n, h, w, taps.shape[-1]), np.float32)
+
+    def block(blk):
+        ap = pad_hw(a2[blk])
+        win = ap[:, 0:h, 0:w, :].copy()
+        for i in range(3):
+            for j in range(3):
+                if i or j:
+                    win += ap[:, i:i + h, j:j + w, :]
+        out[blk] = win @ taps
+
+    for_blocks(block, sample_blocks(n, h, w))
+    return out
+
+
+def transform_budget(a2, kernel2) -> np.ndarray:
+    """``u K_T tile_rms``: the rounding of a transform-domain convolution (spec 8.3),
+    float32; the budget's convolution rounding is the larger of it and the direct sum's."""
+    t = np.sqrt(tile_square(a2, kernel2))
+    t *= np.float32(U * TRANSFORM_BUDGET)
+    return t
+
+
 def _f32(a):
     return np.asarray(a, dtype=np.float32)
 
 
 def conv_budgets(a, e_a, s_a, kernel, bias):
     """Budgets (e, s) of a convolution's output from its input's value and budgets
-    (``e_a``/``s_a`` None: an exact input)."""
+    (``e_a``/``s_a`` None: an exact input). The output's own rounding is the larger of
+    the direct sum's ``u g(K+1) |a| * |w|`` and the transform term (spec 8.3)."""
     gk = np.float32(U * g(9 * a.shape[-1] + 1))
     abs_a = _f32(np.abs(a))
+    a2 = abs_a * abs_a
     kernel = np.asarray(kernel, np.float64)
+    k2 = kernel * kernel
     if e_a is None:
         e_c = gk * abs_conv(abs_a, np.abs(kernel))
-        s_c = np.float32(ROUNDING_STD) * np.sqrt(abs_conv(abs_a * abs_a, kernel * kernel))
+        np.maximum(e_c, transform_budget(a2, k2), out=e_c)
+        s_c = np.float32(ROUNDING_STD) * np.sqrt(abs_conv(a2, k2))
     else:
-        e_c, s_c = abs_conv(np.stack([e_a + gk * abs_a, s_a]), np.abs(kernel))
-        s_c += np.float32(ROUNDING_STD) * np.sqrt(abs_conv(abs_a * abs_a, kernel * kernel))
+        e_c, own, s_c = abs_conv(np.stack([e_a, abs_a, s_a]), np.abs(kernel))
+        own *= gk
+        np.maximum(own, transform_budget(a2, k2), out=own)
+        e_c += own
+        del own
+        s_c += np.float32(ROUNDING_STD) * np.sqrt(abs_conv(a2, k2))
     e_c += gk * _f32(np.abs(bias))
     return e_c, s_c
 

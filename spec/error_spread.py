@@ -31,7 +31,10 @@ the worst of the usual ones) has variance at most ``u^2 n ((sum t)^2 + sum t^2)`
 recursive summation it is ``u^2/3 sum_j s_j^2`` over the partial sums ``s_j``, at most
 ``u^2 n ((sum t)^2/3 + sum t^2/2) / 3``; the factor 3 to 6 left over covers blocked,
 Winograd and FFT evaluation orders (measured in DESIGN section 6). A convolution
-output sums ``K + 1 = 9C + 1`` terms; a batch mean ``n = N*H*W``.
+output sums ``K + 1 = 9C + 1`` terms; a batch mean ``n = N*H*W``. Its own rounding
+variance is the larger of that and ``(u K_T tile_rms)^2`` with the spread's ``K_T = 2``
+(:func:`resblock.spec.error_model.tile_square`): where an output has one or two nonzero
+products, a Winograd or FFT convolution's rounding carries every tap (spec 7.0).
 
 Reduced-precision convolution inputs (the ``tf32-conv`` and ``bf16-conv`` profiles) add,
 per unit ``u_conv^2``, the variance ``(8/3) sum (a w)^2``: two operands per product, each
@@ -55,11 +58,13 @@ from resblock.spec.error_model import (
     D_MOMENTUM,
     D_ONE_MINUS_MOMENTUM,
     FLOOR,
+    TRANSFORM_SPREAD,
     U,
     abs_conv,
     for_blocks,
     pad_hw,
     sample_blocks,
+    tile_square,
 )
 
 # Second moment, per unit u_conv^2, of the relative error of one product whose two
@@ -198,13 +203,16 @@ def conv(a, err: Err, kernel, bias, c) -> tuple[Err, tuple, Reductions]:
     a2 = np.square(a)
     a2_sum = a2.sum(axis=_AXES)
     t2 = abs_conv(a2, w2)  # float32: widened by each use (exactly, as astype would)
+    tile2 = tile_square(a2, w2)
     del a2
     v_prop = _abs_conv64(err.v, w2)
-    # v_round = U^2 (K + 1) (t2 + b^2 + c^2), in place
+    # v_round = max(U^2 (K + 1) (t2 + b^2 + c^2), (U K_T)^2 tile_rms^2), in place
     v_round = np.add(t2, np.square(bias))
     scratch = np.square(c)
     v_round += scratch
     v_round *= U * U * k_terms
+    np.maximum(v_round, tile2 * ((U * TRANSFORM_SPREAD) ** 2), out=v_round)
+    del tile2
     dev2 = c - c.mean(axis=_AXES)
     dev = dev2.astype(np.float32)  # what tap_moments reads
     np.square(dev2, out=dev2)

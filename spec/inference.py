@@ -47,10 +47,12 @@ from resblock.spec.constants import EPSILON
 from resblock.spec.error_model import (
     D_EPSILON,
     SAFETY,
+    TRANSFORM_SPREAD,
     Budgets,
     U,
     abs_conv,
     conv_budgets,
+    tile_square,
 )
 from resblock.spec.error_spread import CONV_ROUNDING_VAR, stored
 from resblock.spec.oracle import conv3x3
@@ -154,8 +156,9 @@ def _conv_spread(a, v_a, k_a, vs_a, ks_a, kernel, bias, c):
     w2 = np.square(kernel)
     t2 = abs_conv(np.square(a), w2).astype(np.float64)
     k_terms = 9 * a.shape[-1] + 1
-    v = abs_conv(v_a, w2).astype(np.float64) + U * U * k_terms * (t2 + np.square(bias)
-                                                                   + np.square(c))
+    own = np.maximum(U * U * k_terms * (t2 + np.square(bias) + np.square(c)),
+                     (U * TRANSFORM_SPREAD) ** 2 * tile_square(np.square(a), w2))
+    v = abs_conv(v_a, w2).astype(np.float64) + own
     k = np.sqrt(9.0 * abs_conv(np.square(k_a), w2).astype(np.float64))
     vs = abs_conv(vs_a, w2).astype(np.float64) + CONV_ROUNDING_VAR * t2
     ks = np.sqrt(9.0 * abs_conv(np.square(ks_a), w2).astype(np.float64))

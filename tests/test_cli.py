@@ -264,7 +264,7 @@ def test_spec_json_parses():
     assert r.exit_code == 0
     data = json.loads(r.output)
     assert data == load()
-    assert data["spec_version"].startswith("6.")
+    assert data["spec_version"].startswith("7.")
 
 
 # -- error hierarchy the CLI maps to exit codes ---------------------------------------------

@@ -99,7 +99,7 @@ def test_file_layout(smoke_golden):
     path, meta = smoke_golden
     with h5py.File(path, "r") as f:
         assert f.attrs["format_version"] == "6.0.0" == meta["format_version"]
-        assert f.attrs["spec_version"] == "6.0.0"
+        assert f.attrs["spec_version"] == "7.0.0"
         assert json.loads(f["metadata"][()]) == meta
         assert sorted(f["groups"]) == sorted(g["name"] for g in meta["groups"])
         g = f["groups/n2_h4_w4_f4"]

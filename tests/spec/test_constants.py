@@ -33,9 +33,12 @@ def test_constants_validate_against_their_schema():
     # spec 3: the spread model, its aggregate test and the tight backward budgets; spec 4:
     # the backward's channel errors carried exactly; spec 5: relu1's error in the backward
     # model is BatchNorm_0's; spec 6: the stored budgets and spreads rounded up to 12
-    # significant bits (changes of computed values: MAJOR)
+    # significant bits; spec 7: the transform term of the convolution budgets and spreads
+    # (changes of computed values: MAJOR)
     assert C["spec_version"] == constants.SPEC_VERSION
-    assert constants.SPEC_VERSION.split(".")[0] == "6"
+    assert constants.SPEC_VERSION.split(".")[0] == "7"
+    assert C["tolerance"]["transform"]["budget"] == 1.0
+    assert C["tolerance"]["transform"]["spread"] == 2.0
     assert C["format_version"] == constants.FORMAT_VERSION
 
 

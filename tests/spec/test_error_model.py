@@ -53,8 +53,13 @@ def test_one_value_per_channel_by_hand():
     e, s = em.raw_budgets(x, params, stats, ref.stages)
     c1 = 2.0 * 0.5 + 0.25  # only the centre tap meets a non-padded value
     assert ref.stages["conv1"].item() == c1
-    # conv: u * sqrt(9C + 1) * (|x| * |w| + |b|); TF32 sensitivity sqrt(2/3) |x w|
-    assert e["conv1"].item() == pytest.approx(U * 10**0.5 * (1.0 + 0.25), rel=1e-6)
+    # conv: u max(sqrt(9C + 1) |x| * |w|, K_T T) + u sqrt(9C + 1) |b|, where the transform
+    # term T = |x| sqrt(sum of the nine taps' squares) wins: a Winograd or FFT convolution
+    # mixes the eight taps of 7 into the one product. TF32 sensitivity sqrt(2/3) |x w|.
+    t = 2.0 * (8 * 49.0 + 0.25) ** 0.5
+    assert em.TRANSFORM_BUDGET * t > 10**0.5 * 1.0
+    assert e["conv1"].item() == pytest.approx(
+        U * (em.TRANSFORM_BUDGET * t + 10**0.5 * 0.25), rel=1e-6)
     assert s["conv1"].item() == pytest.approx((2 / 3) ** 0.5 * 1.0, rel=1e-6)
     # BN at one value: c - mean is exactly 0, so neither the conv error nor the variance
     # reaches the output; only the folded form's rounding of |c inv| and |mean inv| does.
@@ -135,3 +140,42 @@ def test_pad_hw_is_np_pad_bit_for_bit(shape, axes, pads, dtype):
     got, want = pad_hw(a, axes), np.pad(a, pads)
     assert got.dtype == want.dtype and got.shape == want.shape
     assert np.array_equal(got, want) and np.array_equal(np.signbit(got), np.signbit(want))
+
+
+def test_tile_square_is_every_window_input_paired_with_every_tap():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((2, 4, 5, 3))
+    k = rng.standard_normal((3, 3, 3, 2))
+    got = em.tile_square(np.square(a), np.square(k))
+    ap = np.pad(a, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    want = np.zeros((2, 4, 5, 2))
+    for n, i, j, f in np.ndindex(*want.shape):
+        win = ap[n, i:i + 3, j:j + 3, :]  # (3, 3, C): the output's window
+        want[n, i, j, f] = sum((win[..., c] ** 2).sum() * (k[..., c, f] ** 2).sum()
+                               for c in range(3))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_transform_term_decides_only_where_an_output_has_few_products():
+    """Dense inputs of one magnitude: T^2 is about 9 sum (a w)^2, under the direct sum's
+    term, so the budget is the direct sum's to the bit. One nonzero input: the larger of
+    ``sqrt(K + 1) |x w_centre|`` and ``K_T |x| sqrt(sum of the taps' squares)``; the
+    transform term wins where the centre tap is small."""
+    rng = np.random.default_rng(4)
+    k = rng.standard_normal((3, 3, 4, 5)) / 6.0
+    b = np.zeros(5)
+    dense = rng.standard_normal((2, 6, 6, 4))
+    e, _ = em.conv_budgets(dense, None, None, k, b)
+    direct = np.float32(U * em.g(37)) * em.abs_conv(np.abs(dense).astype(np.float32),
+                                                     np.abs(k))
+    np.testing.assert_array_equal(e, direct)
+    one = np.zeros((1, 1, 1, 4))
+    one[0, 0, 0, 2] = 1.5
+    e, _ = em.conv_budgets(one, None, None, k, b)
+    k[1, 1, 2, 0] = 0.0  # output 0: only the transform term is left
+    e, _ = em.conv_budgets(one, None, None, k, b)
+    transform = U * em.TRANSFORM_BUDGET * 1.5 * np.sqrt(np.square(k[:, :, 2, :]).sum(axis=(0, 1)))
+    direct = U * em.g(37) * 1.5 * np.abs(k[1, 1, 2, :])
+    np.testing.assert_allclose(e[0, 0, 0], np.maximum(transform, direct), rtol=1e-6)
+    assert e[0, 0, 0, 0] > 0 and (transform > direct).sum() >= 1
