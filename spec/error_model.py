@@ -195,7 +195,7 @@ def tile_square(a2, kernel2) -> np.ndarray:
     float32 (non-negative sums). It is the sum of ``(a_p w_t)^2`` over every pairing of
     a window input ``p`` with a tap ``t``: the products a transform-domain convolution
     (Winograd, FFT) mixes into an output, where a direct sum forms only the nine pairs
-    ``t = p``. Blocked like :func:`abs_conv`."""
+    ``t = p``. ``kernel2`` is HWIO. Blocked like :func:`abs_conv`."""
     a2 = np.asarray(a2, np.float32)
     taps = np.asarray(kernel2, np.float32).sum(axis=(0, 1), dtype=np.float32)  # (C, F)
     n, h, w, c = a2.shape
@@ -203,11 +203,10 @@ def tile_square(a2, kernel2) -> np.ndarray:
 
     def block(blk):
         ap = pad_hw(a2[blk])
-        win = ap[:, 0:h, 0:w, :].copy()
-        for i in range(3):
-            for j in range(3):
-                if i or j:
-                    win += ap[:, i:i + h, j:j + w, :]
+        rows = ap[:, 0:h, :, :] + ap[:, 1:h + 1, :, :]  # separable: rows, then columns
+        rows += ap[:, 2:h + 2, :, :]
+        win = rows[:, :, 0:w, :] + rows[:, :, 1:w + 1, :]
+        win += rows[:, :, 2:w + 2, :]
         out[blk] = win @ taps
 
     for_blocks(block, sample_blocks(n, h, w))
