@@ -176,3 +176,20 @@ def test_sequential_statistics_leave_the_envelope_on_a_long_reduction_and_are_na
     assert "sequential_f32_stats" in twins  # 2^20 >= its min_values
     assert best_match(score, match_scores(gc, y, _flat(st), fp32, twins)) == \
         "sequential_f32_stats"
+
+
+@pytest.mark.parametrize("conv, profile", [("fft", "fp32"), ("winograd2", "fp32"),
+                                           ("winograd4", "tf32-conv")])
+def test_fast_convolutions_in_the_backward(conv, profile, committed):
+    """Backward ports whose forward convolutions and input gradients are the zoo's FFT and
+    Winograd convolutions (kernel gradients direct): FFT and F(2x2,3x3) conform under
+    fp32. F(4x4,3x3)'s transposed convolution errs up to 7 times a direct sum's
+    root-mean-square at the last position of its tile, outside the backward's fp32 model
+    (SPEC 10.4, DESIGN 6); the tf32-conv profile admits it."""
+    import fast_backward  # this directory is on sys.path (pytest's prepend mode)
+
+    port = getattr(fast_backward, f"backward_{conv}")
+    cfg = CheckConfig(target=f"fast_backward:{conv}", api="backward", profile=profile)
+    run = run_check(cfg, InProcess(port, "backward", "nhwc"), committed)
+    assert run.conforms, [(r.id, r.message) for r in run.results if r.status != "pass"][:3]
+    assert max(r.worst_score for r in run.results) < 0.6  # measured: FFT 0.41, F(2x2) 0.20
