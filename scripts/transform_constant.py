@@ -4,6 +4,12 @@ convolutions: one-channel images with one nonzero input, random kernels.
     python scripts/transform_constant.py            # 300 kernels per row (~1 minute)
     python scripts/transform_constant.py --trials 50
 
+Then, on dense 8x8 images (batch 4, 1 to 64 channels), each convolution's
+root-mean-square error over all outputs and at its worst position modulo 4 (a Winograd
+F(4x4) tile's position), in units of the direct sum's root-mean-square error on the same
+inputs: why Winograd F(4x4)'s input gradients are outside the backward's fp32 model
+(DESIGN 6).
+
 For every output whose 3x3 window holds the input, the float32 convolution's error
 against the float64 one is divided by ``u T`` (``T``: ``tile_square``'s root, the term
 without its constant); the script prints the largest and the root-mean-square ratio
@@ -67,6 +73,20 @@ def main(argv=None) -> int:
                     "" if (h, w) in JUDGED else "  (not judged: the tile exceeds the window)")
             print(f"  {conv:10s} {h}x{w}: max {r.max():6.2f}  rms {np.sqrt(np.mean(r * r)):5.2f}"
                   + note)
+    print("dense 8x8, batch 4: rms error / the direct sum's rms error (worst position mod 4)")
+    for c in (1, 4, 16, 64):
+        x = rng.standard_normal((4, 8, 8, c)).astype(np.float32)
+        k = (rng.standard_normal((3, 3, c, 8)) / np.sqrt(9 * c)).astype(np.float32)
+        b = np.zeros(8, np.float32)
+        exact = zoo.conv_direct(x.astype(np.float64), k.astype(np.float64), b)
+        err = {conv: zoo.CONVS[conv](x, k, b).astype(np.float64) - exact for conv in zoo.CONVS}
+        base = np.sqrt(np.mean(np.square(err["direct"])))
+        cells = []
+        for conv, e in sorted(err.items()):
+            pos = max(np.sqrt(np.mean(np.square(e[:, i::4, j::4]))) for i in range(4)
+                      for j in range(4))
+            cells.append(f"{conv} {np.sqrt(np.mean(e * e)) / base:.1f} ({pos / base:.1f})")
+        print(f"  C={c:2d}: " + ", ".join(cells))
     return 1 if over else 0
 
 
