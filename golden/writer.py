@@ -282,10 +282,14 @@ def _remove_stale_tmp(path: Path) -> None:
 
 def check_output_path(path) -> None:
     """Refuse, before any work, an output whose folder cannot exist: the nearest existing
-    ancestor is a file (``-o notes.txt/out.h5``), or ``path`` itself is a folder."""
+    ancestor is a file (``-o notes.txt/out.h5``), or ``path`` itself is a folder; and an
+    output that exists as something other than a regular file or a link (a device such
+    as ``/dev/null``, a FIFO, a socket), which the atomic rename would replace, even
+    with ``--force``."""
     path = Path(path).absolute()
     if path.is_dir():
         raise GoldenFormatError(f"cannot write {path}: it is a folder; give a file name")
+    _refuse_special(path)
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -294,10 +298,27 @@ def check_output_path(path) -> None:
             return
 
 
+def _refuse_special(path: Path) -> None:
+    """Refuse ``path`` if it exists as a device, FIFO or socket (not followed: a link is
+    itself replaced, never its target)."""
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return  # absent (or unreadable: the write itself will say so)
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode)):
+        raise GoldenFormatError(
+            f"cannot write {path}: it exists and is not a regular file (a device, FIFO or "
+            "socket); refusing to replace it, even with --force. Give a file name.")
+
+
 def publish(tmp: Path, path: Path, *, force: bool) -> None:
     """Move a finished temporary file to ``path``. Without ``force`` the move is
     exclusive: if another process created ``path`` meanwhile (two writers started before
-    either finished), this one fails instead of silently replacing that file."""
+    either finished), this one fails instead of silently replacing that file. A device,
+    FIFO or socket at ``path`` is never replaced (:func:`check_output_path`)."""
+    _refuse_special(path)
     if force:
         os.replace(tmp, path)
         return

@@ -218,11 +218,26 @@ def write_json(run, path) -> None:
 
 def write_text_atomic(path, text: str) -> None:
     """Write ``path`` whole or not at all: a full disk, a signal or a crash leaves the
-    previous file (or none), never a truncated report; the temporary file is removed."""
+    previous file (or none), never a truncated report; the temporary file is removed.
+
+    A path that is (or links to) something other than a regular file, ``/dev/null``,
+    ``/dev/stdout``, a FIFO or a shell's ``>(...)``, is written into as it is: renaming
+    over it would replace the device or the pipe with a file. A link to a regular file
+    keeps its link; its target is replaced."""
     import os
+    import stat
     import tempfile
 
-    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return
+    path = os.path.realpath(path)
+    folder = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     mask = os.umask(0)
     os.umask(mask)

@@ -147,3 +147,50 @@ def test_writer_validates_metadata_before_renaming(tmp_path):
             w.write_group([case], _arrays(case), [{"kappa": 1.0, "ref_score": 0.0}])
             w.finish({"format_version": "1.0.0"})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_reports_write_into_a_fifo_or_device_and_keep_links(tmp_path):
+    """``--json-report /dev/stdout`` or ``>(jq .)``: the report goes into the pipe, which
+    stays a pipe (a rename over it would replace it with a file; as root, over
+    /dev/null, for every process of the machine). A link to a file keeps its link."""
+    import stat
+    import threading
+
+    from resblock.conformance.reporting import report
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    report.write_text_atomic(fifo, "through the pipe")
+    reader.join(10)
+    assert got == ["through the pipe"]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    report.write_text_atomic(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+
+
+def test_a_golden_output_that_is_a_fifo_or_device_is_refused_even_with_force(tmp_path):
+    import stat
+
+    from resblock.errors import GoldenFormatError
+    from resblock.golden.writer import check_output_path, publish
+
+    fifo = tmp_path / "pipe.h5"
+    os.mkfifo(fifo)
+    with pytest.raises(GoldenFormatError, match="not a regular file.*even with --force"):
+        check_output_path(fifo)
+    with pytest.raises(GoldenFormatError, match="not a regular file"):
+        with GoldenWriter(fifo, force=True):
+            pass
+    done = tmp_path / ".done.tmp"
+    done.write_bytes(b"hdf5")
+    with pytest.raises(GoldenFormatError, match="not a regular file"):
+        publish(done, fifo, force=True)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and done.exists()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".pipe.h5")]
