@@ -153,11 +153,12 @@ def budgets(x, params, batch_stats, stages) -> Budgets:
 
 def _conv_spread(a, v_a, k_a, vs_a, ks_a, kernel, bias, c):
     """``(v, k, vs, ks)`` of a convolution output (spec 8.5's conv rule)."""
-    w2 = np.square(kernel)
-    t2 = abs_conv(np.square(a), w2).astype(np.float64)
+    w2, a2 = np.square(kernel), np.square(a)
+    t2 = abs_conv(a2, w2).astype(np.float64)
     k_terms = 9 * a.shape[-1] + 1
     own = np.maximum(U * U * k_terms * (t2 + np.square(bias) + np.square(c)),
-                     (U * TRANSFORM_SPREAD) ** 2 * tile_square(np.square(a), w2))
+                     (U * TRANSFORM_SPREAD) ** 2 * tile_square(a2, w2))
+    del a2
     v = abs_conv(v_a, w2).astype(np.float64) + own
     k = np.sqrt(9.0 * abs_conv(np.square(k_a), w2).astype(np.float64))
     vs = abs_conv(vs_a, w2).astype(np.float64) + CONV_ROUNDING_VAR * t2
