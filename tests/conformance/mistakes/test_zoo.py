@@ -193,3 +193,19 @@ def test_fast_convolutions_in_the_backward(conv, profile, committed):
     run = run_check(cfg, InProcess(port, "backward", "nhwc"), committed)
     assert run.conforms, [(r.id, r.message) for r in run.results if r.status != "pass"][:3]
     assert max(r.worst_score for r in run.results) < 0.6  # measured: FFT 0.41, F(2x2) 0.20
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a known false rejection (SPEC 10.4, DESIGN 6): at 1x1 and 1x2 images a kernel tap "
+    "that sees only padding has an exact gradient of 0 and a floor budget, and an FFT "
+    "correlation leaves rounding noise there; the fix is a transform term in the kernel "
+    "gradient's rounding, a spec change"))
+def test_fft_kernel_gradients_conform_on_the_committed_set(committed):
+    import fast_backward  # this directory is on sys.path (pytest's prepend mode)
+
+    cfg = CheckConfig(target="fast_backward:fft_kernel_grad", api="backward")
+    run = run_check(cfg, InProcess(fast_backward.backward_fft_kernel_grad, "backward",
+                                   "nhwc"), committed)
+    failed = [r.id for r in run.results if r.status != "pass"]
+    assert all("-1x1-" in i or "-1x2-" in i for i in failed), failed  # only the tiny ones
+    assert run.conforms, failed
